@@ -1,0 +1,38 @@
+# mdp: set-up and everyday commands. See README.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MDP_HOME ?= $(CURDIR)/.mdp
+export DAGSTER_HOME ?= $(MDP_HOME)/dagster_home
+export MDP_DATA_ROOT ?= $(MDP_HOME)/data
+
+.PHONY: install demo dev test clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mdp needs Python >= 3.11; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip check
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+## demo: demo plates through every level on the embedded default (no servers), then a summary
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/mdp demo
+
+## dev: the Dagster UI on http://127.0.0.1:3000 over the same instance and data
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## test: the whole test suite (slow tests included)
+test: install
+	$(BIN)/python -m pytest
+
+clean-demo:
+	rm -rf $(MDP_HOME)
