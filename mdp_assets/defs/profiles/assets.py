@@ -1,0 +1,79 @@
+"""Levels 5 and 6, profiles: single-cell profiles, well-level (bulk) profiles, and consensus profiles."""
+
+
+import dagster as dg
+import pandas as pd
+
+from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.lib.plate_context import PERTURBATION, PlateContext
+from mdp_assets.lib.profiles import (
+    ProfileParameters,
+    aggregate,
+    consensus,
+    infer_features,
+    metadata_columns,
+    normalize_and_select,
+)
+from mdp_assets.lib.versions import step_version
+
+PROFILES = ProfileParameters()
+GROUP = "profiles"
+
+
+@dg.asset(
+    partitions_def=plates_partitions,
+    group_name=GROUP,
+    kinds={"parquet", "pandas"},
+    code_version=step_version("single_cell_profiles", PROFILES),
+    description="Single cells annotated with the platemap, normalized to negative controls (all cells when the "
+    "platemap names none) and feature-selected (variance, correlation, missing values, blocklist).",
+)
+def single_cell_profiles(
+    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    plate = PlateContext.of(raw_images)
+    table, summary = normalize_and_select(single_cell_features, plate.negative_control_query, PROFILES)
+    return dg.Output(table, metadata={"cells": len(table), **summary})
+
+
+@dg.asset(
+    partitions_def=plates_partitions,
+    group_name=GROUP,
+    kinds={"parquet", "pandas"},
+    code_version=step_version("well_profiles", PROFILES, {"aggregate": "median"}),
+    description="Bulk profiles: single cells aggregated per well (median), normalized to negative-control wells "
+    "and feature-selected. Well-constant metadata and Metadata_Object_Count are carried.",
+)
+def well_profiles(single_cell_features: pd.DataFrame, raw_images: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    plate = PlateContext.of(raw_images)
+    wells = aggregate(single_cell_features, strata=("Metadata_Plate", "Metadata_Well"), operation="median")
+    table, summary = normalize_and_select(wells, plate.negative_control_query, PROFILES)
+    return dg.Output(table, metadata={"wells": len(table), **summary})
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"parquet", "pandas"},
+    code_version=step_version("consensus_profiles", {"operation": "median", "by": PERTURBATION}),
+    description="One profile per perturbation across every plate: the median of its replicate well profiles "
+    "over the features all plates kept. Plates whose manifest names no treatment column are left out.",
+)
+def consensus_profiles(context: dg.AssetExecutionContext, well_profiles: dict[str, pd.DataFrame]) -> dg.Output[pd.DataFrame]:
+    usable = {plate: table for plate, table in well_profiles.items() if PERTURBATION in table.columns}
+    left_out = sorted(set(well_profiles) - set(usable))
+    if left_out:
+        context.log.warning(f"plates without {PERTURBATION} left out of the consensus: {left_out}")
+    if not usable:
+        raise dg.Failure(f"no plate has {PERTURBATION}; set treatment_column in the plate manifests")
+    common = set.intersection(*(set(infer_features(t)) for t in usable.values()))
+    features = [f for f in next(iter(usable.values())).columns if f in common]
+    stacked = pd.concat([t[[PERTURBATION, "Metadata_Plate", *features]] for t in usable.values()], ignore_index=True)
+    plate_counts = stacked.groupby(PERTURBATION)["Metadata_Plate"].nunique().rename("Metadata_Plate_Count")
+    table = consensus(stacked.drop(columns="Metadata_Plate"), [PERTURBATION])
+    table = table.merge(plate_counts.reset_index(), on=PERTURBATION)
+    table = table[metadata_columns(table) + features]
+    return dg.Output(
+        table,
+        metadata={"perturbations": len(table), "plates": len(usable), "features": len(features),
+                  "plates_left_out": ", ".join(left_out) or "none"},
+    )

@@ -1,0 +1,41 @@
+"""Level 1, raw images: the inventory of a plate's image files with their acquisition metadata."""
+
+
+import dagster as dg
+import pandas as pd
+
+from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.lib.inventory import inventory_plate, plate_fingerprint
+from mdp_assets.lib.plate_context import annotate_images
+from mdp_assets.lib.versions import step_version
+
+
+@dg.asset(
+    partitions_def=plates_partitions,
+    group_name="raw",
+    kinds={"tiff", "parquet"},
+    code_version=step_version("raw_images"),
+    description="One row per image file: well, site, channel, uri, bytes, sha256, shape, dtype, acquisition "
+    "metadata from TIFF tags and OME-XML, and the platemap's annotations.",
+)
+def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output[pd.DataFrame]:
+    plate = storage.plate_folder(context.partition_key)
+    inventory = inventory_plate(plate)
+    table, unannotated = annotate_images(inventory, plate)
+    if unannotated:
+        context.log.warning(f"{plate.barcode}: wells without a platemap row: {unannotated}")
+    return dg.Output(
+        table,
+        metadata={
+            "images": len(table),
+            "image_bytes": int(table["bytes"].sum()),
+            "wells": int(table["Metadata_Well"].nunique()),
+            "sites": int(table[["Metadata_Well", "Metadata_Site"]].drop_duplicates().shape[0]),
+            "channels": ", ".join(sorted(table["Metadata_Channel"].unique())),
+            "origin": plate.manifest.origin,
+            "landing_folder": dg.MetadataValue.path(str(plate.root)),
+            "input_fingerprint": plate_fingerprint(plate),
+            "wells_without_annotation": ", ".join(unannotated) or "none",
+        },
+    )

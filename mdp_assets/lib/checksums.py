@@ -1,0 +1,84 @@
+"""Content checksums and atomic writes: nothing half-written is ever visible under its final name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One stored file: its path relative to the partition folder, size and checksum."""
+
+    relpath: str
+    bytes: int
+    sha256: str
+
+
+def record_files(root: Path) -> list[FileRecord]:
+    """Checksum every regular file below root, in a stable order."""
+    records = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        records.append(FileRecord(path.relative_to(root).as_posix(), path.stat().st_size, sha256_file(path)))
+    return records
+
+
+def tree_digest(records: Iterable[FileRecord]) -> str:
+    """One checksum for a set of files: sha256 over the sorted 'relpath sha256 bytes' lines."""
+    lines = sorted(f"{r.relpath} {r.sha256} {r.bytes}" for r in records)
+    return sha256_text("\n".join(lines))
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `final`; on success it replaces `final` in one rename.
+
+    On error the temporary file or folder is removed and `final` is untouched.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:12]}")
+    try:
+        yield temporary
+        replace_atomically(temporary, final)
+    finally:
+        remove_path(temporary)
+
+
+def replace_atomically(source: Path, final: Path) -> None:
+    """Put `source` at `final` (same filesystem), replacing what was there without a gap for files."""
+    if source.is_dir() and final.exists():
+        # Directories cannot be swapped in one rename: park the old one, rename, then drop the old one.
+        parked = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
+        os.replace(final, parked)
+        os.replace(source, final)
+        remove_path(parked)
+    else:
+        os.replace(source, final)
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,0 +1,123 @@
+"""The plate manifest (`plate.yaml`): what a plate is, where it comes from and how to read it.
+
+Every plate folder in the landing zone carries one. It is validated strictly: a typo in a field name,
+an unknown origin or an unsafe barcode is an error naming the file and the field, never a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mdp_assets.errors import MdpError
+
+MANIFEST_NAME = "plate.yaml"
+
+Origin = Literal["internal", "collaborator-academic", "collaborator-industry", "public"]
+NamingSchemeName = Literal["phenix", "imagexpress", "nf1", "regex"]
+
+# Barcodes become partition keys and folder names: no path separators, no leading dot, no spaces.
+_SAFE_BARCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class NegativeControl(BaseModel):
+    """Which platemap wells are negative controls (normalization reference)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: str = Field(description="platemap column, without the Metadata_ prefix")
+    value: str
+
+
+class PlateManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    barcode: str
+    origin: Origin
+    identifiable_patient_data: bool = False
+    released: bool = Field(False, description="collaborator data cleared for publication")
+    platemap: str = Field(description="platemap CSV, relative to the plate folder")
+    platemap_well_column: str | None = Field(
+        None, description="platemap column holding the well (A01 or A1); detected when omitted"
+    )
+    naming_scheme: NamingSchemeName
+    naming_pattern: str | None = Field(None, description="regular expression, for naming_scheme 'regex'")
+    channels: dict[str, str] = Field(
+        default_factory=dict, description="channel token in file names -> channel name (ch1: DNA)"
+    )
+    nuclei_channel: str = "DNA"
+    cell_channel: str | None = Field(
+        None, description="channel outlining cell bodies; default: all non-nuclear channels combined"
+    )
+    expected_image_count: int = Field(gt=0)
+    treatment_column: str | None = Field(None, description="platemap column naming the perturbation")
+    negative_control: NegativeControl | None = None
+    images_subdir: str = Field(".", description="folder of the images, relative to the plate folder")
+
+    @field_validator("barcode")
+    @classmethod
+    def _safe_barcode(cls, value: str) -> str:
+        if not _SAFE_BARCODE.match(value):
+            raise ValueError(
+                f"unsafe plate barcode {value!r}: use letters, digits, '.', '_' or '-' "
+                "(no path separators, spaces or leading dot; at most 128 characters)"
+            )
+        return value
+
+    @field_validator("platemap", "images_subdir")
+    @classmethod
+    def _relative_inside(cls, value: str) -> str:
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"{value!r} must be a path inside the plate folder")
+        return value
+
+    @model_validator(mode="after")
+    def _scheme_needs_pattern(self) -> PlateManifest:
+        if self.naming_scheme == "regex":
+            if not self.naming_pattern:
+                raise ValueError("naming_scheme 'regex' needs naming_pattern")
+            try:
+                compiled = re.compile(self.naming_pattern)
+            except re.error as exc:
+                raise ValueError(f"naming_pattern is not a valid regular expression: {exc}") from exc
+            missing = {"well", "site", "channel"} - set(compiled.groupindex)
+            if missing:
+                raise ValueError(f"naming_pattern lacks the named groups {sorted(missing)}")
+        elif self.naming_pattern:
+            raise ValueError("naming_pattern is only used with naming_scheme 'regex'")
+        if self.identifiable_patient_data and self.origin == "public":
+            raise ValueError("a plate with identifiable patient data cannot have origin 'public'")
+        return self
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "manifest"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"field '{where}': {message}")
+    return "; ".join(parts)
+
+
+def load_manifest(path: Path) -> PlateManifest:
+    """Read and validate a plate manifest; every problem is an MdpError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise MdpError("plate manifest not found", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MdpError(f"plate manifest cannot be read: {exc}", path=path) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MdpError(f"plate manifest is not valid YAML: {exc}", path=path) from exc
+    if not isinstance(data, dict):
+        raise MdpError("plate manifest must be a YAML mapping of fields", path=path)
+    try:
+        return PlateManifest.model_validate(data)
+    except ValidationError as exc:
+        raise MdpError(f"invalid plate manifest: {_describe(exc)}", path=path) from None

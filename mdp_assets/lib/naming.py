@@ -1,0 +1,100 @@
+"""Image file naming schemes of real instruments: a file name -> well, site, channel (and z, t).
+
+Schemes:
+- phenix: Opera Phenix / Harmony, `r03c03f03p01-ch5sk1fk1fl1.tiff` (row, column, field, plane, channel,
+  timepoint as sk).
+- imagexpress: Molecular Devices ImageXpress, `<plate>_<well>_s<site>_w<n><optional id>.tif`.
+- nf1: the NF1 Schwann cell screen, `B7_01_1_3_DAPI_001.tif` (well, 01, channel number, site,
+  channel name, 001).
+- regex: a user-supplied regular expression with named groups well, site, channel (optional z, t).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mdp_assets.errors import MdpError
+
+IMAGE_SUFFIXES = (".tif", ".tiff")
+
+_PATTERNS: dict[str, str] = {
+    "phenix": r"^r(?P<row>\d{2})c(?P<col>\d{2})f(?P<site>\d{2})p(?P<z>\d{2})-ch(?P<channel>\d+)sk(?P<t>\d+)fk\d+fl\d+\.tiff?$",
+    "imagexpress": r"^(?P<plate>.+)_(?P<well>[A-Pa-p]\d{2})_s(?P<site>\d+)_w(?P<channel>\d)(?:[0-9A-Fa-f-]{36})?\.tiff?$",
+    "nf1": r"^(?P<well>[A-Pa-p]\d{1,2})_\d{2}_\d_(?P<site>\d+)_(?P<channel>[A-Za-z0-9]+)_\d{3}\.tiff?$",
+}
+
+_WELL = re.compile(r"^([A-Pa-p])0*(\d{1,2})$")
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """What a file name says about its image."""
+
+    well: str
+    site: int
+    channel: str
+    z: int | None = None
+    t: int | None = None
+
+
+def normalize_well(well: str) -> str:
+    """'b7', 'B07' and 'B7' all become 'B07' (the zero-padded form CellProfiler and pycytominer use)."""
+    match = _WELL.match(well.strip())
+    if not match:
+        raise MdpError(f"{well!r} is not a well name like B07")
+    return f"{match.group(1).upper()}{int(match.group(2)):02d}"
+
+
+def well_from_row_col(row: int, col: int) -> str:
+    if not 1 <= row <= 32 or not 1 <= col <= 48:
+        raise MdpError(f"row {row} column {col} is outside a 1536-well plate")
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    row_name = letters[row - 1] if row <= 26 else "A" + letters[row - 27]
+    return f"{row_name}{col:02d}"
+
+
+class NamingScheme:
+    """A compiled naming scheme; `parse` returns None for names that are not this scheme's images."""
+
+    def __init__(self, name: str, pattern: str | None = None, channel_names: dict[str, str] | None = None):
+        if name == "regex":
+            if not pattern:
+                raise MdpError("naming scheme 'regex' needs a pattern")
+            source = pattern
+        elif name in _PATTERNS:
+            source = _PATTERNS[name]
+        else:
+            raise MdpError(f"unknown naming scheme {name!r}; known: {sorted([*_PATTERNS, 'regex'])}")
+        self.name = name
+        self.regex = re.compile(source)
+        self.channel_names = dict(channel_names or {})
+
+    def parse(self, filename: str) -> ImageName | None:
+        match = self.regex.match(filename)
+        if not match:
+            return None
+        groups = match.groupdict()
+        if "row" in groups and groups.get("row") is not None:
+            well = well_from_row_col(int(groups["row"]), int(groups["col"]))
+        else:
+            well = normalize_well(groups["well"])
+        token = groups["channel"]
+        # Phenix and ImageXpress name channels by number; the manifest maps "ch1"/"w1"/"1" to a name.
+        channel = (
+            self.channel_names.get(token)
+            or self.channel_names.get(f"ch{token}")
+            or self.channel_names.get(f"w{token}")
+            or token
+        )
+        return ImageName(
+            well=well,
+            site=int(groups["site"]),
+            channel=channel,
+            z=int(groups["z"]) if groups.get("z") is not None else None,
+            t=int(groups["t"]) if groups.get("t") is not None else None,
+        )
+
+
+def looks_like_image(filename: str) -> bool:
+    return filename.lower().endswith(IMAGE_SUFFIXES) and not filename.startswith(".")

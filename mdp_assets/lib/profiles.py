@@ -1,0 +1,231 @@
+"""Profile operations with pycytominer's semantics: annotate, normalize, feature_select, aggregate, consensus.
+
+Tables follow pycytominer's conventions: `Metadata_` columns describe, every other column is a numeric
+feature. These functions work on pandas frames; outputs put the Metadata_ columns first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from mdp_assets.errors import MdpError
+
+NormalizeMethod = Literal["standardize", "robustize", "mad_robustize"]
+FeatureSelectOperation = Literal["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+DEFAULT_SELECT_OPERATIONS: tuple[FeatureSelectOperation, ...] = (
+    "variance_threshold",
+    "correlation_threshold",
+    "drop_na_columns",
+    "blocklist",
+)
+MAD_SCALE = 1.4826  # makes the median absolute deviation a consistent estimator of the standard deviation
+EPSILON = 1e-18  # pycytominer's guard against dividing by a zero spread
+
+
+def metadata_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith("Metadata_")]
+
+
+def infer_features(table: pd.DataFrame, what: str = "profiles") -> list[str]:
+    """Every non-Metadata_ column is a feature; each must be numeric."""
+    if not metadata_columns(table):
+        raise MdpError(f"{what}: no Metadata_ columns, so wells and plates cannot be told apart")
+    features = [c for c in table.columns if not c.startswith("Metadata_")]
+    non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(table[c])]
+    if non_numeric:
+        raise MdpError(f"{what}: feature columns must be numeric, these are not: {non_numeric[:10]}")
+    return features
+
+
+def _require_rows(table: pd.DataFrame, what: str) -> None:
+    if table.empty:
+        raise MdpError(f"{what}: the table has no rows (an empty plate?)")
+
+
+def metadata_first(table: pd.DataFrame) -> pd.DataFrame:
+    meta = metadata_columns(table)
+    return table[meta + [c for c in table.columns if c not in meta]]
+
+
+def annotate(profiles: pd.DataFrame, platemap: pd.DataFrame, join_on: str = "Metadata_Well") -> pd.DataFrame:
+    """Join platemap annotations (already Metadata_-prefixed) onto profiles; profile columns win."""
+    extra = [c for c in platemap.columns if c not in profiles.columns or c == join_on]
+    return metadata_first(profiles.merge(platemap[extra], on=join_on, how="left"))
+
+
+def normalize(
+    profiles: pd.DataFrame,
+    features: Sequence[str] | None = None,
+    samples: str = "all",
+    method: NormalizeMethod = "standardize",
+) -> pd.DataFrame:
+    """Centre and scale every feature by statistics of the `samples` rows (a pandas query, or 'all')."""
+    _require_rows(profiles, "normalize")
+    features = list(features) if features is not None else infer_features(profiles, "normalize")
+    reference = profiles if samples == "all" else profiles.query(samples)
+    if reference.empty:
+        raise MdpError(f"normalize: no rows match samples={samples!r}")
+    values = reference[features].to_numpy(dtype=np.float64)
+    if method == "standardize":
+        center = np.nanmean(values, axis=0)
+        scale = np.nanstd(values, axis=0)
+        scale = np.where(scale == 0, 1.0, scale)  # scikit-learn's StandardScaler leaves constant features unscaled
+    elif method == "robustize":
+        center = np.nanmedian(values, axis=0)
+        q75, q25 = np.nanpercentile(values, [75, 25], axis=0)
+        scale = q75 - q25
+        scale = np.where(scale == 0, 1.0, scale)
+    elif method == "mad_robustize":
+        center = np.nanmedian(values, axis=0)
+        scale = MAD_SCALE * np.nanmedian(np.abs(values - center), axis=0) + EPSILON
+    else:
+        raise MdpError(f"normalize: unknown method {method!r}")
+    out = profiles.copy()
+    out[features] = (profiles[features].to_numpy(dtype=np.float64) - center) / scale
+    return metadata_first(out)
+
+
+def variance_threshold(table: pd.DataFrame, features: Sequence[str], freq_cut: float = 0.05, unique_cut: float = 0.01) -> list[str]:
+    """Features of near-zero variance (caret's nearZeroVar, as pycytominer adapts it)."""
+    excluded = []
+    n_rows = len(table)
+    for name in features:
+        counts = table[name].value_counts()
+        low_frequency = len(counts) < 2 or counts.iloc[1] / counts.iloc[0] < freq_cut
+        low_uniqueness = table[name].nunique() / n_rows < unique_cut
+        if low_frequency or low_uniqueness:
+            excluded.append(name)
+    return excluded
+
+
+def correlation_threshold(table: pd.DataFrame, features: Sequence[str], threshold: float = 0.9) -> list[str]:
+    """Of every pair correlated above `threshold`, drop the one more correlated with all features."""
+    if len(features) < 2:
+        return []
+    correlation = table[list(features)].corr(method="pearson")
+    order = correlation.abs().sum().sort_values(kind="mergesort").index
+    rank = {name: position for position, name in enumerate(order)}
+    values = correlation.to_numpy()
+    rows, cols = np.nonzero(np.tril(values > threshold, k=-1))
+    excluded = set()
+    for row, col in zip(rows, cols):
+        a, b = correlation.index[row], correlation.columns[col]
+        excluded.add(a if rank[a] > rank[b] else b)
+    return [f for f in features if f in excluded]
+
+
+def drop_na_columns(table: pd.DataFrame, features: Sequence[str], cutoff: float = 0.05) -> list[str]:
+    proportion = table[list(features)].isna().mean()
+    return proportion[proportion > cutoff].index.tolist()
+
+
+def feature_select(
+    profiles: pd.DataFrame,
+    operations: Sequence[FeatureSelectOperation] = DEFAULT_SELECT_OPERATIONS,
+    blocklist: Sequence[str] = (),
+    corr_threshold: float = 0.9,
+    na_cutoff: float = 0.05,
+    freq_cut: float = 0.05,
+    unique_cut: float = 0.01,
+) -> pd.DataFrame:
+    """Drop the features each operation excludes (all judged on the input table, as pycytominer does)."""
+    _require_rows(profiles, "feature_select")
+    features = infer_features(profiles, "feature_select")
+    excluded: set[str] = set()
+    for operation in operations:
+        if operation == "variance_threshold":
+            excluded.update(variance_threshold(profiles, features, freq_cut, unique_cut))
+        elif operation == "correlation_threshold":
+            excluded.update(correlation_threshold(profiles, features, corr_threshold))
+        elif operation == "drop_na_columns":
+            excluded.update(drop_na_columns(profiles, features, na_cutoff))
+        elif operation == "blocklist":
+            excluded.update(f for f in features if f in set(blocklist))
+        else:
+            raise MdpError(f"feature_select: unknown operation {operation!r}")
+    return profiles.drop(columns=[f for f in features if f in excluded])
+
+
+def aggregate(
+    profiles: pd.DataFrame,
+    strata: Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
+    operation: Literal["median", "mean"] = "median",
+) -> pd.DataFrame:
+    """One row per stratum: the median (or mean) of every feature, the metadata constant within the
+    stratum carried along, and `Metadata_Object_Count`."""
+    _require_rows(profiles, "aggregate")
+    features = infer_features(profiles, "aggregate")
+    strata = list(strata)
+    missing = [s for s in strata if s not in profiles.columns]
+    if missing:
+        raise MdpError(f"aggregate: strata columns {missing} are not in the table")
+    grouped = profiles.groupby(strata, sort=True, dropna=False)
+    values = grouped[features].median() if operation == "median" else grouped[features].mean()
+    constant = [
+        c for c in metadata_columns(profiles)
+        if c not in strata and (grouped[c].nunique(dropna=False) <= 1).all()
+    ]
+    carried = grouped[constant].first()
+    counts = grouped.size().rename("Metadata_Object_Count")
+    return metadata_first(pd.concat([carried, counts, values], axis=1).reset_index())
+
+
+def consensus(profiles: pd.DataFrame, replicate_columns: Sequence[str], operation: Literal["median", "mean"] = "median") -> pd.DataFrame:
+    """One profile per perturbation: the median of its replicate profiles."""
+    _require_rows(profiles, "consensus")
+    features = infer_features(profiles, "consensus")
+    grouped = profiles.groupby(list(replicate_columns), sort=True, dropna=False)
+    values = grouped[features].median() if operation == "median" else grouped[features].mean()
+    replicates = grouped.size().rename("Metadata_Replicate_Count")
+    return metadata_first(pd.concat([replicates, values], axis=1).reset_index())
+
+
+@dataclass(frozen=True)
+class ProfileParameters:
+    normalize_method: NormalizeMethod = "standardize"
+    operations: tuple[FeatureSelectOperation, ...] = DEFAULT_SELECT_OPERATIONS
+    corr_threshold: float = 0.9
+    na_cutoff: float = 0.05
+    freq_cut: float = 0.05
+    unique_cut: float = 0.01
+
+
+def standard_blocklist() -> list[str]:
+    """pycytominer's standard blocklist of features known to be uninformative (shipped with mdp, BSD-3)."""
+    text = resources.files("mdp_assets").joinpath("data/blocklist_features.txt").read_text()
+    return [line.strip() for line in text.splitlines()[1:] if line.strip()]
+
+
+def normalize_and_select(
+    profiles: pd.DataFrame, negative_controls: str | None, params: ProfileParameters
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    """Normalize to negative controls (all rows when the platemap names none, or none survived QC),
+    then feature-select. Returns the table and a summary for the materialization metadata."""
+    samples = "all"
+    if negative_controls is not None and not profiles.query(negative_controls).empty:
+        samples = negative_controls
+    normalized = normalize(profiles, samples=samples, method=params.normalize_method)
+    selected = feature_select(
+        normalized,
+        operations=params.operations,
+        blocklist=standard_blocklist(),
+        corr_threshold=params.corr_threshold,
+        na_cutoff=params.na_cutoff,
+        freq_cut=params.freq_cut,
+        unique_cut=params.unique_cut,
+    )
+    features_in = len(infer_features(profiles))
+    features_out = len(infer_features(selected))
+    summary = {
+        "normalized_to": "all rows" if samples == "all" else samples,
+        "normalize_method": params.normalize_method,
+        "features_in": features_in,
+        "features_selected": features_out,
+    }
+    return selected, summary
