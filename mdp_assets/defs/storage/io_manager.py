@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import dagster as dg
 import pandas as pd
@@ -69,6 +69,13 @@ def _preview(table: pd.DataFrame, rows: int = 5, columns: int = 8) -> str:
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in head.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def _wants_dataframe(annotation: Any) -> bool:
+    """True for inputs annotated `pd.DataFrame` or `dict[str, pd.DataFrame]` (one frame per plate)."""
+    if get_origin(annotation) is dict:
+        annotation = get_args(annotation)[1]
+    return annotation is pd.DataFrame
 
 
 class PlateLevelIOManager(dg.ConfigurableIOManager):
@@ -139,7 +146,7 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
 
     def _load_one(self, context: dg.InputContext, partition: str | None) -> Any:
         stored = self.load_partition(context.asset_key, partition)
-        if context.dagster_type.typing_type is pd.DataFrame:
+        if _wants_dataframe(context.dagster_type.typing_type):
             if stored.kind != "table":
                 raise MdpError(f"{stored.asset} holds files, not a table; annotate the input as StoredPartition")
             return stored.read_table()
