@@ -2,14 +2,11 @@
 
 import dagster as dg
 
-from mdp_assets.defs.plates.partitions import plates_partitions
-
 CONSENSUS = dg.AssetKey("consensus_profiles")
 
 plate_job = dg.define_asset_job(
     "plate_job",
     selection=dg.AssetSelection.all() - dg.AssetSelection.assets(CONSENSUS),
-    partitions_def=plates_partitions,
     description="Every level of one plate, raw images to embeddings.",
 )
 

@@ -1,0 +1,58 @@
+"""Shared fixtures. Real data is read from ../shared/realdata (read-only); anything changed is copied first."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from mdp_assets.defs.storage.resources import MdpStorage
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+NF1_IMAGES = REALDATA / "nf1-plate2-cytodataframe" / "NF1_cellpainting_data_shrunken" / "Plate_2_images"
+NF1_PLATEMAP = REALDATA / "nf1-schwann-metadata" / "0.download_data" / "metadata" / "platemap_NF1_plate2.csv"
+OME_SAMPLES = REALDATA / "ome-artificial-ometiff" / "tests" / "data" / "ome-artificial-5d-datasets"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not REALDATA.is_dir():
+        raise pytest.UsageError(f"real test data not found at {REALDATA} (../shared/realdata beside the project)")
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> MdpStorage:
+    return MdpStorage(data_root=str(tmp_path / "data"))
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def write_manifest(folder: Path, **fields) -> Path:
+    path = folder / "plate.yaml"
+    path.write_text(yaml.safe_dump(fields, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def nf1_plate(storage: MdpStorage) -> str:
+    """The real NF1 plate 2 images, as a plate folder in a temporary landing zone, with a manifest."""
+    folder = storage.landing_path / "Plate_2"
+    shutil.copytree(NF1_IMAGES, folder)
+    shutil.copy(NF1_PLATEMAP, folder / "platemap.csv")
+    write_manifest(
+        folder,
+        barcode="Plate_2",
+        origin="public",
+        platemap="platemap.csv",
+        naming_scheme="nf1",
+        nuclei_channel="DAPI",
+        expected_image_count=15,
+        treatment_column="genotype",
+    )
+    return "Plate_2"

@@ -1,0 +1,43 @@
+import dagster as dg
+
+from mdp_assets.definitions import defs
+
+LEVEL_ASSETS = [
+    "raw_images",
+    "image_qc",
+    "illumination_functions",
+    "corrected_images",
+    "segmentation_masks",
+    "single_cell_features",
+    "single_cell_crops",
+    "single_cell_profiles",
+    "well_profiles",
+    "single_cell_embeddings",
+    "well_embeddings",
+]
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_every_level_is_an_asset_partitioned_by_plates():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {*LEVEL_ASSETS, "consensus_profiles"}
+    for name in LEVEL_ASSETS:
+        partitions = graph.get(dg.AssetKey(name)).partitions_def
+        assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == "plates", name
+    assert graph.get(dg.AssetKey("consensus_profiles")).partitions_def is None
+
+
+def test_levels_are_grouped_and_versioned():
+    graph = defs.resolve_asset_graph()
+    groups = {graph.get(dg.AssetKey(n)).group_name for n in LEVEL_ASSETS}
+    assert groups == {"raw", "qc_and_illumination", "masks", "single_cell", "profiles", "embeddings"}
+    assert all(graph.get(dg.AssetKey(n)).code_version for n in LEVEL_ASSETS)
+
+
+def test_image_qc_declares_its_check():
+    checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
+    assert "qc_pass_fraction" in checks

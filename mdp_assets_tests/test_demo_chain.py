@@ -1,0 +1,105 @@
+"""The whole chain, in process, on one small demo plate; then a second plate and the consensus."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from mdp_assets.definitions import build_definitions
+from mdp_assets.instance_status import stale_assets
+from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.lib.inventory import plate_fingerprint
+from mdp_assets.lib.tiff_metadata import read_tiff_info
+
+pytestmark = pytest.mark.slow
+
+SPEC = dict(rows="BC", columns=(2, 3, 4, 5), sites_per_well=1, image_size=192, cells_per_site=16)
+
+
+def _run_plate(defs, instance, storage, barcode, seed):
+    write_demo_plate(storage.landing_path, DemoPlateSpec(barcode=barcode, seed=seed, **SPEC))
+    instance.add_dynamic_partitions("plates", [barcode])
+    result = defs.resolve_job_def("plate_job").execute_in_process(instance=instance, partition_key=barcode)
+    assert result.success
+    return result
+
+
+def _stored(storage, asset, plate="DEMO-T1"):
+    return storage.tier_root("internal-drive") / asset / plate
+
+
+def test_every_level_of_a_demo_plate(storage, instance):
+    defs = build_definitions(storage)
+    result = _run_plate(defs, instance, storage, "DEMO-T1", 1)
+    materialized = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    assert len(materialized) == 11
+    for name, event in materialized.items():
+        meta = {k: v.value for k, v in event.metadata.items()}
+        assert meta["tier"] == "internal-drive" and meta["bytes"] > 0 and len(meta["sha256"]) == 64, name
+        assert meta["uri"].startswith("file://") and ("rows" in meta or meta["files"] > 0), name
+
+    raw = pd.read_parquet(_stored(storage, "raw_images") / "table.parquet")
+    assert len(raw) == 8 * 5 and set(raw["Metadata_Channel"]) == {"DNA", "ER", "RNA", "AGP", "Mito"}
+    assert raw["Metadata_PhysicalSizeX_um"].eq(0.65).all() and raw["Metadata_ObjectiveMagnification"].eq(20).all()
+    assert raw["Metadata_ExposureTime_ms"].notna().all() and raw["Metadata_AcquisitionTime"].notna().all()
+
+    qc = pd.read_parquet(_stored(storage, "image_qc") / "table.parquet")
+    assert qc["qc_pass"].all() and len(qc) == 40
+    check = result.get_asset_check_evaluations()[0]
+    assert check.check_name == "qc_pass_fraction" and check.passed
+
+    illumination = np.load(_stored(storage, "illumination_functions") / "DNA.npy")
+    assert illumination.shape == (192, 192) and illumination.min() >= 1.0
+
+    corrected = read_tiff_info(_stored(storage, "corrected_images") / "B02_s01.ome.tiff")
+    assert corrected.shape == (5, 192, 192) and corrected.channel_names == ["AGP", "DNA", "ER", "Mito", "RNA"]
+
+    cells = pd.read_parquet(_stored(storage, "single_cell_features") / "table.parquet")
+    assert 8 * 12 <= len(cells) <= 8 * 16
+    required = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber", "Metadata_treatment",
+                "Metadata_control_type", "Metadata_PhysicalSizeX_um", "Metadata_AcquisitionTime"]
+    assert cells.columns[: len(required)].tolist() != [] and all(c in cells.columns for c in required)
+    assert cells["Metadata_treatment"].notna().all()
+    for compartment in ("Nuclei", "Cells", "Cytoplasm"):
+        assert f"{compartment}_Intensity_MeanIntensity_Mito" in cells.columns
+
+    crops = zarr.open_array(str(_stored(storage, "single_cell_crops") / "crops.zarr"), mode="r")
+    index = pd.read_parquet(_stored(storage, "single_cell_crops") / "index.parquet")
+    assert crops.shape == (len(cells), 6, 48, 48) and len(index) == len(cells)
+    assert crops.attrs["channel_names"][-1] == "CellMask" and float(crops[0, -1].max()) == 1.0
+
+    for level, rows in [("single_cell_profiles", len(cells)), ("well_profiles", 8), ("single_cell_embeddings", len(cells)),
+                        ("well_embeddings", 8)]:
+        table = pd.read_parquet(_stored(storage, level) / "table.parquet")
+        assert len(table) == rows, level
+        meta = [c for c in table.columns if c.startswith("Metadata_")]
+        assert table.columns[: len(meta)].tolist() == meta, f"{level}: Metadata_ columns come first"
+        assert {"Metadata_Plate", "Metadata_Well", "Metadata_treatment"} <= set(meta), level
+
+    wells = pd.read_parquet(_stored(storage, "well_profiles") / "table.parquet")
+    controls = wells[wells["Metadata_treatment"] == "DMSO"]
+    features = [c for c in wells.columns if not c.startswith("Metadata_")]
+    assert np.allclose(controls[features].mean(), 0, atol=1e-9), "well profiles are normalized to DMSO wells"
+
+
+def test_rerun_detection_and_consensus(storage, instance):
+    defs = build_definitions(storage)
+    _run_plate(defs, instance, storage, "DEMO-T1", 1)
+    graph = defs.resolve_asset_graph()
+    keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def is not None]
+    fingerprint = plate_fingerprint(storage.plate_folder("DEMO-T1"))
+    assert stale_assets(instance, defs, keys, "DEMO-T1", fingerprint) == []
+    assert stale_assets(instance, defs, keys, "DEMO-T1", "changed") == keys
+
+    _run_plate(defs, instance, storage, "DEMO-T2", 2)
+    result = defs.resolve_job_def("consensus_job").execute_in_process(instance=instance)
+    assert result.success
+    consensus = pd.read_parquet(storage.tier_root("internal-drive") / "consensus_profiles" / "__all__" / "table.parquet")
+    assert sorted(consensus["Metadata_Perturbation"]) == ["DMSO", "compound_A", "compound_B", "compound_C"]
+    assert (consensus["Metadata_Plate_Count"] == 2).all()
+    features = [c for c in consensus.columns if not c.startswith("Metadata_")]
+    dmso = consensus.set_index("Metadata_Perturbation").loc["DMSO", features].to_numpy(dtype=float)
+    for compound in ("compound_A", "compound_B", "compound_C"):
+        profile = consensus.set_index("Metadata_Perturbation").loc[compound, features].to_numpy(dtype=float)
+        assert np.linalg.norm(profile - dmso) > 3, f"{compound} is distinguishable from DMSO"
