@@ -128,14 +128,17 @@ def drop_na_columns(table: pd.DataFrame, features: Sequence[str], cutoff: float 
 def feature_select(
     profiles: pd.DataFrame,
     operations: Sequence[FeatureSelectOperation] = DEFAULT_SELECT_OPERATIONS,
-    blocklist: Sequence[str] = (),
+    blocklist: Sequence[str] | None = None,
     corr_threshold: float = 0.9,
     na_cutoff: float = 0.05,
     freq_cut: float = 0.05,
     unique_cut: float = 0.01,
 ) -> pd.DataFrame:
-    """Drop the features each operation excludes (all judged on the input table, as pycytominer does)."""
+    """Drop the features each operation excludes (all judged on the input table, as pycytominer does).
+
+    `blocklist` defaults to pycytominer's standard blocklist."""
     _require_rows(profiles, "feature_select")
+    blocked = set(standard_blocklist() if blocklist is None else blocklist)
     features = infer_features(profiles, "feature_select")
     excluded: set[str] = set()
     for operation in operations:
@@ -146,7 +149,7 @@ def feature_select(
         elif operation == "drop_na_columns":
             excluded.update(drop_na_columns(profiles, features, na_cutoff))
         elif operation == "blocklist":
-            excluded.update(f for f in features if f in set(blocklist))
+            excluded.update(f for f in features if f in blocked)
         else:
             raise MdpError(f"feature_select: unknown operation {operation!r}")
     return profiles.drop(columns=[f for f in features if f in excluded])
@@ -214,7 +217,6 @@ def normalize_and_select(
     selected = feature_select(
         normalized,
         operations=params.operations,
-        blocklist=standard_blocklist(),
         corr_threshold=params.corr_threshold,
         na_cutoff=params.na_cutoff,
         freq_cut=params.freq_cut,
