@@ -33,7 +33,6 @@ def build_definitions(storage: MdpStorage | None = None) -> dg.Definitions:
     storage = storage or MdpStorage(data_root=dg.EnvVar("MDP_DATA_ROOT"))
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
-        asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
         jobs=[plate_job, consensus_job],
         resources={
             "storage": storage,

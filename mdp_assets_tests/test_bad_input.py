@@ -22,7 +22,8 @@ def _materialize_raw(storage, instance, plate):
 def _failure_message(result) -> str:
     failures = [e for e in result.all_events if e.is_step_failure]
     assert failures, "the step should have failed"
-    return failures[0].step_failure_data.error.cause.message if failures[0].step_failure_data.error.cause else failures[0].step_failure_data.error.message
+    error = failures[0].step_failure_data.error
+    return (error.cause or error).message
 
 
 def _nothing_stored(storage):
@@ -64,7 +65,7 @@ def test_missing_channel_and_wrong_count(storage, instance):
     manifest = folder / "plate.yaml"
     manifest.write_text(manifest.read_text().replace("expected_image_count: 10", "expected_image_count: 9"))
     result = _materialize_raw(storage, instance, SPEC.barcode)
-    assert "B03 site 1 lacks ['RNA']" in _failure_message(result) or "lacks ['RNA']" in _failure_message(result)
+    assert "incomplete sites: B02 site 1 lacks ['RNA']" in _failure_message(result)
 
 
 def test_folder_name_must_match_barcode(storage, instance):

@@ -59,7 +59,9 @@ def test_every_level_of_a_demo_plate(storage, instance):
     assert 8 * 12 <= len(cells) <= 8 * 16
     required = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber", "Metadata_treatment",
                 "Metadata_control_type", "Metadata_PhysicalSizeX_um", "Metadata_AcquisitionTime"]
-    assert cells.columns[: len(required)].tolist() != [] and all(c in cells.columns for c in required)
+    assert all(c in cells.columns for c in required)
+    meta = [c for c in cells.columns if c.startswith("Metadata_")]
+    assert cells.columns[: len(meta)].tolist() == meta, "Metadata_ columns come first"
     assert cells["Metadata_treatment"].notna().all()
     for compartment in ("Nuclei", "Cells", "Cytoplasm"):
         assert f"{compartment}_Intensity_MeanIntensity_Mito" in cells.columns

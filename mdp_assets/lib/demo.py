@@ -25,7 +25,6 @@ from scipy import ndimage
 
 from mdp_assets.lib.checksums import atomic_path
 from mdp_assets.lib.manifest import MANIFEST_NAME
-from mdp_assets.lib.naming import normalize_well
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 EMISSION_NM = {"DNA": 461, "ER": 520, "RNA": 570, "AGP": 620, "Mito": 680}
@@ -198,5 +197,3 @@ def write_demo_plate(landing_zone: Path, spec: DemoPlateSpec) -> Path:
 def demo_specs(count: int = 2, **overrides) -> list[DemoPlateSpec]:
     return [DemoPlateSpec(barcode=f"DEMO-{index:04d}", seed=index, **overrides) for index in range(1, count + 1)]
 
-
-__all__ = ["DemoPlateSpec", "write_demo_plate", "demo_specs", "platemap_for", "normalize_well"]

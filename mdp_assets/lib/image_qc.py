@@ -8,14 +8,15 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
-if TYPE_CHECKING:
-    import pandas as pd
+from mdp_assets.lib.inventory import uri_to_path
+from mdp_assets.lib.tiff_metadata import read_plane
 
 
 def power_log_log_slope(image: np.ndarray) -> float:
@@ -71,14 +72,8 @@ class QcThresholds:
 QC_COLUMNS = ["ImageQuality_PowerLogLogSlope", "ImageQuality_PercentMaximal", "qc_pass"]
 
 
-def measure_plate_quality(raw_images: "pd.DataFrame", thresholds: QcThresholds, max_workers: int = 2) -> "pd.DataFrame":
+def measure_plate_quality(raw_images: pd.DataFrame, thresholds: QcThresholds, max_workers: int = 2) -> pd.DataFrame:
     """One row per image: its blur and saturation measurements and whether it passes."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import pandas as pd
-
-    from mdp_assets.lib.inventory import uri_to_path
-    from mdp_assets.lib.tiff_metadata import read_plane
 
     def measure(uri: str) -> tuple[float, float]:
         pixels = read_plane(uri_to_path(uri))
@@ -94,7 +89,7 @@ def measure_plate_quality(raw_images: "pd.DataFrame", thresholds: QcThresholds, 
     return table.reset_index(drop=True)
 
 
-def passing_sites(image_qc: "pd.DataFrame") -> set[tuple[str, int]]:
+def passing_sites(image_qc: pd.DataFrame) -> set[tuple[str, int]]:
     """Sites whose every channel passed QC; only these go on to segmentation and features."""
     by_site = image_qc.groupby(["Metadata_Well", "Metadata_Site"])["qc_pass"].all()
     return {(well, int(site)) for (well, site), ok in by_site.items() if ok}

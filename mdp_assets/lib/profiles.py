@@ -6,6 +6,7 @@ feature. These functions work on pandas frames; outputs put the Metadata_ column
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -72,6 +73,16 @@ def normalize(
     if reference.empty:
         raise MdpError(f"normalize: no rows match samples={samples!r}")
     values = reference[features].to_numpy(dtype=np.float64)
+    with warnings.catch_warnings():
+        # A feature missing in every reference row gets a NaN centre and stays NaN; drop_na_columns removes it.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        center, scale = _center_and_scale(values, method)
+    out = profiles.copy()
+    out[features] = (profiles[features].to_numpy(dtype=np.float64) - center) / scale
+    return metadata_first(out)
+
+
+def _center_and_scale(values: np.ndarray, method: NormalizeMethod) -> tuple[np.ndarray, np.ndarray]:
     if method == "standardize":
         center = np.nanmean(values, axis=0)
         scale = np.nanstd(values, axis=0)
@@ -86,9 +97,7 @@ def normalize(
         scale = MAD_SCALE * np.nanmedian(np.abs(values - center), axis=0) + EPSILON
     else:
         raise MdpError(f"normalize: unknown method {method!r}")
-    out = profiles.copy()
-    out[features] = (profiles[features].to_numpy(dtype=np.float64) - center) / scale
-    return metadata_first(out)
+    return center, scale
 
 
 def variance_threshold(table: pd.DataFrame, features: Sequence[str], freq_cut: float = 0.05, unique_cut: float = 0.01) -> list[str]:
