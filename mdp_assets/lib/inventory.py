@@ -16,6 +16,7 @@ import pandas as pd
 
 from mdp_assets.errors import MdpError
 from mdp_assets.lib.checksums import sha256_file
+from mdp_assets.lib.harmony import acquisition_metadata, find_index_file, read_harmony_index
 from mdp_assets.lib.manifest import MANIFEST_NAME, PlateManifest, load_manifest
 from mdp_assets.lib.naming import NamingScheme, looks_like_image
 from mdp_assets.lib.tiff_metadata import read_tiff_info
@@ -61,15 +62,17 @@ class PlateFolder:
         return NamingScheme(self.manifest.naming_scheme, self.manifest.naming_pattern, self.manifest.channels)
 
 
-def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme) -> dict:
+def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instrument_channels: dict[str, str]) -> dict:
     name = scheme.parse(path.name)
     assert name is not None
     info = read_tiff_info(path)
     channel = name.channel
-    token_is_unmapped = channel not in plate.manifest.channels.values()
-    if token_is_unmapped and len(info.channel_names) == 1 and info.channel_names[0]:
-        # An OME-TIFF names its own channel; the manifest mapping, when given, wins.
-        channel = info.channel_names[0]
+    if not name.channel_is_named:
+        # Channel names: the manifest's mapping of the file token, else the instrument's index (Harmony),
+        # else the OME-XML of a single-channel file; a name found there may be mapped by the manifest too.
+        found = instrument_channels.get(path.name) or (info.channel_names[0] if len(info.channel_names) == 1 else None)
+        if found:
+            channel = plate.manifest.channels.get(found, found)
     exposure = next((e for e in info.exposure_ms if e is not None), None)
     return {
         "Metadata_Plate": plate.barcode,
@@ -118,12 +121,34 @@ def inventory_plate(plate: PlateFolder, max_workers: int = 4) -> pd.DataFrame:
             f"expected {expected} images (manifest expected_image_count) but found {len(candidates)}",
             path=plate.images_dir,
         )
+    harmony = _harmony_metadata(plate.images_dir)
+    instrument_channels = dict(zip(harmony["file_name"], harmony["harmony_channel_name"])) if harmony is not None else {}
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        rows = list(pool.map(lambda p: _describe_image(p, plate, scheme), candidates))
+        rows = list(pool.map(lambda p: _describe_image(p, plate, scheme, instrument_channels), candidates))
     table = pd.DataFrame(rows)
+    if harmony is not None:
+        table = _fill_from_instrument(table, harmony.drop(columns="harmony_channel_name"))
     _check_complete_sites(table, plate.images_dir)
     table = table.sort_values(["Metadata_Well", "Metadata_Site", "Metadata_Channel", "file_name"])
     return table.reset_index(drop=True)
+
+
+def _harmony_metadata(images_dir: Path) -> pd.DataFrame | None:
+    index = find_index_file(images_dir)
+    if index is None:
+        return None
+    _, images = read_harmony_index(index)
+    return acquisition_metadata(images)
+
+
+def _fill_from_instrument(table: pd.DataFrame, instrument: pd.DataFrame) -> pd.DataFrame:
+    """Acquisition metadata from the instrument's index, by file name. OME-XML stays authoritative; the index
+    beats baseline TIFF tags (a Phenix TIFF's resolution tag is the camera's pixel, not the sample's)."""
+    merged = table.merge(instrument, on="file_name", how="left", suffixes=("", "_instrument"))
+    for column in instrument.columns.drop("file_name"):
+        from_instrument = merged.pop(f"{column}_instrument")
+        merged[column] = merged[column].where(merged["is_ome"], from_instrument).combine_first(merged[column])
+    return merged
 
 
 def _check_complete_sites(table: pd.DataFrame, where: Path) -> None:

@@ -34,8 +34,14 @@ class ImageName:
     well: str
     site: int
     channel: str
+    channel_token: str
     z: int | None = None
     t: int | None = None
+
+    @property
+    def channel_is_named(self) -> bool:
+        """True when the manifest mapped the file name's channel token to a name."""
+        return self.channel != self.channel_token
 
 
 def normalize_well(well: str) -> str:
@@ -91,6 +97,7 @@ class NamingScheme:
             well=well,
             site=int(groups["site"]),
             channel=channel,
+            channel_token=token,
             z=int(groups["z"]) if groups.get("z") is not None else None,
             t=int(groups["t"]) if groups.get("t") is not None else None,
         )

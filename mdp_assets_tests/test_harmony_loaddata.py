@@ -1,0 +1,42 @@
+"""Opera Phenix plates: Harmony index XML (versions 1, 5 and 7) and pe2loaddata's LoadData CSVs."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from mdp_assets.lib.harmony import find_index_file, read_harmony_index
+from mdp_assets.lib.inventory import PlateFolder, inventory_plate
+from mdp_assets.lib.loaddata import loaddata_from_harmony, loaddata_from_raw_images, read_pe2loaddata_config
+from mdp_assets_tests.conftest import REALDATA, write_manifest
+
+PE2LOADDATA = REALDATA / "pe2loaddata-phenix"
+
+
+@pytest.mark.parametrize("version", [1, 5, 7])
+def test_loaddata_equals_pe2loaddata_reference(version):
+    folder = PE2LOADDATA / f"Version{version}"
+    plate, images = read_harmony_index(find_index_file(folder / "images"))
+    channels, fields = read_pe2loaddata_config(folder / f"config_v{version}.yml")
+    ours = loaddata_from_harmony(images, plate, channels, fields, f"tests/data/Version{version}/images/")
+    reference = pd.read_csv(folder / f"load_data_version{version}.csv", dtype=str, keep_default_na=False)
+    assert list(ours.columns) == list(reference.columns)
+    pd.testing.assert_frame_equal(ours.reset_index(drop=True), reference)
+
+
+def test_phenix_plate_takes_channel_names_and_acquisition_from_harmony(tmp_path):
+    plate_dir = tmp_path / "BR00122249"
+    shutil.copytree(PE2LOADDATA / "Version5" / "images", plate_dir)
+    (plate_dir / "platemap.csv").write_text("well_position,treatment\nA01,DMSO\n")
+    write_manifest(plate_dir, barcode="BR00122249", origin="internal", platemap="platemap.csv",
+                   naming_scheme="phenix", expected_image_count=6, channels={"Alexa 568": "AGP"})
+    table = inventory_plate(PlateFolder.open(plate_dir)).set_index("file_name")
+    ch5 = table.loc["r01c01f01p01-ch5sk1fk1fl1.tiff"]
+    assert ch5["Metadata_Channel"] == "AGP", "the manifest maps the Harmony channel name"
+    assert table.loc["r01c01f01p01-ch1sk1fk1fl1.tiff", "Metadata_Channel"] == "Digital Phase Contrast"
+    assert ch5["Metadata_PhysicalSizeX_um"] == pytest.approx(0.597976, rel=1e-5)
+    assert ch5["Metadata_ObjectiveMagnification"] == 20 and ch5["Metadata_ExposureTime_ms"] == pytest.approx(40.0)
+    assert ch5["Metadata_AcquisitionTime"] == "2023-03-23T14:52:41.417-04:00"
+    loaddata = loaddata_from_raw_images(table.reset_index())
+    assert len(loaddata) == 1 and loaddata.loc[0, "FileName_AGP"] == "r01c01f01p01-ch5sk1fk1fl1.tiff"
+    assert (loaddata.loc[0, "Metadata_Well"], loaddata.loc[0, "Metadata_Site"]) == ("A01", "1")
