@@ -12,6 +12,8 @@ import dagster as dg
 from mdp_assets.defs.embeddings import assets as embeddings_assets
 from mdp_assets.defs.illumination import assets as illumination_assets
 from mdp_assets.defs.jobs import consensus_job, plate_job
+from mdp_assets.defs.plates.resources import IntakeSettings
+from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.defs.profiles import assets as profiles_assets
 from mdp_assets.defs.raw import assets as raw_assets
 from mdp_assets.defs.segmentation import assets as segmentation_assets
@@ -29,13 +31,15 @@ ASSET_MODULES = [
 ]
 
 
-def build_definitions(storage: MdpStorage | None = None) -> dg.Definitions:
+def build_definitions(storage: MdpStorage | None = None, intake: IntakeSettings | None = None) -> dg.Definitions:
     storage = storage or MdpStorage(data_root=dg.EnvVar("MDP_DATA_ROOT"))
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         jobs=[plate_job, consensus_job],
+        sensors=[new_plate_sensor],
         resources={
             "storage": storage,
+            "intake": intake or IntakeSettings(),
             "io_manager": PlateLevelIOManager(storage=storage),
         },
     )

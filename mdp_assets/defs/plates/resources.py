@@ -1,0 +1,10 @@
+"""Intake settings for the landing zone."""
+
+import dagster as dg
+from pydantic import Field
+
+
+class IntakeSettings(dg.ConfigurableResource):
+    """How long a plate folder must stay unchanged before it counts as completely written."""
+
+    quiet_period_seconds: float = Field(default=60.0, ge=0, description="instruments write for hours")

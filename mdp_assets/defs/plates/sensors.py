@@ -1,0 +1,47 @@
+"""`new_plate_sensor`: registers plates that arrive in the landing zone and starts their processing."""
+
+import time
+
+import dagster as dg
+
+from mdp_assets.defs.jobs import plate_job
+from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.resources import IntakeSettings
+from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.lib.intake import IntakeCursor, evaluate_landing_zone, snapshot_landing_zone
+
+
+@dg.sensor(
+    target=plate_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches the landing zone; a plate folder whose manifest exists, whose expected images are all "
+    "present and unchanged for the quiet period, and whose files are readable is added to `plates` and run "
+    "through every level. Broken plates are skipped with the reason; the landing zone is never modified.",
+)
+def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, intake: IntakeSettings):
+    cursor = IntakeCursor.load(context.cursor)
+    decisions = evaluate_landing_zone(
+        snapshot_landing_zone(storage.landing_path), cursor, time.time(), intake.quiet_period_seconds
+    )
+    ready = [d for d in decisions if d.status == "ready"]
+    for decision in decisions:
+        if decision.status == "rejected":
+            context.log.warning(f"plate {decision.plate} rejected: {decision.reason}")
+        elif decision.status == "changed" and cursor.changed_reported.get(decision.plate) != decision.fingerprint:
+            context.log.warning(f"plate {decision.plate}: {decision.reason}")
+            cursor.changed_reported[decision.plate] = decision.fingerprint
+    if ready:
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(run_key=f"{d.plate}:{d.fingerprint[:16]}", partition_key=d.plate, tags={"mdp/plate": d.plate})
+                for d in ready
+            ],
+            dynamic_partitions_requests=[plates_partitions.build_add_request([d.plate for d in ready])],
+            cursor=cursor.dump(),
+        )
+    notes = [f"{d.plate}: {d.status}, {d.reason}" for d in decisions if d.status in ("waiting", "rejected", "changed")]
+    return dg.SensorResult(
+        skip_reason="; ".join(notes) if notes else f"no new plates ({len(decisions)} known)",
+        cursor=cursor.dump(),
+    )
