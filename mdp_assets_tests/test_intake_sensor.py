@@ -46,6 +46,12 @@ def test_nf1_plate_is_registered_once(storage, instance, nf1_plate):
     assert "no new plates" in _skip(second)
 
 
+def test_plate_registered_elsewhere_is_not_run_again(storage, instance, nf1_plate):
+    instance.add_dynamic_partitions("plates", [nf1_plate])
+    result = _tick(storage, instance)
+    assert not result.run_requests and "no new plates" in _skip(result)
+
+
 def test_plate_still_arriving_waits(storage, instance, nf1_plate):
     folder = storage.landing_path / nf1_plate
     held_back = sorted(folder.glob("*.tif"))[:3]

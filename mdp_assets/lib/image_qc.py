@@ -65,11 +65,16 @@ class QcThresholds:
     min_power_log_log_slope: float = -2.5
     max_percent_maximal: float = 1.0
 
+    def blurred(self, slope: float) -> bool:
+        return slope < self.min_power_log_log_slope
+
+    def saturated(self, saturation: float) -> bool:
+        return saturation > self.max_percent_maximal
+
     def passes(self, slope: float, saturation: float) -> bool:
-        return slope >= self.min_power_log_log_slope and saturation <= self.max_percent_maximal
+        return not self.blurred(slope) and not self.saturated(saturation)
 
 
-QC_COLUMNS = ["ImageQuality_PowerLogLogSlope", "ImageQuality_PercentMaximal", "qc_pass"]
 
 
 def measure_plate_quality(raw_images: pd.DataFrame, thresholds: QcThresholds, max_workers: int = 2) -> pd.DataFrame:
@@ -85,8 +90,24 @@ def measure_plate_quality(raw_images: pd.DataFrame, thresholds: QcThresholds, ma
     table = raw_images[keys].copy()
     table["ImageQuality_PowerLogLogSlope"] = [m[0] for m in measured]
     table["ImageQuality_PercentMaximal"] = [m[1] for m in measured]
-    table["qc_pass"] = [thresholds.passes(s, p) for s, p in measured]
+    table["qc_blurred"] = [thresholds.blurred(s) for s, _ in measured]
+    table["qc_saturated"] = [thresholds.saturated(p) for _, p in measured]
+    table["qc_pass"] = ~(table["qc_blurred"] | table["qc_saturated"])
     return table.reset_index(drop=True)
+
+
+def empty_or_failed_wells(all_wells: set[str], sites: pd.DataFrame) -> dict[str, str]:
+    """Wells with no usable site (every site failed QC) or no nucleus found: well -> why."""
+    problems = {}
+    usable = set(sites["Metadata_Well"]) if len(sites) else set()
+    for well in sorted(all_wells - usable):
+        problems[well] = "every site failed image QC"
+    if len(sites):
+        nuclei = sites.groupby("Metadata_Well")["Count_Nuclei"].sum()
+        for well, count in nuclei.items():
+            if count == 0:
+                problems[well] = "no nuclei found"
+    return dict(sorted(problems.items()))
 
 
 def passing_sites(image_qc: pd.DataFrame) -> set[tuple[str, int]]:

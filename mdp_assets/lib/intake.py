@@ -157,12 +157,20 @@ class IntakeCursor:
 
 
 def evaluate_landing_zone(
-    snapshots: list[FolderSnapshot], cursor: IntakeCursor, now_s: float, quiet_period_s: float
+    snapshots: list[FolderSnapshot],
+    cursor: IntakeCursor,
+    now_s: float,
+    quiet_period_s: float,
+    known_partitions: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> list[Decision]:
-    """One decision per folder; updates the cursor for plates it registers, rejects or reports."""
+    """One decision per folder; updates the cursor for plates it registers, rejects or reports.
+
+    Plates already in `known_partitions` (registered by `mdp demo` or by hand) count as registered now."""
     decisions = []
     for snapshot in snapshots:
         name, fingerprint = snapshot.name, snapshot.fingerprint
+        if name in known_partitions and name not in cursor.registered:
+            cursor.registered[name] = fingerprint
         if name in cursor.registered:
             if fingerprint == cursor.registered[name]:
                 decisions.append(Decision(name, "registered", "unchanged since registration", fingerprint))

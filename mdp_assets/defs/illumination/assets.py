@@ -28,7 +28,11 @@ GROUP = "qc_and_illumination"
     group_name=GROUP,
     kinds={"parquet"},
     code_version=step_version("image_qc", QC_THRESHOLDS),
-    check_specs=[dg.AssetCheckSpec("qc_pass_fraction", asset="image_qc", description="share of images passing QC")],
+    check_specs=[
+        dg.AssetCheckSpec("qc_pass_fraction", asset="image_qc", description="share of images passing QC"),
+        dg.AssetCheckSpec("no_blurred_images", asset="image_qc", description="names every image below the focus limit"),
+        dg.AssetCheckSpec("no_saturated_images", asset="image_qc", description="names every image over the saturation limit"),
+    ],
     description="Per image: focus (ImageQuality_PowerLogLogSlope) and saturation (ImageQuality_PercentMaximal) "
     "as CellProfiler's MeasureImageQuality defines them, and a pass flag. Failing sites are excluded below.",
 )
@@ -51,6 +55,23 @@ def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame):
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"pass_fraction": fraction, "minimum": MIN_QC_PASS_FRACTION, "failed": ", ".join(failed[:50]) or "none"},
     )
+    for check, flag, measure in [
+        ("no_blurred_images", "qc_blurred", "ImageQuality_PowerLogLogSlope"),
+        ("no_saturated_images", "qc_saturated", "ImageQuality_PercentMaximal"),
+    ]:
+        bad = table[table[flag]]
+        yield dg.AssetCheckResult(
+            check_name=check,
+            passed=bad.empty,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "images": len(bad),
+                "files": dg.MetadataValue.md(
+                    "\n".join(f"- {r.file_name}: {getattr(r, measure):.3f}" for r in bad.itertuples()) or "none"
+                ),
+                "excluded_downstream": True,
+            },
+        )
 
 
 @dg.asset(
@@ -85,5 +106,11 @@ def corrected_images(
     with storage.staging_dir("corrected_images") as staged:
         sites = write_corrected_images(raw_images, passing_sites(image_qc), illumination_functions.root, staged)
         sites.to_parquet(staged / "sites.parquet", index=False)
-        excluded = raw_images[["Metadata_Well", "Metadata_Site"]].drop_duplicates().shape[0] - len(sites)
-        return dg.Output(StagedFiles(staged), metadata={"sites": len(sites), "sites_excluded_by_qc": excluded})
+        all_sites = raw_images[["Metadata_Well", "Metadata_Site"]].drop_duplicates().itertuples(index=False)
+        kept = set(zip(sites["Metadata_Well"], sites["Metadata_Site"]))
+        excluded = sorted(f"{w} site {s}" for w, s in all_sites if (w, int(s)) not in kept)
+        return dg.Output(
+            StagedFiles(staged),
+            metadata={"sites": len(sites), "sites_excluded_by_qc": len(excluded),
+                      "excluded_sites": ", ".join(excluded) or "none"},
+        )

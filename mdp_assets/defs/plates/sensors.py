@@ -22,7 +22,11 @@ from mdp_assets.lib.intake import IntakeCursor, evaluate_landing_zone, snapshot_
 def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, intake: IntakeSettings):
     cursor = IntakeCursor.load(context.cursor)
     decisions = evaluate_landing_zone(
-        snapshot_landing_zone(storage.landing_path), cursor, time.time(), intake.quiet_period_seconds
+        snapshot_landing_zone(storage.landing_path),
+        cursor,
+        time.time(),
+        intake.quiet_period_seconds,
+        known_partitions=set(context.instance.get_dynamic_partitions(plates_partitions.name)),
     )
     ready = [d for d in decisions if d.status == "ready"]
     for decision in decisions:

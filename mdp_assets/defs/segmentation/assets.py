@@ -7,6 +7,7 @@ import pandas as pd
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.storage.io_manager import StagedFiles, StoredPartition
 from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.lib.image_qc import empty_or_failed_wells
 from mdp_assets.lib.plate_context import PlateContext
 from mdp_assets.lib.segmentation import SegmentationParameters, write_masks
 from mdp_assets.lib.versions import step_version
@@ -19,12 +20,12 @@ SEGMENTATION = SegmentationParameters()
     group_name="masks",
     kinds={"tiff", "scikit-image"},
     code_version=step_version("segmentation_masks", SEGMENTATION),
+    check_specs=[dg.AssetCheckSpec("no_empty_or_failed_wells", asset="segmentation_masks",
+                                   description="names every well with no usable site or no nucleus")],
     description="Per site, a (2, Y, X) int32 OME-TIFF of Nuclei and Cells labels (built-in engine: Otsu + shape "
     "declumping for nuclei, propagation-style watershed for cells; a cell carries its nucleus' label).",
 )
-def segmentation_masks(
-    raw_images: pd.DataFrame, corrected_images: StoredPartition, storage: MdpStorage
-) -> dg.Output[StagedFiles]:
+def segmentation_masks(raw_images: pd.DataFrame, corrected_images: StoredPartition, storage: MdpStorage):
     manifest = PlateContext.of(raw_images).manifest
     with storage.staging_dir("segmentation_masks") as staged:
         sites = write_masks(
@@ -36,7 +37,15 @@ def segmentation_masks(
             SEGMENTATION,
         )
         sites.to_parquet(staged / "sites.parquet", index=False)
-        return dg.Output(
+        problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)
+        yield dg.Output(
             StagedFiles(staged),
             metadata={"sites": len(sites), "nuclei": int(sites["Count_Nuclei"].sum()) if len(sites) else 0},
         )
+    yield dg.AssetCheckResult(
+        check_name="no_empty_or_failed_wells",
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"wells": len(problems),
+                  "problems": dg.MetadataValue.md("\n".join(f"- {w}: {why}" for w, why in problems.items()) or "none")},
+    )
