@@ -107,3 +107,21 @@ def test_bad_manifest_is_rejected_with_the_field(storage, instance, nf1_plate):
                    expected_image_count=15)
     result = _tick(storage, instance)
     assert not result.run_requests and "field 'origin'" in _skip(result)
+
+
+def test_a_flood_of_plates_is_validated_over_several_ticks(storage, instance, nf1_plate):
+    folder = storage.landing_path / nf1_plate
+    for copy in ("Plate_2b", "Plate_2c"):
+        shutil.copytree(folder, storage.landing_path / copy)
+        manifest = storage.landing_path / copy / "plate.yaml"
+        manifest.write_text(manifest.read_text().replace("barcode: Plate_2", f"barcode: {copy}"))
+
+    def tick(cursor):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+            "storage": storage, "intake": IntakeSettings(quiet_period_seconds=0, max_plates_validated_per_tick=2)})
+        return new_plate_sensor(context)
+
+    first = tick(None)
+    assert [r.partition_key for r in first.run_requests] == ["Plate_2", "Plate_2b"]
+    second = tick(first.cursor)
+    assert [r.partition_key for r in second.run_requests] == ["Plate_2c"]

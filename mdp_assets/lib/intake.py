@@ -80,6 +80,7 @@ class Decision:
     status: Status
     reason: str
     fingerprint: str
+    files_read: bool = False  # whether judging it meant reading every image header
 
 
 def _validate_files(snapshot: FolderSnapshot, scheme: NamingScheme, images: list[str], images_dir: Path) -> list[str]:
@@ -101,12 +102,15 @@ def _validate_files(snapshot: FolderSnapshot, scheme: NamingScheme, images: list
     return problems
 
 
-def assess_plate(snapshot: FolderSnapshot, now_s: float, quiet_period_s: float) -> Decision:
-    """Is this folder a plate ready to register, still arriving, or unfit? (never registered before)"""
+def assess_plate(snapshot: FolderSnapshot, now_s: float, quiet_period_s: float, may_read_files: bool = True) -> Decision:
+    """Is this folder a plate ready to register, still arriving, or unfit? (never registered before)
+
+    Reading every TIFF header is the expensive part; with `may_read_files` False a plate that is otherwise
+    ready waits for a later tick."""
     fingerprint = snapshot.fingerprint
 
-    def decide(status: Status, reason: str) -> Decision:
-        return Decision(snapshot.name, status, reason, fingerprint)
+    def decide(status: Status, reason: str, files_read: bool = False) -> Decision:
+        return Decision(snapshot.name, status, reason, fingerprint, files_read)
 
     if not _SAFE_FOLDER.match(snapshot.name):
         return decide("rejected", f"unsafe plate id {snapshot.name!r}: use letters, digits, '.', '_' or '-'")
@@ -128,12 +132,14 @@ def assess_plate(snapshot: FolderSnapshot, now_s: float, quiet_period_s: float) 
     quiet_for = now_s - snapshot.newest_mtime_s
     if quiet_for < quiet_period_s:
         return decide("waiting", f"files changed {quiet_for:.0f} s ago (quiet period {quiet_period_s:.0f} s)")
+    if not may_read_files:
+        return decide("waiting", "complete; queued for validation (this tick's validation budget is used)")
     scheme = NamingScheme(manifest.naming_scheme, manifest.naming_pattern, manifest.channels)
     problems = _validate_files(snapshot, scheme, images, snapshot.path / manifest.images_subdir)
     if problems:
         listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else "")
-        return decide("rejected", f"{len(problems)} problem(s): {listed}")
-    return decide("ready", f"{len(images)} images, quiet for {quiet_for:.0f} s")
+        return decide("rejected", f"{len(problems)} problem(s): {listed}", files_read=True)
+    return decide("ready", f"{len(images)} images, quiet for {quiet_for:.0f} s", files_read=True)
 
 
 @dataclass
@@ -162,11 +168,15 @@ def evaluate_landing_zone(
     now_s: float,
     quiet_period_s: float,
     known_partitions: set[str] = frozenset(),  # type: ignore[assignment]
+    max_plates_validated: int = 25,
 ) -> list[Decision]:
     """One decision per folder; updates the cursor for plates it registers, rejects or reports.
 
-    Plates already in `known_partitions` (registered by `mdp demo` or by hand) count as registered now."""
+    Plates already in `known_partitions` (registered by `mdp demo` or by hand) count as registered now.
+    At most `max_plates_validated` plates have their files read per call, so a tick stays short when
+    hundreds of plates arrive at once; the rest are judged on later ticks."""
     decisions = []
+    validated = 0
     for snapshot in snapshots:
         name, fingerprint = snapshot.name, snapshot.fingerprint
         if name in known_partitions and name not in cursor.registered:
@@ -184,7 +194,8 @@ def evaluate_landing_zone(
             # Already judged and unchanged: report it again without reading its files again.
             decisions.append(Decision(name, "rejected", judged[1], fingerprint))
             continue
-        decision = assess_plate(snapshot, now_s, quiet_period_s)
+        decision = assess_plate(snapshot, now_s, quiet_period_s, may_read_files=validated < max_plates_validated)
+        validated += decision.files_read
         if decision.status == "ready":
             cursor.registered[name] = fingerprint
             cursor.rejected.pop(name, None)

@@ -27,6 +27,7 @@ def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, i
         time.time(),
         intake.quiet_period_seconds,
         known_partitions=set(context.instance.get_dynamic_partitions(plates_partitions.name)),
+        max_plates_validated=intake.max_plates_validated_per_tick,
     )
     ready = [d for d in decisions if d.status == "ready"]
     for decision in decisions:
