@@ -22,6 +22,25 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"real test data not found at {REALDATA} (../shared/realdata beside the project)")
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A real S3 HTTP server (moto) on 127.0.0.1, for the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture
 def storage(tmp_path: Path) -> MdpStorage:
     return MdpStorage(data_root=str(tmp_path / "data"))

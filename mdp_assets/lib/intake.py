@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -102,11 +103,20 @@ def _validate_files(snapshot: FolderSnapshot, scheme: NamingScheme, images: list
     return problems
 
 
-def assess_plate(snapshot: FolderSnapshot, now_s: float, quiet_period_s: float, may_read_files: bool = True) -> Decision:
+Fetch = Callable[[FolderSnapshot, Iterable[str]], Path]
+
+
+def _local(snapshot: FolderSnapshot, relpaths: Iterable[str]) -> Path:
+    return snapshot.path
+
+
+def assess_plate(
+    snapshot: FolderSnapshot, now_s: float, quiet_period_s: float, may_read_files: bool = True, fetch: Fetch = _local
+) -> Decision:
     """Is this folder a plate ready to register, still arriving, or unfit? (never registered before)
 
     Reading every TIFF header is the expensive part; with `may_read_files` False a plate that is otherwise
-    ready waits for a later tick."""
+    ready waits for a later tick. `fetch` makes listed files local (a landing zone on S3 mirrors them)."""
     fingerprint = snapshot.fingerprint
 
     def decide(status: Status, reason: str, files_read: bool = False) -> Decision:
@@ -117,7 +127,7 @@ def assess_plate(snapshot: FolderSnapshot, now_s: float, quiet_period_s: float, 
     if MANIFEST_NAME not in snapshot.files:
         return decide("waiting", f"no {MANIFEST_NAME} yet")
     try:
-        manifest = load_manifest(snapshot.path / MANIFEST_NAME)
+        manifest = load_manifest(fetch(snapshot, [MANIFEST_NAME]) / MANIFEST_NAME)
     except MdpError as exc:
         return decide("rejected", str(exc))
     if manifest.barcode != snapshot.name:
@@ -135,7 +145,9 @@ def assess_plate(snapshot: FolderSnapshot, now_s: float, quiet_period_s: float, 
     if not may_read_files:
         return decide("waiting", "complete; queued for validation (this tick's validation budget is used)")
     scheme = NamingScheme(manifest.naming_scheme, manifest.naming_pattern, manifest.channels)
-    problems = _validate_files(snapshot, scheme, images, snapshot.path / manifest.images_subdir)
+    prefix = "" if manifest.images_subdir in (".", "") else manifest.images_subdir.rstrip("/") + "/"
+    folder = fetch(snapshot, [manifest.platemap, *(prefix + name for name in images)])
+    problems = _validate_files(snapshot, scheme, images, folder / manifest.images_subdir)
     if problems:
         listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else "")
         return decide("rejected", f"{len(problems)} problem(s): {listed}", files_read=True)
@@ -169,6 +181,7 @@ def evaluate_landing_zone(
     quiet_period_s: float,
     known_partitions: set[str] = frozenset(),  # type: ignore[assignment]
     max_plates_validated: int = 25,
+    fetch: Fetch = _local,
 ) -> list[Decision]:
     """One decision per folder; updates the cursor for plates it registers, rejects or reports.
 
@@ -194,7 +207,7 @@ def evaluate_landing_zone(
             # Already judged and unchanged: report it again without reading its files again.
             decisions.append(Decision(name, "rejected", judged[1], fingerprint))
             continue
-        decision = assess_plate(snapshot, now_s, quiet_period_s, may_read_files=validated < max_plates_validated)
+        decision = assess_plate(snapshot, now_s, quiet_period_s, validated < max_plates_validated, fetch)
         validated += decision.files_read
         if decision.status == "ready":
             cursor.registered[name] = fingerprint

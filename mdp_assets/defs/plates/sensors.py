@@ -8,7 +8,7 @@ from mdp_assets.defs.jobs import plate_job
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.plates.resources import IntakeSettings
 from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib.intake import IntakeCursor, evaluate_landing_zone, snapshot_landing_zone
+from mdp_assets.lib.intake import IntakeCursor, evaluate_landing_zone
 
 
 @dg.sensor(
@@ -21,13 +21,15 @@ from mdp_assets.lib.intake import IntakeCursor, evaluate_landing_zone, snapshot_
 )
 def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, intake: IntakeSettings):
     cursor = IntakeCursor.load(context.cursor)
+    landing = storage.landing()
     decisions = evaluate_landing_zone(
-        snapshot_landing_zone(storage.landing_path),
+        landing.snapshot(),
         cursor,
         time.time(),
         intake.quiet_period_seconds,
         known_partitions=set(context.instance.get_dynamic_partitions(plates_partitions.name)),
         max_plates_validated=intake.max_plates_validated_per_tick,
+        fetch=landing.fetch,
     )
     ready = [d for d in decisions if d.status == "ready"]
     for decision in decisions:

@@ -22,6 +22,13 @@ from mdp_assets.lib.versions import step_version
 def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output[pd.DataFrame]:
     plate = storage.plate_folder(context.partition_key)
     inventory = inventory_plate(plate)
+    landing = storage.landing()
+    subdir = "" if plate.manifest.images_subdir in (".", "") else plate.manifest.images_subdir.rstrip("/") + "/"
+    inventory.insert(
+        inventory.columns.get_loc("uri") + 1,
+        "source_uri",
+        [landing.source_uri(plate.barcode, subdir + name) for name in inventory["file_name"]],
+    )
     table, unannotated = annotate_images(inventory, plate)
     if unannotated:
         context.log.warning(f"{plate.barcode}: wells without a platemap row: {unannotated}")

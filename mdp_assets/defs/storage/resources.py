@@ -11,7 +11,10 @@ import dagster as dg
 from pydantic import Field
 
 from mdp_assets.errors import MdpError
+from dagster_aws.s3 import S3Resource
+
 from mdp_assets.lib.inventory import PlateFolder
+from mdp_assets.lib.landing import FolderLanding, LandingZone, S3Landing
 
 
 class MdpStorage(dg.ConfigurableResource):
@@ -21,6 +24,12 @@ class MdpStorage(dg.ConfigurableResource):
     landing_zone: str | None = Field(
         default=None, description="folder of incoming plate folders; default <data_root>/landing"
     )
+    landing_s3_bucket: str | None = Field(
+        default=None, description="when set, plates arrive under s3://<bucket>/<landing_s3_prefix><plate>/"
+    )
+    landing_s3_prefix: str = ""
+    s3_endpoint_url: str | None = Field(default=None, description="any S3-compatible store; None for AWS")
+    s3_region: str | None = None
 
     @property
     def root(self) -> Path:
@@ -33,8 +42,15 @@ class MdpStorage(dg.ConfigurableResource):
     def tier_root(self, tier: str) -> Path:
         return self.root / tier
 
+    def landing(self) -> LandingZone:
+        """The landing zone: the local folder, or the S3 prefix (credentials from the usual AWS variables)."""
+        if not self.landing_s3_bucket:
+            return FolderLanding(self.landing_path)
+        client = S3Resource(endpoint_url=self.s3_endpoint_url, region_name=self.s3_region).get_client()
+        return S3Landing(client, self.landing_s3_bucket, self.landing_s3_prefix, self.root / "landing-mirror")
+
     def plate_folder(self, barcode: str) -> PlateFolder:
-        folder = PlateFolder.open(self.landing_path / barcode)
+        folder = PlateFolder.open(self.landing().open_plate(barcode))
         if folder.barcode != barcode:
             raise MdpError(
                 f"manifest barcode {folder.barcode!r} does not match its folder name {barcode!r}",
