@@ -3,6 +3,10 @@
   mdp demo [--plates N]   write demo plates into the landing zone and materialize every level (skips
                           what is already materialized and unchanged), then print the summary
   mdp summary             the summary table: plate, level, rows or files, bytes, where stored
+  mdp demo-plate BARCODE  write one more demo plate into the landing zone (the sensor picks it up)
+  mdp loaddata FOLDER -o OUT.csv [--pe2loaddata-config CONFIG.yml] [--path-name P]
+                          a CellProfiler LoadData CSV for a plate folder (pe2loaddata's layout for
+                          Phenix plates with a Harmony index and a pe2loaddata configuration)
 """
 
 from __future__ import annotations
@@ -130,16 +134,59 @@ def run_summary() -> int:
     return 0
 
 
+def run_demo_plate(barcode: str, seed: int) -> int:
+    from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
+
+    folder = write_demo_plate(_storage().landing_path, DemoPlateSpec(barcode=barcode, seed=seed))
+    print(f"demo plate {barcode} written to {folder}")
+    return 0
+
+
+def run_loaddata(folder: Path, output: Path, config: Path | None, path_name: str | None) -> int:
+    from mdp_assets.lib.checksums import atomic_path
+    from mdp_assets.lib.harmony import find_index_file, read_harmony_index
+    from mdp_assets.lib.inventory import PlateFolder, inventory_plate
+    from mdp_assets.lib.loaddata import loaddata_from_harmony, loaddata_from_raw_images, read_pe2loaddata_config
+
+    plate = PlateFolder.open(folder)
+    index = find_index_file(plate.images_dir)
+    if config is not None:
+        if index is None:
+            raise MdpError("a pe2loaddata configuration needs a Harmony Index.idx.xml or Index.xml", path=plate.images_dir)
+        plate_id, images = read_harmony_index(index)
+        channels, fields = read_pe2loaddata_config(config)
+        table = loaddata_from_harmony(images, plate_id or plate.barcode, channels, fields,
+                                      path_name or str(plate.images_dir.resolve()))
+    else:
+        table = loaddata_from_raw_images(inventory_plate(plate))
+    with atomic_path(output) as partial:
+        table.to_csv(partial, index=False, lineterminator="\n")
+    print(f"{len(table)} image sets written to {output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mdp", description="The microscopy data playbook, on Dagster.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="demo plates through every level, then a summary")
     demo.add_argument("--plates", type=int, default=2, help="how many demo plates (default 2)")
     commands.add_parser("summary", help="plate, level, rows or files, bytes, where stored")
+    demo_plate = commands.add_parser("demo-plate", help="write one demo plate into the landing zone")
+    demo_plate.add_argument("barcode")
+    demo_plate.add_argument("--seed", type=int, default=99)
+    loaddata = commands.add_parser("loaddata", help="a CellProfiler LoadData CSV for a plate folder")
+    loaddata.add_argument("folder", type=Path)
+    loaddata.add_argument("-o", "--output", type=Path, required=True)
+    loaddata.add_argument("--pe2loaddata-config", type=Path, help="pe2loaddata config.yml (channels, metadata)")
+    loaddata.add_argument("--path-name", help="PathName_ value to write (default: the images folder)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             return run_demo(args.plates)
+        if args.command == "demo-plate":
+            return run_demo_plate(args.barcode, args.seed)
+        if args.command == "loaddata":
+            return run_loaddata(args.folder, args.output, args.pe2loaddata_config, args.path_name)
         return run_summary()
     except MdpError as exc:
         print(f"mdp: {exc}", file=sys.stderr)

@@ -40,3 +40,18 @@ def test_phenix_plate_takes_channel_names_and_acquisition_from_harmony(tmp_path)
     loaddata = loaddata_from_raw_images(table.reset_index())
     assert len(loaddata) == 1 and loaddata.loc[0, "FileName_AGP"] == "r01c01f01p01-ch5sk1fk1fl1.tiff"
     assert (loaddata.loc[0, "Metadata_Well"], loaddata.loc[0, "Metadata_Site"]) == ("A01", "1")
+
+
+def test_mdp_loaddata_command_writes_the_reference_csv(tmp_path):
+    from mdp_assets.cli import main
+
+    plate_dir = tmp_path / "BR00121482"
+    shutil.copytree(PE2LOADDATA / "Version1" / "images", plate_dir)
+    (plate_dir / "platemap.csv").write_text("well_position,treatment\nA01,DMSO\n")
+    write_manifest(plate_dir, barcode="BR00121482", origin="internal", platemap="platemap.csv",
+                   naming_scheme="phenix", expected_image_count=6)
+    output = tmp_path / "out" / "load_data.csv"
+    code = main(["loaddata", str(plate_dir), "-o", str(output), "--path-name", "tests/data/Version1/images/",
+                 "--pe2loaddata-config", str(PE2LOADDATA / "Version1" / "config_v1.yml")])
+    assert code == 0
+    assert output.read_text() == (PE2LOADDATA / "Version1" / "load_data_version1.csv").read_text()
