@@ -12,6 +12,7 @@ import dagster as dg
 from mdp_assets.defs.embeddings import assets as embeddings_assets
 from mdp_assets.defs.illumination import assets as illumination_assets
 from mdp_assets.defs.jobs import consensus_job, plate_job
+from mdp_assets.defs.parameters import PipelineParameters, with_code_versions
 from mdp_assets.defs.plates.resources import IntakeSettings
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.defs.profiles import assets as profiles_assets
@@ -31,15 +32,22 @@ ASSET_MODULES = [
 ]
 
 
-def build_definitions(storage: MdpStorage | None = None, intake: IntakeSettings | None = None) -> dg.Definitions:
+def build_definitions(
+    storage: MdpStorage | None = None,
+    intake: IntakeSettings | None = None,
+    parameters: PipelineParameters | None = None,
+) -> dg.Definitions:
     storage = storage or MdpStorage(data_root=dg.EnvVar("MDP_DATA_ROOT"))
+    parameters = parameters or PipelineParameters()
+    assets = [a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.AssetsDefinition)]
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        assets=with_code_versions(assets, parameters),
         jobs=[plate_job, consensus_job],
         sensors=[new_plate_sensor],
         resources={
             "storage": storage,
             "intake": intake or IntakeSettings(),
+            "parameters": parameters,
             "io_manager": PlateLevelIOManager(storage=storage),
         },
     )

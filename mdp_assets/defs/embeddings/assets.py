@@ -6,13 +6,11 @@ import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.lib.embeddings import pca_embedding
-from mdp_assets.lib.versions import step_version
-
-N_COMPONENTS = 8
+from mdp_assets.defs.parameters import PipelineParameters
 
 
-def _embed(profiles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-    embedding = pca_embedding(profiles, N_COMPONENTS)
+def _embed(profiles: pd.DataFrame, n_components: int) -> dg.Output[pd.DataFrame]:
+    embedding = pca_embedding(profiles, n_components)
     return dg.Output(
         embedding.table,
         metadata={
@@ -28,20 +26,18 @@ def _embed(profiles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     partitions_def=plates_partitions,
     group_name="embeddings",
     kinds={"parquet", "numpy"},
-    code_version=step_version("single_cell_embeddings", {"method": "pca", "n_components": N_COMPONENTS}),
-    description=f"Single-cell embeddings: the first {N_COMPONENTS} principal components of the plate's "
+    description="Single-cell embeddings: the first principal components (8 by default) of the plate's "
     "single-cell profiles (Embedding_PC1..), deterministic; Metadata_ columns carried.",
 )
-def single_cell_embeddings(single_cell_profiles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-    return _embed(single_cell_profiles)
+def single_cell_embeddings(single_cell_profiles: pd.DataFrame, parameters: PipelineParameters) -> dg.Output[pd.DataFrame]:
+    return _embed(single_cell_profiles, parameters.embedding_components)
 
 
 @dg.asset(
     partitions_def=plates_partitions,
     group_name="embeddings",
     kinds={"parquet", "numpy"},
-    code_version=step_version("well_embeddings", {"method": "pca", "n_components": N_COMPONENTS}),
-    description=f"Well embeddings: the first {N_COMPONENTS} principal components of the plate's well profiles.",
+    description="Well embeddings: the first principal components (8 by default) of the plate's well profiles.",
 )
-def well_embeddings(well_profiles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-    return _embed(well_profiles)
+def well_embeddings(well_profiles: pd.DataFrame, parameters: PipelineParameters) -> dg.Output[pd.DataFrame]:
+    return _embed(well_profiles, parameters.embedding_components)

@@ -9,17 +9,10 @@ import pandas as pd
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.storage.io_manager import StagedFiles, StoredPartition
 from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib.illumination import (
-    IlluminationParameters,
-    write_corrected_images,
-    write_illumination_functions,
-)
-from mdp_assets.lib.image_qc import QcThresholds, measure_plate_quality, passing_sites
-from mdp_assets.lib.versions import step_version
+from mdp_assets.defs.parameters import PipelineParameters
+from mdp_assets.lib.illumination import write_corrected_images, write_illumination_functions
+from mdp_assets.lib.image_qc import measure_plate_quality, passing_sites
 
-QC_THRESHOLDS = QcThresholds()
-MIN_QC_PASS_FRACTION = 0.9
-ILLUMINATION = IlluminationParameters()
 GROUP = "qc_and_illumination"
 
 
@@ -27,7 +20,6 @@ GROUP = "qc_and_illumination"
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"parquet"},
-    code_version=step_version("image_qc", QC_THRESHOLDS),
     check_specs=[
         dg.AssetCheckSpec("qc_pass_fraction", asset="image_qc", description="share of images passing QC"),
         dg.AssetCheckSpec("no_blurred_images", asset="image_qc", description="names every image below the focus limit"),
@@ -36,8 +28,10 @@ GROUP = "qc_and_illumination"
     description="Per image: focus (ImageQuality_PowerLogLogSlope) and saturation (ImageQuality_PercentMaximal) "
     "as CellProfiler's MeasureImageQuality defines them, and a pass flag. Failing sites are excluded below.",
 )
-def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame):
-    table = measure_plate_quality(raw_images, QC_THRESHOLDS)
+def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, parameters: PipelineParameters):
+    thresholds = parameters.qc_thresholds()
+    minimum = parameters.image_qc.min_pass_fraction
+    table = measure_plate_quality(raw_images, thresholds)
     fraction = float(table["qc_pass"].mean())
     failed = table.loc[~table["qc_pass"], "file_name"].tolist()
     yield dg.Output(
@@ -46,14 +40,14 @@ def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame):
             "images": len(table),
             "pass_fraction": fraction,
             "failed_images": len(failed),
-            "thresholds": QC_THRESHOLDS.__dict__,
+            "thresholds": thresholds.__dict__,
         },
     )
     yield dg.AssetCheckResult(
         check_name="qc_pass_fraction",
-        passed=fraction >= MIN_QC_PASS_FRACTION,
+        passed=fraction >= minimum,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"pass_fraction": fraction, "minimum": MIN_QC_PASS_FRACTION, "failed": ", ".join(failed[:50]) or "none"},
+        metadata={"pass_fraction": fraction, "minimum": minimum, "failed": ", ".join(failed[:50]) or "none"},
     )
     for check, flag, measure in [
         ("no_blurred_images", "qc_blurred", "ImageQuality_PowerLogLogSlope"),
@@ -78,16 +72,16 @@ def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame):
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"numpy"},
-    code_version=step_version("illumination_functions", ILLUMINATION),
     description="One flat-field function per channel (CorrectIlluminationCalculate, 'All' images: average of the "
     "plate's QC-passing images, Gaussian-smoothed, rescaled to a robust minimum of 1), as <channel>.npy.",
 )
 def illumination_functions(
-    raw_images: pd.DataFrame, image_qc: pd.DataFrame, storage: MdpStorage
+    raw_images: pd.DataFrame, image_qc: pd.DataFrame, storage: MdpStorage, parameters: PipelineParameters
 ) -> dg.Output[StagedFiles]:
+    settings = parameters.illumination_parameters()
     with storage.staging_dir("illumination_functions") as staged:
-        used = write_illumination_functions(raw_images, passing_sites(image_qc), staged, ILLUMINATION)
-        (staged / "illumination.json").write_text(json.dumps({"images_per_channel": used, **ILLUMINATION.__dict__}))
+        used = write_illumination_functions(raw_images, passing_sites(image_qc), staged, settings)
+        (staged / "illumination.json").write_text(json.dumps({"images_per_channel": used, **settings.__dict__}))
         return dg.Output(StagedFiles(staged), metadata={"channels": len(used), "images_per_channel": used})
 
 
@@ -95,7 +89,6 @@ def illumination_functions(
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"tiff"},
-    code_version=step_version("corrected_images"),
     metadata={"lifecycle": "transient"},
     description="Illumination-corrected images (CorrectIlluminationApply, divide), one (C, Y, X) float32 OME-TIFF "
     "per QC-passing site. A transient level: kept only until every level that reads it is made.",

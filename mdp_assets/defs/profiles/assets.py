@@ -5,18 +5,16 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.lib.plate_context import PERTURBATION, PlateContext
 from mdp_assets.lib.profiles import (
-    ProfileParameters,
     aggregate,
     consensus,
     infer_features,
     metadata_columns,
     normalize_and_select,
 )
-from mdp_assets.lib.versions import step_version
 
-PROFILES = ProfileParameters()
 GROUP = "profiles"
 
 
@@ -24,15 +22,16 @@ GROUP = "profiles"
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"parquet", "pandas"},
-    code_version=step_version("single_cell_profiles", PROFILES),
     description="Single cells annotated with the platemap, normalized to negative controls (all cells when the "
     "platemap names none) and feature-selected (variance, correlation, missing values, blocklist).",
 )
 def single_cell_profiles(
-    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame
+    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame, parameters: PipelineParameters
 ) -> dg.Output[pd.DataFrame]:
     plate = PlateContext.of(raw_images)
-    table, summary = normalize_and_select(single_cell_features, plate.negative_control_query, PROFILES)
+    table, summary = normalize_and_select(
+        single_cell_features, plate.negative_control_query, parameters.profile_parameters()
+    )
     return dg.Output(table, metadata={"cells": len(table), **summary})
 
 
@@ -40,21 +39,21 @@ def single_cell_profiles(
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"parquet", "pandas"},
-    code_version=step_version("well_profiles", PROFILES, {"aggregate": "median"}),
     description="Bulk profiles: single cells aggregated per well (median), normalized to negative-control wells "
     "and feature-selected. Well-constant metadata and Metadata_Object_Count are carried.",
 )
-def well_profiles(single_cell_features: pd.DataFrame, raw_images: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+def well_profiles(
+    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame, parameters: PipelineParameters
+) -> dg.Output[pd.DataFrame]:
     plate = PlateContext.of(raw_images)
     wells = aggregate(single_cell_features, strata=("Metadata_Plate", "Metadata_Well"), operation="median")
-    table, summary = normalize_and_select(wells, plate.negative_control_query, PROFILES)
+    table, summary = normalize_and_select(wells, plate.negative_control_query, parameters.profile_parameters())
     return dg.Output(table, metadata={"wells": len(table), **summary})
 
 
 @dg.asset(
     group_name=GROUP,
     kinds={"parquet", "pandas"},
-    code_version=step_version("consensus_profiles", {"operation": "median", "by": PERTURBATION}),
     description="One profile per perturbation across every plate: the median of its replicate well profiles "
     "over the features all plates kept. Plates whose manifest names no treatment column are left out.",
 )

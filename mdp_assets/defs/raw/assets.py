@@ -8,14 +8,12 @@ from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.inventory import inventory_plate, plate_fingerprint
 from mdp_assets.lib.plate_context import annotate_images
-from mdp_assets.lib.versions import step_version
 
 
 @dg.asset(
     partitions_def=plates_partitions,
     group_name="raw",
     kinds={"tiff", "parquet"},
-    code_version=step_version("raw_images"),
     description="One row per image file: well, site, channel, uri, bytes, sha256, shape, dtype, acquisition "
     "metadata from TIFF tags and OME-XML, and the platemap's annotations.",
 )

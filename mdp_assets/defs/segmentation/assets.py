@@ -9,23 +9,22 @@ from mdp_assets.defs.storage.io_manager import StagedFiles, StoredPartition
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.image_qc import empty_or_failed_wells
 from mdp_assets.lib.plate_context import PlateContext
-from mdp_assets.lib.segmentation import SegmentationParameters, write_masks
-from mdp_assets.lib.versions import step_version
-
-SEGMENTATION = SegmentationParameters()
+from mdp_assets.defs.parameters import PipelineParameters
+from mdp_assets.lib.segmentation import write_masks
 
 
 @dg.asset(
     partitions_def=plates_partitions,
     group_name="masks",
     kinds={"tiff", "scikit-image"},
-    code_version=step_version("segmentation_masks", SEGMENTATION),
     check_specs=[dg.AssetCheckSpec("no_empty_or_failed_wells", asset="segmentation_masks",
                                    description="names every well with no usable site or no nucleus")],
     description="Per site, a (2, Y, X) int32 OME-TIFF of Nuclei and Cells labels (built-in engine: Otsu + shape "
     "declumping for nuclei, propagation-style watershed for cells; a cell carries its nucleus' label).",
 )
-def segmentation_masks(raw_images: pd.DataFrame, corrected_images: StoredPartition, storage: MdpStorage):
+def segmentation_masks(
+    raw_images: pd.DataFrame, corrected_images: StoredPartition, storage: MdpStorage, parameters: PipelineParameters
+):
     manifest = PlateContext.of(raw_images).manifest
     with storage.staging_dir("segmentation_masks") as staged:
         sites = write_masks(
@@ -34,7 +33,7 @@ def segmentation_masks(raw_images: pd.DataFrame, corrected_images: StoredPartiti
             staged,
             manifest.nuclei_channel,
             manifest.cell_channel,
-            SEGMENTATION,
+            parameters.segmentation_parameters(),
         )
         sites.to_parquet(staged / "sites.parquet", index=False)
         problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)

@@ -12,9 +12,8 @@ from mdp_assets.lib.features import plate_features
 from mdp_assets.lib.inventory import site_acquisition_metadata
 from mdp_assets.lib.plate_context import PlateContext
 from mdp_assets.lib.profiles import metadata_first
-from mdp_assets.lib.versions import step_version
+from mdp_assets.defs.parameters import PipelineParameters
 
-CROP_SIZE = 48
 GROUP = "single_cell"
 
 
@@ -22,7 +21,6 @@ GROUP = "single_cell"
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"parquet", "scikit-image"},
-    code_version=step_version("single_cell_features"),
     description="One row per cell: Nuclei_, Cells_ and Cytoplasm_ AreaShape/Location/Intensity features with "
     "CellProfiler's names, and Metadata_ columns for plate, well, site, object, platemap and acquisition.",
 )
@@ -53,8 +51,7 @@ def single_cell_features(
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"zarr"},
-    code_version=step_version("single_cell_crops", {"crop_size": CROP_SIZE}),
-    description=f"The isolated single-cell images: a {CROP_SIZE}x{CROP_SIZE} crop of every channel plus a CellMask "
+    description="The isolated single-cell images: a square crop (48 px by default) of every channel plus a CellMask "
     "channel around each nucleus, in one chunked zarr store per plate with an index.parquet of Metadata_ rows.",
 )
 def single_cell_crops(
@@ -63,6 +60,7 @@ def single_cell_crops(
     segmentation_masks: StoredPartition,
     corrected_images: StoredPartition,
     storage: MdpStorage,
+    parameters: PipelineParameters,
 ) -> dg.Output[StagedFiles]:
     channels = sorted(raw_images["Metadata_Channel"].unique())
     with storage.staging_dir("single_cell_crops") as staged:
@@ -73,6 +71,6 @@ def single_cell_crops(
             corrected_images.root,
             channels,
             staged,
-            CROP_SIZE,
+            parameters.crop_size,
         )
         return dg.Output(StagedFiles(staged), metadata={"cells": summary["cells"], "channels": ", ".join(summary["channels"])})

@@ -1,0 +1,98 @@
+"""The parameters of every processing step, as one resource a deployment can set.
+
+An asset's code version is its engine revision plus a hash of the parameters it uses, so changing a
+parameter marks that level, and every level below it, stale for every plate.
+"""
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from mdp_assets.lib.illumination import IlluminationParameters
+from mdp_assets.lib.image_qc import QcThresholds
+from mdp_assets.lib.profiles import ProfileParameters
+from mdp_assets.lib.segmentation import SegmentationParameters
+from mdp_assets.lib.versions import step_version
+
+
+class QcSettings(dg.Config):
+    min_power_log_log_slope: float = -2.5
+    max_percent_maximal: float = 1.0
+    min_pass_fraction: float = 0.9
+
+
+class IlluminationSettings(dg.Config):
+    smoothing_sigma_fraction: float = 0.05
+
+
+class SegmentationSettings(dg.Config):
+    nuclei_smoothing_sigma: float = 1.5
+    nuclei_min_area: int = 30
+    nuclei_max_area: int = 5000
+    declump_min_distance: int = 5
+    cell_smoothing_sigma: float = 2.0
+    cell_threshold_correction: float = 0.7
+    cell_max_distance: int = 40
+    discard_border_nuclei: bool = True
+
+
+class ProfileSettings(dg.Config):
+    normalize_method: str = "standardize"
+    operations: list[str] = Field(
+        default_factory=lambda: ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+    )
+    corr_threshold: float = 0.9
+    na_cutoff: float = 0.05
+    freq_cut: float = 0.05
+    unique_cut: float = 0.01
+
+
+class PipelineParameters(dg.ConfigurableResource):
+    """Every step's parameters; the defaults are the built-in engine's."""
+
+    image_qc: QcSettings = Field(default_factory=QcSettings)
+    illumination: IlluminationSettings = Field(default_factory=IlluminationSettings)
+    segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
+    crop_size: int = 48
+    profiles: ProfileSettings = Field(default_factory=ProfileSettings)
+    embedding_components: int = 8
+
+    def qc_thresholds(self) -> QcThresholds:
+        return QcThresholds(self.image_qc.min_power_log_log_slope, self.image_qc.max_percent_maximal)
+
+    def illumination_parameters(self) -> IlluminationParameters:
+        return IlluminationParameters(**self.illumination.model_dump())
+
+    def segmentation_parameters(self) -> SegmentationParameters:
+        return SegmentationParameters(**self.segmentation.model_dump())
+
+    def profile_parameters(self) -> ProfileParameters:
+        values = self.profiles.model_dump()
+        values["operations"] = tuple(values["operations"])
+        return ProfileParameters(**values)
+
+    def for_step(self, asset: str) -> dict[str, Any]:
+        """The parameters one asset uses (what its code version hashes, and what provenance records)."""
+        by_asset: dict[str, dict[str, Any]] = {
+            "image_qc": self.image_qc.model_dump(),
+            "illumination_functions": self.illumination.model_dump(),
+            "segmentation_masks": self.segmentation.model_dump(),
+            "single_cell_crops": {"crop_size": self.crop_size},
+            "single_cell_profiles": self.profiles.model_dump(),
+            "well_profiles": {**self.profiles.model_dump(), "aggregate": "median"},
+            "single_cell_embeddings": {"method": "pca", "n_components": self.embedding_components},
+            "well_embeddings": {"method": "pca", "n_components": self.embedding_components},
+            "consensus_profiles": {"operation": "median", "by": "Metadata_Perturbation"},
+        }
+        return by_asset.get(asset, {})
+
+    def code_version(self, asset: str) -> str:
+        return step_version(asset, self.for_step(asset))
+
+
+def with_code_versions(assets: list[dg.AssetsDefinition], parameters: PipelineParameters) -> list[dg.AssetsDefinition]:
+    return [
+        a.map_asset_specs(lambda spec: spec.replace_attributes(code_version=parameters.code_version(spec.key.path[-1])))
+        for a in assets
+    ]
