@@ -48,7 +48,7 @@ def build_definitions(
             "storage": storage,
             "intake": intake or IntakeSettings(),
             "parameters": parameters,
-            "io_manager": PlateLevelIOManager(storage=storage),
+            "io_manager": PlateLevelIOManager(storage=storage, parameters=parameters),
         },
     )
 

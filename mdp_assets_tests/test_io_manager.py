@@ -6,8 +6,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.defs.storage.io_manager import PlateLevelIOManager, StagedFiles, StoredPartition
+from mdp_assets.defs.storage.io_manager import BOOKKEEPING, PlateLevelIOManager, StagedFiles, StoredPartition
 from mdp_assets.errors import MdpError
 from mdp_assets.lib.checksums import record_files, tree_digest
 
@@ -31,12 +32,12 @@ def test_table_and_files_round_trip_with_true_checksums(storage, instance):
 
     instance.add_dynamic_partitions("plates", ["P1"])
     result = dg.materialize([table_level, files_level, reader], partition_key="P1", instance=instance,
-                            resources={"storage": storage, "io_manager": PlateLevelIOManager(storage=storage)})
+                            resources={"storage": storage, "io_manager": PlateLevelIOManager(storage=storage, parameters=PipelineParameters())})
     assert result.success
     for event in result.get_asset_materialization_events():
         meta = {k: v.value for k, v in event.materialization.metadata.items()}
         folder = storage.tier_root("internal-drive") / event.materialization.asset_key.path[-1] / "P1"
-        records = [r for r in record_files(folder) if r.relpath != "_partition.json"]
+        records = [r for r in record_files(folder) if r.relpath not in BOOKKEEPING]
         assert meta["sha256"] == tree_digest(records) and meta["bytes"] == sum(r.bytes for r in records)
         assert meta["uri"] == folder.as_uri()
     record = json.loads((storage.tier_root("internal-drive") / "reader" / "P1" / "_partition.json").read_text())
@@ -56,7 +57,7 @@ def test_failed_step_leaves_nothing_and_keeps_the_previous_partition(storage, in
             return StagedFiles(staged)
 
     instance.add_dynamic_partitions("plates", ["P1"])
-    resources = {"storage": storage, "io_manager": PlateLevelIOManager(storage=storage)}
+    resources = {"storage": storage, "io_manager": PlateLevelIOManager(storage=storage, parameters=PipelineParameters())}
     assert dg.materialize([flaky], partition_key="P1", instance=instance, resources=resources).success
     attempt["fail"] = True
     result = dg.materialize([flaky], partition_key="P1", instance=instance, resources=resources, raise_on_error=False)
@@ -68,6 +69,6 @@ def test_failed_step_leaves_nothing_and_keeps_the_previous_partition(storage, in
 
 
 def test_reading_a_missing_partition_is_a_clear_error(storage):
-    manager = PlateLevelIOManager(storage=storage)
+    manager = PlateLevelIOManager(storage=storage, parameters=PipelineParameters())
     with pytest.raises(MdpError, match="well_profiles for P9 is not materialized"):
         manager.load_partition(dg.AssetKey("well_profiles"), "P9")

@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.defs.storage.io_manager import StagedFiles, StoredPartition
+from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output, table_output
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.lib.illumination import write_corrected_images, write_illumination_functions
@@ -28,15 +28,19 @@ GROUP = "qc_and_illumination"
     description="Per image: focus (ImageQuality_PowerLogLogSlope) and saturation (ImageQuality_PercentMaximal) "
     "as CellProfiler's MeasureImageQuality defines them, and a pass flag. Failing sites are excluded below.",
 )
-def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, parameters: PipelineParameters):
+def image_qc(
+    context: dg.AssetExecutionContext, raw_images: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage
+):
     thresholds = parameters.qc_thresholds()
     minimum = parameters.image_qc.min_pass_fraction
     table = measure_plate_quality(raw_images, thresholds)
     fraction = float(table["qc_pass"].mean())
     failed = table.loc[~table["qc_pass"], "file_name"].tolist()
-    yield dg.Output(
+    yield table_output(
+        storage,
+        "image_qc",
         table,
-        metadata={
+        {
             "images": len(table),
             "pass_fraction": fraction,
             "failed_images": len(failed),
@@ -77,12 +81,12 @@ def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, parame
 )
 def illumination_functions(
     raw_images: pd.DataFrame, image_qc: pd.DataFrame, storage: MdpStorage, parameters: PipelineParameters
-) -> dg.Output[StagedFiles]:
+) -> dg.Output:
     settings = parameters.illumination_parameters()
     with storage.staging_dir("illumination_functions") as staged:
         used = write_illumination_functions(raw_images, passing_sites(image_qc), staged, settings)
         (staged / "illumination.json").write_text(json.dumps({"images_per_channel": used, **settings.__dict__}))
-        return dg.Output(StagedFiles(staged), metadata={"channels": len(used), "images_per_channel": used})
+        return staged_output(staged, {"channels": len(used), "images_per_channel": used})
 
 
 @dg.asset(
@@ -95,15 +99,14 @@ def illumination_functions(
 )
 def corrected_images(
     raw_images: pd.DataFrame, image_qc: pd.DataFrame, illumination_functions: StoredPartition, storage: MdpStorage
-) -> dg.Output[StagedFiles]:
+) -> dg.Output:
     with storage.staging_dir("corrected_images") as staged:
         sites = write_corrected_images(raw_images, passing_sites(image_qc), illumination_functions.root, staged)
         sites.to_parquet(staged / "sites.parquet", index=False)
         all_sites = raw_images[["Metadata_Well", "Metadata_Site"]].drop_duplicates().itertuples(index=False)
         kept = set(zip(sites["Metadata_Well"], sites["Metadata_Site"]))
         excluded = sorted(f"{w} site {s}" for w, s in all_sites if (w, int(s)) not in kept)
-        return dg.Output(
-            StagedFiles(staged),
-            metadata={"sites": len(sites), "sites_excluded_by_qc": len(excluded),
-                      "excluded_sites": ", ".join(excluded) or "none"},
+        return staged_output(
+            staged,
+            {"sites": len(sites), "sites_excluded_by_qc": len(excluded), "excluded_sites": ", ".join(excluded) or "none"},
         )

@@ -6,6 +6,8 @@ import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.parameters import PipelineParameters
+from mdp_assets.defs.storage.io_manager import table_output
+from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.plate_context import PERTURBATION, PlateContext
 from mdp_assets.lib.profiles import (
     aggregate,
@@ -26,13 +28,13 @@ GROUP = "profiles"
     "platemap names none) and feature-selected (variance, correlation, missing values, blocklist).",
 )
 def single_cell_profiles(
-    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame, parameters: PipelineParameters
-) -> dg.Output[pd.DataFrame]:
+    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage
+) -> dg.Output:
     plate = PlateContext.of(raw_images)
     table, summary = normalize_and_select(
         single_cell_features, plate.negative_control_query, parameters.profile_parameters()
     )
-    return dg.Output(table, metadata={"cells": len(table), **summary})
+    return table_output(storage, "single_cell_profiles", table, {"cells": len(table), **summary})
 
 
 @dg.asset(
@@ -43,12 +45,12 @@ def single_cell_profiles(
     "and feature-selected. Well-constant metadata and Metadata_Object_Count are carried.",
 )
 def well_profiles(
-    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame, parameters: PipelineParameters
-) -> dg.Output[pd.DataFrame]:
+    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage
+) -> dg.Output:
     plate = PlateContext.of(raw_images)
     wells = aggregate(single_cell_features, strata=("Metadata_Plate", "Metadata_Well"), operation="median")
     table, summary = normalize_and_select(wells, plate.negative_control_query, parameters.profile_parameters())
-    return dg.Output(table, metadata={"wells": len(table), **summary})
+    return table_output(storage, "well_profiles", table, {"wells": len(table), **summary})
 
 
 @dg.asset(
@@ -57,7 +59,9 @@ def well_profiles(
     description="One profile per perturbation across every plate: the median of its replicate well profiles "
     "over the features all plates kept. Plates whose manifest names no treatment column are left out.",
 )
-def consensus_profiles(context: dg.AssetExecutionContext, well_profiles: dict[str, pd.DataFrame]) -> dg.Output[pd.DataFrame]:
+def consensus_profiles(
+    context: dg.AssetExecutionContext, well_profiles: dict[str, pd.DataFrame], storage: MdpStorage
+) -> dg.Output:
     usable = {plate: table for plate, table in well_profiles.items() if PERTURBATION in table.columns}
     left_out = sorted(set(well_profiles) - set(usable))
     if left_out:
@@ -71,8 +75,10 @@ def consensus_profiles(context: dg.AssetExecutionContext, well_profiles: dict[st
     table = consensus(stacked.drop(columns="Metadata_Plate"), [PERTURBATION])
     table = table.merge(plate_counts.reset_index(), on=PERTURBATION)
     table = table[metadata_columns(table) + features]
-    return dg.Output(
+    return table_output(
+        storage,
+        "consensus_profiles",
         table,
-        metadata={"perturbations": len(table), "plates": len(usable), "features": len(features),
+        {"perturbations": len(table), "plates": len(usable), "features": len(features),
                   "plates_left_out": ", ".join(left_out) or "none"},
     )

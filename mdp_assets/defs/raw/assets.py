@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.storage.io_manager import table_output
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.inventory import inventory_plate, plate_fingerprint
 from mdp_assets.lib.plate_context import annotate_images
@@ -17,7 +18,7 @@ from mdp_assets.lib.plate_context import annotate_images
     description="One row per image file: well, site, channel, uri, bytes, sha256, shape, dtype, acquisition "
     "metadata from TIFF tags and OME-XML, and the platemap's annotations.",
 )
-def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output[pd.DataFrame]:
+def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output:
     plate = storage.plate_folder(context.partition_key)
     inventory = inventory_plate(plate)
     landing = storage.landing()
@@ -30,9 +31,11 @@ def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Out
     table, unannotated = annotate_images(inventory, plate)
     if unannotated:
         context.log.warning(f"{plate.barcode}: wells without a platemap row: {unannotated}")
-    return dg.Output(
+    return table_output(
+        storage,
+        "raw_images",
         table,
-        metadata={
+        {
             "images": len(table),
             "image_bytes": int(table["bytes"].sum()),
             "wells": int(table["Metadata_Well"].nunique()),

@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.defs.storage.io_manager import StagedFiles, StoredPartition
+from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.image_qc import empty_or_failed_wells
 from mdp_assets.lib.plate_context import PlateContext
@@ -37,9 +37,8 @@ def segmentation_masks(
         )
         sites.to_parquet(staged / "sites.parquet", index=False)
         problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)
-        yield dg.Output(
-            StagedFiles(staged),
-            metadata={"sites": len(sites), "nuclei": int(sites["Count_Nuclei"].sum()) if len(sites) else 0},
+        yield staged_output(
+            staged, {"sites": len(sites), "nuclei": int(sites["Count_Nuclei"].sum()) if len(sites) else 0}
         )
     yield dg.AssetCheckResult(
         check_name="no_empty_or_failed_wells",

@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.defs.storage.io_manager import StagedFiles, StoredPartition
+from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output, table_output
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.crops import write_crop_store
 from mdp_assets.lib.features import plate_features
@@ -25,8 +25,8 @@ GROUP = "single_cell"
     "CellProfiler's names, and Metadata_ columns for plate, well, site, object, platemap and acquisition.",
 )
 def single_cell_features(
-    raw_images: pd.DataFrame, segmentation_masks: StoredPartition, corrected_images: StoredPartition
-) -> dg.Output[pd.DataFrame]:
+    raw_images: pd.DataFrame, segmentation_masks: StoredPartition, corrected_images: StoredPartition, storage: MdpStorage
+) -> dg.Output:
     plate = PlateContext.of(raw_images)
     measured = plate_features(
         pd.read_parquet(segmentation_masks.path("sites.parquet")), segmentation_masks.root, corrected_images.root
@@ -36,9 +36,11 @@ def single_cell_features(
         .merge(site_acquisition_metadata(raw_images), on=["Metadata_Well", "Metadata_Site"], how="left")
     )
     table = metadata_first(table)
-    return dg.Output(
+    return table_output(
+        storage,
+        "single_cell_features",
         table,
-        metadata={
+        {
             "cells": len(table),
             "features": sum(not c.startswith("Metadata_") for c in table.columns),
             "wells": int(table["Metadata_Well"].nunique()) if len(table) else 0,
@@ -61,7 +63,7 @@ def single_cell_crops(
     corrected_images: StoredPartition,
     storage: MdpStorage,
     parameters: PipelineParameters,
-) -> dg.Output[StagedFiles]:
+) -> dg.Output:
     channels = sorted(raw_images["Metadata_Channel"].unique())
     with storage.staging_dir("single_cell_crops") as staged:
         summary = write_crop_store(
@@ -73,4 +75,4 @@ def single_cell_crops(
             staged,
             parameters.crop_size,
         )
-        return dg.Output(StagedFiles(staged), metadata={"cells": summary["cells"], "channels": ", ".join(summary["channels"])})
+        return staged_output(staged, {"cells": summary["cells"], "channels": ", ".join(summary["channels"])})

@@ -39,6 +39,10 @@ class MdpStorage(dg.ConfigurableResource):
     def landing_path(self) -> Path:
         return Path(self.landing_zone).expanduser().resolve() if self.landing_zone else self.root / "landing"
 
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
     def tier_root(self, tier: str) -> Path:
         return self.root / tier
 
