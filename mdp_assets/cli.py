@@ -4,6 +4,12 @@
                           what is already materialized and unchanged), then print the summary
   mdp summary             the summary table: plate, level, rows or files, bytes, where stored
   mdp demo-plate BARCODE  write one more demo plate into the landing zone (the sensor picks it up)
+  mdp reprocess [PLATE..] materialize exactly the stale levels (changed code or parameters, changed inputs)
+  mdp catalog [--query NAME | --sql SQL | --rebuild]
+                          what is stored where: bytes by tier and level, by plate, problems, or free SQL
+  mdp provenance PLATE LEVEL [--json]
+                          how a level of a plate was made, back to the raw image files
+  mdp verify              re-read every stored file; exit 1 naming any missing or corrupt one
   mdp loaddata FOLDER -o OUT.csv [--pe2loaddata-config CONFIG.yml] [--path-name P]
                           a CellProfiler LoadData CSV for a plate folder (pe2loaddata's layout for
                           Phenix plates with a Harmony index and a pe2loaddata configuration)
@@ -81,47 +87,97 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def run_demo(plate_count: int) -> int:
     from mdp_assets.definitions import build_definitions
-    from mdp_assets.defs.jobs import CONSENSUS
-    from mdp_assets.instance_status import stale_assets
     from mdp_assets.lib.demo import demo_specs, write_demo_plate
-    from mdp_assets.lib.inventory import plate_fingerprint
+    from mdp_assets.operations import materialize_stale
 
     storage = _storage()
     instance = _instance()
     defs = build_definitions(storage)
-    graph = defs.resolve_asset_graph()
-    plate_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def is not None]
     plates = []
     for spec in demo_specs(plate_count):
         folder = write_demo_plate(storage.landing_path, spec)
         plates.append(spec.barcode)
         print(f"demo plate {spec.barcode}: {folder}")
     instance.add_dynamic_partitions("plates", [p for p in plates if not instance.has_dynamic_partition("plates", p)])
-    plate_job = defs.resolve_job_def("plate_job")
-    any_ran = False
-    for plate in plates:
-        fingerprint = plate_fingerprint(storage.plate_folder(plate))
-        todo = stale_assets(instance, defs, plate_keys, plate, fingerprint)
-        if not todo:
-            print(f"{plate}: every level is materialized and unchanged; nothing to do")
-            continue
-        print(f"{plate}: materializing {len(todo)} level(s): {', '.join(k.to_user_string() for k in todo)}")
-        result = plate_job.execute_in_process(
-            instance=instance, partition_key=plate, asset_selection=todo, raise_on_error=False
-        )
-        if not result.success:
-            print(f"{plate}: the run failed; see `make dev` (run {result.run_id})", file=sys.stderr)
-            return 1
-        any_ran = True
-    if any_ran or stale_assets(instance, defs, [CONSENSUS], None):
-        print("materializing consensus_profiles across every plate")
-        result = defs.resolve_job_def("consensus_job").execute_in_process(instance=instance, raise_on_error=False)
-        if not result.success:
-            print(f"consensus failed; see `make dev` (run {result.run_id})", file=sys.stderr)
-            return 1
+    if not _report_outcomes(materialize_stale(instance, defs, storage, plates)):
+        return 1
     print()
     print(format_table(["plate", "level", "rows or files", "bytes", "where stored"], summary_rows(instance, defs, plates)))
     return 0
+
+
+def _report_outcomes(outcomes) -> bool:
+    failed = [o for o in outcomes if not o.success]
+    for outcome in failed:
+        print(f"{outcome.plate}: the run failed; see `make dev` (run {outcome.run_id})", file=sys.stderr)
+    return not failed
+
+
+def run_reprocess(plates: list[str]) -> int:
+    from mdp_assets.definitions import build_definitions
+    from mdp_assets.operations import materialize_stale
+
+    instance, storage = _instance(), _storage()
+    defs = build_definitions(storage)
+    plates = plates or sorted(instance.get_dynamic_partitions("plates"))
+    return 0 if _report_outcomes(materialize_stale(instance, defs, storage, plates)) else 1
+
+
+def run_catalog(query_name: str | None, sql: str | None, rebuild: bool) -> int:
+    from mdp_assets.lib import catalog
+
+    storage = _storage()
+    if rebuild:
+        from mdp_assets.definitions import build_definitions
+        from mdp_assets.operations import rebuild_catalog
+
+        count = rebuild_catalog(_instance(), build_definitions(storage), storage)
+        print(f"catalog rebuilt: {count} stored files")
+    names = [query_name] if query_name else ([] if sql else ["by-tier-and-level", "totals"])
+    for name in names:
+        if name not in catalog.CANNED_QUERIES:
+            raise MdpError(f"unknown query {name!r}; known: {sorted(catalog.CANNED_QUERIES)}")
+        columns, rows = catalog.query(storage.catalog_path, catalog.CANNED_QUERIES[name])
+        print(f"\n{name}:\n" + format_table(columns, [[_cell(v) for v in r] for r in rows]))
+    if sql:
+        columns, rows = catalog.query(storage.catalog_path, sql)
+        print(format_table(columns, [[_cell(v) for v in r] for r in rows]))
+    return 0
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def run_provenance(plate: str, level: str, as_json: bool) -> int:
+    import json
+
+    import pandas as pd
+
+    from mdp_assets.operations import explain_chain, provenance_chain
+
+    chain = provenance_chain(_instance(), plate, level)
+    if as_json:
+        print(json.dumps(chain, indent=1, default=str))
+        return 0
+    raw = next((r for r in chain if r["asset"] == "raw_images"), None)
+    table = None
+    if raw is not None:
+        from urllib.parse import unquote, urlparse
+
+        table = pd.read_parquet(Path(unquote(urlparse(raw["outputs"]["uri"]).path)) / "table.parquet")
+    print(explain_chain(chain, table))
+    return 0
+
+
+def run_verify() -> int:
+    from mdp_assets.lib import catalog
+
+    checked, problems = catalog.verify(_storage().catalog_path)
+    for problem in problems:
+        print(f"mdp verify: {problem}", file=sys.stderr)
+    print(f"{checked} stored files verified; {len(problems)} missing or corrupt")
+    return 1 if problems else 0
 
 
 def run_summary() -> int:
@@ -179,6 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     loaddata.add_argument("-o", "--output", type=Path, required=True)
     loaddata.add_argument("--pe2loaddata-config", type=Path, help="pe2loaddata config.yml (channels, metadata)")
     loaddata.add_argument("--path-name", help="PathName_ value to write (default: the images folder)")
+    reprocess = commands.add_parser("reprocess", help="materialize exactly the stale levels")
+    reprocess.add_argument("plates", nargs="*", help="plates (default: every registered plate)")
+    catalog_cmd = commands.add_parser("catalog", help="what is stored where (DuckDB)")
+    catalog_cmd.add_argument("--query", help="by-tier-and-level, by-plate, problems or totals")
+    catalog_cmd.add_argument("--sql", help="free SQL over the table stored_files")
+    catalog_cmd.add_argument("--rebuild", action="store_true", help="rebuild from the event log and the tiers first")
+    provenance = commands.add_parser("provenance", help="how a level of a plate was made")
+    provenance.add_argument("plate")
+    provenance.add_argument("level")
+    provenance.add_argument("--json", action="store_true")
+    commands.add_parser("verify", help="re-read every stored file and compare checksums")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -187,6 +254,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo_plate(args.barcode, args.seed)
         if args.command == "loaddata":
             return run_loaddata(args.folder, args.output, args.pe2loaddata_config, args.path_name)
+        if args.command == "reprocess":
+            return run_reprocess(args.plates)
+        if args.command == "catalog":
+            return run_catalog(args.query, args.sql, args.rebuild)
+        if args.command == "provenance":
+            return run_provenance(args.plate, args.level, args.json)
+        if args.command == "verify":
+            return run_verify()
         return run_summary()
     except MdpError as exc:
         print(f"mdp: {exc}", file=sys.stderr)

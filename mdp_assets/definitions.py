@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mdp_assets.defs.catalog_checks import build_verify_checks, build_verify_job_and_schedule
 from mdp_assets.defs.embeddings import assets as embeddings_assets
 from mdp_assets.defs.illumination import assets as illumination_assets
-from mdp_assets.defs.jobs import consensus_job, plate_job
+from mdp_assets.defs.jobs import build_jobs
 from mdp_assets.defs.parameters import PipelineParameters, with_code_versions
 from mdp_assets.defs.plates.resources import IntakeSettings
 from mdp_assets.defs.plates.sensors import new_plate_sensor
@@ -32,17 +33,38 @@ ASSET_MODULES = [
 ]
 
 
+# Opt-in reprocessing: a level whose code version changed, or whose inputs were re-made, is re-materialized
+# by the automation daemon, partition by partition; levels never made are left to the intake sensor.
+REPROCESS_CONDITION = (
+    (dg.AutomationCondition.code_version_changed() | dg.AutomationCondition.any_deps_updated())
+    & ~dg.AutomationCondition.missing()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.in_progress()
+)
+
+
 def build_definitions(
     storage: MdpStorage | None = None,
     intake: IntakeSettings | None = None,
     parameters: PipelineParameters | None = None,
+    reprocess_automatically: bool = False,
 ) -> dg.Definitions:
+    """The whole platform. A deployment may set its own storage, intake and step parameters, and opt in to
+    automatic reprocessing of stale levels (otherwise: `mdp reprocess`, or a backfill in the UI)."""
     storage = storage or MdpStorage(data_root=dg.EnvVar("MDP_DATA_ROOT"))
     parameters = parameters or PipelineParameters()
-    assets = [a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.AssetsDefinition)]
+    assets = with_code_versions(
+        [a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.AssetsDefinition)], parameters
+    )
+    if reprocess_automatically:
+        assets = [a.map_asset_specs(lambda s: s.replace_attributes(automation_condition=REPROCESS_CONDITION)) for a in assets]
+    verify_checks = build_verify_checks([key for a in assets for key in a.keys])
+    verify_job, verify_schedule = build_verify_job_and_schedule(verify_checks)
     return dg.Definitions(
-        assets=with_code_versions(assets, parameters),
-        jobs=[plate_job, consensus_job],
+        assets=assets,
+        asset_checks=[verify_checks],
+        jobs=[*build_jobs(verify_checks), verify_job],
+        schedules=[verify_schedule],
         sensors=[new_plate_sensor],
         resources={
             "storage": storage,

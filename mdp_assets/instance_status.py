@@ -1,5 +1,11 @@
-"""What the Dagster instance knows about each plate and level: the latest materialization, and
-which levels must be made again (never made, made by another code version, or raw input changed)."""
+"""What the Dagster instance knows about each plate and level: the latest materialization, and which
+levels must be made again.
+
+A level of a plate is stale when it was never made; when its code version (engine revision plus
+parameters) differs from the one that made it; when an input it used has a newer data version than
+the one it recorded; when the plate's files changed (raw_images); or when a level it reads is stale.
+This is Dagster's own notion of staleness, computed from public instance records.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import Any
 import dagster as dg
 
 CODE_VERSION_TAG = "dagster/code_version"
+DATA_VERSION_TAG = "dagster/data_version"
+INPUT_EVENT_POINTER_TAG = "dagster/input_event_pointer/"
 
 
 @dataclass(frozen=True)
@@ -16,7 +24,16 @@ class LevelStatus:
     plate: str
     asset: str
     metadata: dict[str, Any]
-    code_version: str | None
+    tags: dict[str, str]
+    storage_id: int
+
+    @property
+    def code_version(self) -> str | None:
+        return self.tags.get(CODE_VERSION_TAG)
+
+    @property
+    def data_version(self) -> str | None:
+        return self.tags.get(DATA_VERSION_TAG)
 
     def value(self, key: str) -> Any:
         entry = self.metadata.get(key)
@@ -35,8 +52,71 @@ def latest_status(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitio
         plate=partition or "(all plates)",
         asset=asset_key.to_user_string(),
         metadata=dict(materialization.metadata),
-        code_version=(materialization.tags or {}).get(CODE_VERSION_TAG),
+        tags=dict(materialization.tags or {}),
+        storage_id=records[0].storage_id,
     )
+
+
+def _data_version_at(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None, storage_id: int) -> str | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=key,
+            asset_partitions=[partition] if partition else None,
+            after_storage_id=storage_id - 1,
+            before_storage_id=storage_id + 1,
+        ),
+        limit=1,
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    return (records[0].asset_materialization.tags or {}).get(DATA_VERSION_TAG)
+
+
+def stale_reasons(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    asset_keys: list[dg.AssetKey],
+    partition: str | None,
+    current_input_fingerprint: str | None = None,
+) -> dict[dg.AssetKey, str]:
+    """For each stale asset of `asset_keys` (in the order given, upstream first): why it is stale."""
+    graph = defs.resolve_asset_graph()
+    reasons: dict[dg.AssetKey, str] = {}
+    latest: dict[dg.AssetKey, LevelStatus | None] = {}
+    for key in asset_keys:
+        node = graph.get(key)
+        status = latest_status(instance, key, partition if node.partitions_def is not None else None)
+        latest[key] = status
+        parents = sorted(node.parent_keys)
+        if status is None:
+            reasons[key] = "never materialized"
+        elif status.code_version != node.code_version:
+            reasons[key] = f"code version changed ({status.code_version} -> {node.code_version})"
+        elif any(p in reasons for p in parents):
+            reasons[key] = "a level it reads is stale: " + ", ".join(p.to_user_string() for p in parents if p in reasons)
+        elif key == dg.AssetKey("raw_images") and current_input_fingerprint is not None and \
+                status.value("input_fingerprint") != current_input_fingerprint:
+            reasons[key] = "the plate's files changed"
+        else:
+            for parent in parents:
+                if parent not in latest:
+                    partitioned_parent = graph.get(parent).partitions_def is not None
+                    latest[parent] = latest_status(instance, parent, partition if partitioned_parent else None)
+                parent_status = latest[parent]
+                if parent_status is None:
+                    continue
+                if graph.get(parent).partitions_def is not None and node.partitions_def is None:
+                    newer = parent_status.storage_id > status.storage_id  # consensus reads every plate
+                else:
+                    # The materialization this level read, by its event pointer; stale only if the content
+                    # (data version) differs, so re-making an upstream level identically changes nothing.
+                    pointer = status.tags.get(INPUT_EVENT_POINTER_TAG + parent.to_user_string())
+                    used = _data_version_at(instance, parent, partition, int(pointer)) if pointer else None
+                    newer = used is not None and used != parent_status.data_version
+                if newer:
+                    reasons[key] = f"{parent.to_user_string()} has a newer data version"
+                    break
+    return reasons
 
 
 def stale_assets(
@@ -46,18 +126,5 @@ def stale_assets(
     partition: str | None,
     current_input_fingerprint: str | None = None,
 ) -> list[dg.AssetKey]:
-    """Assets (of `asset_keys`) that need a new materialization, with everything downstream of them."""
-    graph = defs.resolve_asset_graph()
-    stale: list[dg.AssetKey] = []
-    for key in asset_keys:
-        status = latest_status(instance, key, partition)
-        current = graph.get(key).code_version
-        if status is None or status.code_version != current:
-            stale.append(key)
-        elif key == dg.AssetKey("raw_images") and current_input_fingerprint is not None:
-            if status.value("input_fingerprint") != current_input_fingerprint:
-                stale.append(key)
-    if not stale:
-        return []
-    downstream = dg.AssetSelection.assets(*stale).downstream().resolve(graph)
-    return [key for key in asset_keys if key in downstream]
+    reasons = stale_reasons(instance, defs, asset_keys, partition, current_input_fingerprint)
+    return [key for key in asset_keys if key in reasons]

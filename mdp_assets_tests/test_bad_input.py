@@ -15,7 +15,7 @@ def _materialize_raw(storage, instance, plate):
     defs = build_definitions(storage)
     instance.add_dynamic_partitions("plates", [plate])
     return defs.resolve_job_def("plate_job").execute_in_process(
-        instance=instance, partition_key=plate, asset_selection=[dg.AssetKey("raw_images")], raise_on_error=False
+        instance=instance, partition_key=plate, op_selection=["raw_images"], raise_on_error=False
     )
 
 

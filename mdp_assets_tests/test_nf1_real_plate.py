@@ -16,7 +16,7 @@ def _materialize(storage, instance, plate, *names):
     instance.add_dynamic_partitions("plates", [plate])
     job = defs.resolve_job_def("plate_job")
     result = job.execute_in_process(
-        instance=instance, partition_key=plate, asset_selection=[dg.AssetKey(n) for n in names]
+        instance=instance, partition_key=plate, op_selection=list(names)
     )
     assert result.success
     return defs

@@ -26,9 +26,8 @@ def test_blurred_image_fails_its_check_and_its_site_is_excluded(storage, instanc
     instance.add_dynamic_partitions("plates", [SPEC.barcode])
     result = defs.resolve_job_def("plate_job").execute_in_process(
         instance=instance, partition_key=SPEC.barcode,
-        asset_selection=[k for k in defs.resolve_asset_graph().get_all_asset_keys()
-                         if k.to_user_string() in {"raw_images", "image_qc", "illumination_functions", "corrected_images",
-                                                   "segmentation_masks", "single_cell_features"}],
+        op_selection=["raw_images", "image_qc", "illumination_functions", "corrected_images", "segmentation_masks",
+                      "single_cell_features"],
     )
     assert result.success
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}

@@ -53,7 +53,7 @@ def test_plate_under_an_s3_prefix_flows_in(tmp_path, s3_endpoint, s3_credentials
     instance.add_dynamic_partitions("plates", ["Plate_2"])
     defs = build_definitions(storage)
     result = defs.resolve_job_def("plate_job").execute_in_process(
-        instance=instance, partition_key="Plate_2", asset_selection=[dg.AssetKey("raw_images")])
+        instance=instance, partition_key="Plate_2", op_selection=["raw_images"])
     assert result.success
     raw = pd.read_parquet(storage.tier_root("internal-drive") / "raw_images" / "Plate_2" / "table.parquet")
     assert len(raw) == 15

@@ -3,15 +3,19 @@
 import dagster as dg
 
 CONSENSUS = dg.AssetKey("consensus_profiles")
+PLATE_JOB = "plate_job"
 
-plate_job = dg.define_asset_job(
-    "plate_job",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(CONSENSUS),
-    description="Every level of one plate, raw images to embeddings.",
-)
 
-consensus_job = dg.define_asset_job(
-    "consensus_job",
-    selection=dg.AssetSelection.assets(CONSENSUS),
-    description="Consensus profiles across every plate.",
-)
+def build_jobs(excluded_checks: dg.AssetChecksDefinition) -> list:
+    """`plate_job` and `consensus_job`; `excluded_checks` (the storage verification) runs on its own."""
+    plate_job = dg.define_asset_job(
+        PLATE_JOB,
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(CONSENSUS) - dg.AssetSelection.checks(excluded_checks),
+        description="Every level of one plate, raw images to embeddings.",
+    )
+    consensus_job = dg.define_asset_job(
+        "consensus_job",
+        selection=dg.AssetSelection.assets(CONSENSUS) - dg.AssetSelection.checks(excluded_checks),
+        description="Consensus profiles across every plate.",
+    )
+    return [plate_job, consensus_job]

@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from mdp_assets.defs.jobs import plate_job
+from mdp_assets.defs.jobs import PLATE_JOB
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.plates.resources import IntakeSettings
 from mdp_assets.defs.storage.resources import MdpStorage
@@ -12,7 +12,7 @@ from mdp_assets.lib.intake import IntakeCursor, evaluate_landing_zone
 
 
 @dg.sensor(
-    target=plate_job,
+    job_name=PLATE_JOB,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches the landing zone; a plate folder whose manifest exists, whose expected images are all "

@@ -11,6 +11,7 @@ list), files, rows and `provenance`; the catalog gets one row per stored file.
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,7 +88,9 @@ def staged_output(staged: Path, metadata: dict[str, Any] | None = None, table: p
     if table is not None:
         summary = {"rows": len(table), "columns": len(table.columns), "preview": _preview(table)}
     value = StagedFiles(staged, "table" if table is not None else "files", records, summary)
-    return dg.Output(value, metadata=metadata or {}, data_version=dg.DataVersion(tree_digest(records)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # Output(data_version=...) is beta; we rely on it knowingly
+        return dg.Output(value, metadata=metadata or {}, data_version=dg.DataVersion(tree_digest(records)))
 
 
 def table_output(storage: MdpStorage, label: str, table: pd.DataFrame, metadata: dict[str, Any] | None = None) -> dg.Output:

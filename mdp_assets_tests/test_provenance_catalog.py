@@ -1,0 +1,153 @@
+"""Provenance, staleness and reprocessing, the DuckDB catalog and verification, on two small demo plates."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+import rocrate
+from pyld import jsonld
+
+from mdp_assets.cli import main
+from mdp_assets.definitions import build_definitions
+from mdp_assets.defs.parameters import PipelineParameters, SegmentationSettings
+from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.instance_status import stale_reasons
+from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.lib.provenance import RO_CRATE_CONTEXT, RO_CRATE_FILE
+from mdp_assets.operations import materialize_stale, plate_levels, rebuild_catalog
+
+pytestmark = pytest.mark.slow
+
+PLATES = ["PROV-1", "PROV-2"]
+SEGMENTATION_AND_BELOW = {"segmentation_masks", "single_cell_features", "single_cell_crops", "single_cell_profiles",
+                          "well_profiles", "single_cell_embeddings", "well_embeddings"}
+
+
+@pytest.fixture
+def two_plates(tmp_path):
+    storage = MdpStorage(data_root=str(tmp_path / "data"))
+    for seed, plate in enumerate(PLATES):
+        write_demo_plate(storage.landing_path, DemoPlateSpec(barcode=plate, seed=seed, rows="BC", columns=(2, 3, 4, 5),
+                                                             sites_per_well=1, image_size=128, cells_per_site=9))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("plates", PLATES)
+        defs = build_definitions(storage)
+        assert all(o.success for o in materialize_stale(instance, defs, storage, PLATES, report=lambda _: None))
+        yield storage, instance, defs
+
+
+def _count(instance, asset, plate):
+    return len(instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[plate]), limit=100).records)
+
+
+def test_parameter_change_marks_levels_below_stale_and_reprocessing_touches_only_them(two_plates):
+    storage, instance, defs = two_plates
+    changed = PipelineParameters(segmentation=SegmentationSettings(nuclei_min_area=40))
+    defs_changed = build_definitions(storage, parameters=changed)
+    for plate in PLATES:
+        assert stale_reasons(instance, defs, plate_levels(defs), plate) == {}
+        reasons = {k.to_user_string(): v for k, v in stale_reasons(instance, defs_changed, plate_levels(defs_changed), plate).items()}
+        assert set(reasons) == SEGMENTATION_AND_BELOW
+        assert reasons["segmentation_masks"].startswith("code version changed")
+
+    outcomes = materialize_stale(instance, defs_changed, storage, PLATES, report=lambda _: None)
+    assert all(o.success for o in outcomes)
+    assert {tuple(sorted(o.levels)) for o in outcomes if o.plate in PLATES} == {tuple(sorted(SEGMENTATION_AND_BELOW))}
+    for plate in PLATES:
+        for level in ("raw_images", "image_qc", "illumination_functions", "corrected_images"):
+            assert _count(instance, level, plate) == 1, f"{level} of {plate} was left alone"
+        for level in SEGMENTATION_AND_BELOW:
+            assert _count(instance, level, plate) == 2, f"{level} of {plate} was re-made"
+        assert stale_reasons(instance, defs_changed, plate_levels(defs_changed), plate) == {}
+
+
+def test_opt_in_automation_requests_exactly_the_stale_partitions(two_plates):
+    storage, instance, _ = two_plates
+    before = dg.evaluate_automation_conditions(defs=build_definitions(storage, reprocess_automatically=True),
+                                               instance=instance)
+    assert before.total_requested == 0
+    changed = build_definitions(storage, reprocess_automatically=True,
+                                parameters=PipelineParameters(segmentation=SegmentationSettings(nuclei_min_area=40)))
+    after = dg.evaluate_automation_conditions(defs=changed, instance=instance, cursor=before.cursor)
+    requested = {k.to_user_string(): after.get_requested_partitions(k)
+                 for k in changed.resolve_asset_graph().get_all_asset_keys() if after.get_requested_partitions(k)}
+    # The changed level and every level below it, for every plate, in one tick; nothing above it.
+    assert requested == {level: set(PLATES) for level in SEGMENTATION_AND_BELOW}
+
+
+def test_provenance_names_inputs_with_checksums_and_is_ro_crate_json_ld(two_plates):
+    storage, instance, _ = two_plates
+    folder = storage.tier_root("internal-drive") / "well_profiles" / "PROV-1"
+    record = json.loads((folder / "_partition.json").read_text())["provenance"]
+    features = json.loads((storage.tier_root("internal-drive") / "single_cell_features" / "PROV-1" / "_partition.json").read_text())
+    used = {item["asset"]: item for item in record["inputs"]}
+    assert set(used) == {"single_cell_features", "raw_images"}
+    assert used["single_cell_features"]["sha256"] == features["data_version"]
+    assert used["single_cell_features"]["data_version"] == features["data_version"]
+    assert {"dagster", "numpy", "pandas", "scikit-image", "tifffile", "python"} <= set(record["software"])
+    assert record["parameters"]["corr_threshold"] == 0.9 and record["origin"] == "internal"
+    stored = json.loads((folder / "_partition.json").read_text())
+    assert record["outputs"]["sha256"] == stored["data_version"] and record["outputs"]["uri"] == folder.as_uri()
+    assert record["code_version"] == stored["code_version"] and record["run_id"] == stored["run_id"]
+
+    crate = json.loads((folder / RO_CRATE_FILE).read_text())
+    assert crate["@context"][0] == RO_CRATE_CONTEXT
+    bundled = json.loads((Path(rocrate.__file__).parent / "data" / "ro-crate.jsonld").read_text())
+
+    def offline_loader(url, options=None):
+        # The RO-Crate context, as the rocrate package ships it (its terms are a superset of 1.1's).
+        assert url == RO_CRATE_CONTEXT, url
+        return {"contextUrl": None, "documentUrl": url, "document": {"@context": bundled["@context"]}}
+
+    expanded = jsonld.expand(crate, {"documentLoader": offline_loader})
+    by_type = {}
+    for node in expanded:
+        for kind in node.get("@type", []):
+            by_type.setdefault(kind, []).append(node)
+    action = by_type["http://schema.org/CreateAction"][0]
+    assert "http://www.w3.org/ns/prov#Activity" in action["@type"]
+    used_ids = {u["@id"] for u in action["http://www.w3.org/ns/prov#used"]}
+    assert used["single_cell_features"]["uri"] in used_ids
+    software = {n["http://schema.org/name"][0]["@value"] for n in by_type["http://schema.org/SoftwareApplication"]}
+    assert {"dagster", "numpy"} <= software
+    files = by_type["http://schema.org/MediaObject"]  # RO-Crate's File is schema.org MediaObject
+    assert any("table.parquet" in f["@id"] for f in files)
+
+
+def _catalog_rows(storage):
+    with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
+        return con.execute("SELECT * EXCLUDE (status, checked_at) FROM stored_files ORDER BY asset_key, partition, relpath").fetchall()
+
+
+def test_catalog_totals_match_disk_and_rebuild_gives_the_same_rows(two_plates):
+    storage, instance, defs = two_plates
+    rows = _catalog_rows(storage)
+    on_disk = sum(p.stat().st_size for p in storage.tier_root("internal-drive").rglob("*") if p.is_file())
+    with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
+        assert con.execute("SELECT sum(bytes) FROM stored_files").fetchone()[0] == on_disk
+    storage.catalog_path.unlink()
+    assert rebuild_catalog(instance, defs, storage) == len(rows)
+    assert _catalog_rows(storage) == rows
+
+
+def test_verify_names_a_corrupt_file_and_flags_it(two_plates, monkeypatch, capsys):
+    storage, instance, defs = two_plates
+    victim = storage.tier_root("internal-drive") / "segmentation_masks" / "PROV-2" / "B03_s01_masks.tiff"
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    monkeypatch.setenv("MDP_DATA_ROOT", storage.data_root)
+    assert main(["verify"]) == 1
+    assert f"corrupt: {victim.as_uri()}" in capsys.readouterr().err
+    with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
+        flagged = con.execute("SELECT uri, status FROM stored_files WHERE status <> 'ok'").fetchall()
+    assert flagged == [(victim.as_uri(), "corrupt")]
+
+    result = defs.resolve_job_def("verify_job").execute_in_process(instance=instance, raise_on_error=False)
+    checks = {c.asset_key.to_user_string(): c for c in result.get_asset_check_evaluations()}
+    assert not checks["segmentation_masks"].passed
+    assert victim.as_uri() in checks["segmentation_masks"].metadata["files"].value
+    assert checks["raw_images"].passed and checks["well_profiles"].passed
