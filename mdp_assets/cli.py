@@ -152,20 +152,16 @@ def _cell(value) -> str:
 def run_provenance(plate: str, level: str, as_json: bool) -> int:
     import json
 
-    import pandas as pd
-
     from mdp_assets.operations import explain_chain, provenance_chain
 
     chain = provenance_chain(_instance(), plate, level)
     if as_json:
         print(json.dumps(chain, indent=1, default=str))
         return 0
-    raw = next((r for r in chain if r["asset"] == "raw_images"), None)
-    table = None
-    if raw is not None:
-        from urllib.parse import unquote, urlparse
+    from mdp_assets.defs.storage.io_manager import read_stored_table
 
-        table = pd.read_parquet(Path(unquote(urlparse(raw["outputs"]["uri"]).path)) / "table.parquet")
+    raw = next((r for r in chain if r["asset"] == "raw_images"), None)
+    table = read_stored_table(_storage(), "raw_images", raw["partition"]) if raw is not None else None
     print(explain_chain(chain, table))
     return 0
 

@@ -89,9 +89,8 @@ def rebuild_catalog(instance: dg.DagsterInstance, defs: dg.Definitions, storage:
             return level, None, None
         return level, status.code_version, status.data_version
 
-    tiers = {p.name: p for p in storage.root.iterdir() if p.is_dir() and not p.name.startswith(".")
-             and p.name not in ("landing", "landing-mirror")}
-    return catalog.rebuild(storage.catalog_path, tiers, versions)
+    policy = storage.policy()
+    return catalog.rebuild(storage.catalog_path, [storage.tier(name, policy) for name in policy.tiers], versions)
 
 
 def provenance_chain(instance: dg.DagsterInstance, plate: str, level: str) -> list[dict[str, Any]]:

@@ -52,6 +52,15 @@ def instance() -> dg.DagsterInstance:
         yield test_instance
 
 
+def stored(storage: MdpStorage, asset: str, partition: str | None) -> Path:
+    """The folder of a stored partition, in whichever (local) tier the storage policy put it."""
+    from mdp_assets.defs.storage.io_manager import locate, partition_key
+
+    found = locate(storage, asset, partition)
+    assert found is not None, f"{asset} of {partition} is not stored"
+    return storage.tier(found[0]).folder(partition_key(dg.AssetKey(asset), partition))
+
+
 def write_manifest(folder: Path, **fields) -> Path:
     path = folder / "plate.yaml"
     path.write_text(yaml.safe_dump(fields, sort_keys=False))

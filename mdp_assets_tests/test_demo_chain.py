@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import zarr
 
+from mdp_assets_tests.conftest import stored
 from mdp_assets.definitions import build_definitions
 from mdp_assets.instance_status import stale_assets
 from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
@@ -26,7 +27,7 @@ def _run_plate(defs, instance, storage, barcode, seed):
 
 
 def _stored(storage, asset, plate="DEMO-T1"):
-    return storage.tier_root("internal-drive") / asset / plate
+    return stored(storage, asset, plate)
 
 
 def test_every_level_of_a_demo_plate(storage, instance):
@@ -34,10 +35,14 @@ def test_every_level_of_a_demo_plate(storage, instance):
     result = _run_plate(defs, instance, storage, "DEMO-T1", 1)
     materialized = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     assert len(materialized) == 11
+    policy = storage.policy()
     for name, event in materialized.items():
         meta = {k: v.value for k, v in event.metadata.items()}
-        assert meta["tier"] == "internal-drive" and meta["bytes"] > 0 and len(meta["sha256"]) == 64, name
+        assert meta["tier"] == policy.stages(name)[0].tier and meta["bytes"] > 0 and len(meta["sha256"]) == 64, name
         assert meta["uri"].startswith("file://") and ("rows" in meta or meta["files"] > 0), name
+        assert meta["uri"] == stored(storage, name, "DEMO-T1").as_uri()
+    assert materialized["well_profiles"].metadata["tier"].value == "profiles-git"
+    assert materialized["corrected_images"].metadata["tier"].value == "deletion"
 
     raw = pd.read_parquet(_stored(storage, "raw_images") / "table.parquet")
     assert len(raw) == 8 * 5 and set(raw["Metadata_Channel"]) == {"DNA", "ER", "RNA", "AGP", "Mito"}
@@ -97,7 +102,7 @@ def test_rerun_detection_and_consensus(storage, instance):
     _run_plate(defs, instance, storage, "DEMO-T2", 2)
     result = defs.resolve_job_def("consensus_job").execute_in_process(instance=instance)
     assert result.success
-    consensus = pd.read_parquet(storage.tier_root("internal-drive") / "consensus_profiles" / "__all__" / "table.parquet")
+    consensus = pd.read_parquet(stored(storage, "consensus_profiles", None) / "table.parquet")
     assert sorted(consensus["Metadata_Perturbation"]) == ["DMSO", "compound_A", "compound_B", "compound_C"]
     assert (consensus["Metadata_Plate_Count"] == 2).all()
     features = [c for c in consensus.columns if not c.startswith("Metadata_")]

@@ -14,6 +14,25 @@ from mdp_assets.lib.checksums import record_files, tree_digest
 
 plates = dg.DynamicPartitionsDefinition(name="plates")
 
+TOY_POLICY = """
+name: toy
+tiers:
+  internal-drive: {backend: filesystem, path: internal-drive, access: private, longevity: intermediate, usage_speed: instant}
+levels:
+  table_level: [{tier: internal-drive}]
+  files_level: [{tier: internal-drive}]
+  reader: [{tier: internal-drive}]
+  flaky: [{tier: internal-drive}]
+origins: {internal: [private], collaborator-academic: [private], collaborator-industry: [private], public: [private]}
+"""
+
+
+@pytest.fixture
+def storage(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(TOY_POLICY)
+    return MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(policy))
+
 
 def test_table_and_files_round_trip_with_true_checksums(storage, instance):
     @dg.asset(partitions_def=plates)
@@ -70,5 +89,5 @@ def test_failed_step_leaves_nothing_and_keeps_the_previous_partition(storage, in
 
 def test_reading_a_missing_partition_is_a_clear_error(storage):
     manager = PlateLevelIOManager(storage=storage, parameters=PipelineParameters())
-    with pytest.raises(MdpError, match="well_profiles for P9 is not materialized"):
-        manager.load_partition(dg.AssetKey("well_profiles"), "P9")
+    with pytest.raises(MdpError, match="reader for P9 is not materialized in any tier"):
+        manager.load_partition(dg.AssetKey("reader"), "P9")

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from mdp_assets.definitions import build_definitions
+from mdp_assets_tests.conftest import stored
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ def _materialize(storage, instance, plate, *names):
 
 
 def _table(storage, asset, plate) -> pd.DataFrame:
-    return pd.read_parquet(storage.tier_root("internal-drive") / asset / plate / "table.parquet")
+    return pd.read_parquet(stored(storage, asset, plate) / "table.parquet")
 
 
 def test_nf1_raw_images_join_the_real_platemap(storage, instance, nf1_plate):

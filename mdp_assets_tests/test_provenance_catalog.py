@@ -9,6 +9,7 @@ import pytest
 import rocrate
 from pyld import jsonld
 
+from mdp_assets_tests.conftest import stored
 from mdp_assets.cli import main
 from mdp_assets.definitions import build_definitions
 from mdp_assets.defs.parameters import PipelineParameters, SegmentationSettings
@@ -80,18 +81,18 @@ def test_opt_in_automation_requests_exactly_the_stale_partitions(two_plates):
 
 def test_provenance_names_inputs_with_checksums_and_is_ro_crate_json_ld(two_plates):
     storage, instance, _ = two_plates
-    folder = storage.tier_root("internal-drive") / "well_profiles" / "PROV-1"
+    folder = stored(storage, "well_profiles", "PROV-1")
     record = json.loads((folder / "_partition.json").read_text())["provenance"]
-    features = json.loads((storage.tier_root("internal-drive") / "single_cell_features" / "PROV-1" / "_partition.json").read_text())
+    features = json.loads((stored(storage, "single_cell_features", "PROV-1") / "_partition.json").read_text())
     used = {item["asset"]: item for item in record["inputs"]}
     assert set(used) == {"single_cell_features", "raw_images"}
     assert used["single_cell_features"]["sha256"] == features["data_version"]
     assert used["single_cell_features"]["data_version"] == features["data_version"]
     assert {"dagster", "numpy", "pandas", "scikit-image", "tifffile", "python"} <= set(record["software"])
     assert record["parameters"]["corr_threshold"] == 0.9 and record["origin"] == "internal"
-    stored = json.loads((folder / "_partition.json").read_text())
-    assert record["outputs"]["sha256"] == stored["data_version"] and record["outputs"]["uri"] == folder.as_uri()
-    assert record["code_version"] == stored["code_version"] and record["run_id"] == stored["run_id"]
+    partition_record = json.loads((folder / "_partition.json").read_text())
+    assert record["outputs"]["sha256"] == partition_record["data_version"] and record["outputs"]["uri"] == folder.as_uri()
+    assert record["code_version"] == partition_record["code_version"] and record["run_id"] == partition_record["run_id"]
 
     crate = json.loads((folder / RO_CRATE_FILE).read_text())
     assert crate["@context"][0] == RO_CRATE_CONTEXT
@@ -125,7 +126,10 @@ def _catalog_rows(storage):
 def test_catalog_totals_match_disk_and_rebuild_gives_the_same_rows(two_plates):
     storage, instance, defs = two_plates
     rows = _catalog_rows(storage)
-    on_disk = sum(p.stat().st_size for p in storage.tier_root("internal-drive").rglob("*") if p.is_file())
+    policy = storage.policy()
+    folders = [storage.tier(name, policy).root for name in policy.tiers]
+    on_disk = sum(p.stat().st_size for root in folders if root.is_dir() for p in root.rglob("*")
+                  if p.is_file() and ".git" not in p.relative_to(root).parts)
     with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
         assert con.execute("SELECT sum(bytes) FROM stored_files").fetchone()[0] == on_disk
     storage.catalog_path.unlink()
@@ -135,7 +139,7 @@ def test_catalog_totals_match_disk_and_rebuild_gives_the_same_rows(two_plates):
 
 def test_verify_names_a_corrupt_file_and_flags_it(two_plates, monkeypatch, capsys):
     storage, instance, defs = two_plates
-    victim = storage.tier_root("internal-drive") / "segmentation_masks" / "PROV-2" / "B03_s01_masks.tiff"
+    victim = stored(storage, "segmentation_masks", "PROV-2") / "B03_s01_masks.tiff"
     data = bytearray(victim.read_bytes())
     data[-10] ^= 0xFF
     victim.write_bytes(bytes(data))

@@ -6,6 +6,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from mdp_assets_tests.conftest import stored
 from mdp_assets.definitions import build_definitions
 from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
 
@@ -39,5 +40,5 @@ def test_blurred_image_fails_its_check_and_its_site_is_excluded(storage, instanc
 
     corrected = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     assert corrected["corrected_images"].metadata["excluded_sites"].value == "B02 site 1"
-    cells = pd.read_parquet(storage.tier_root("internal-drive") / "single_cell_features" / SPEC.barcode / "table.parquet")
+    cells = pd.read_parquet(stored(storage, "single_cell_features", SPEC.barcode) / "table.parquet")
     assert "B02" not in set(cells["Metadata_Well"]) and len(set(cells["Metadata_Well"])) == 7

@@ -11,7 +11,7 @@ from mdp_assets.definitions import build_definitions
 from mdp_assets.defs.plates.resources import IntakeSettings
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets_tests.conftest import NF1_IMAGES, NF1_PLATEMAP
+from mdp_assets_tests.conftest import stored, NF1_IMAGES, NF1_PLATEMAP
 
 
 def _bucket_state(client, bucket):
@@ -55,7 +55,7 @@ def test_plate_under_an_s3_prefix_flows_in(tmp_path, s3_endpoint, s3_credentials
     result = defs.resolve_job_def("plate_job").execute_in_process(
         instance=instance, partition_key="Plate_2", op_selection=["raw_images"])
     assert result.success
-    raw = pd.read_parquet(storage.tier_root("internal-drive") / "raw_images" / "Plate_2" / "table.parquet")
+    raw = pd.read_parquet(stored(storage, "raw_images", "Plate_2") / "table.parquet")
     assert len(raw) == 15
     assert raw["source_uri"].str.startswith(f"s3://{bucket}/incoming/Plate_2/").all()
     local = {p.name: p for p in images}

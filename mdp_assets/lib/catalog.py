@@ -98,15 +98,33 @@ def rows_for_partition(
     data_version: str | None,
     last_moved: datetime | None = None,
 ) -> list[CatalogRow]:
-    """Catalog rows for one stored partition folder: its data files from the partition record, and the
-    record and provenance files themselves (checksummed now: a record cannot hold its own checksum)."""
+    """Catalog rows for one partition in a local folder."""
     record = json.loads((folder / PARTITION_RECORD).read_text())
+    bookkeeping = [(n, (folder / n).stat().st_size, sha256_file(folder / n))
+                   for n in (PARTITION_RECORD, PROVENANCE_FILE) if (folder / n).exists()]
+    return rows_for_record(record, lambda relpath: (folder / relpath).as_uri(), bookkeeping, tier, level,
+                           code_version, data_version, last_moved)
+
+
+def rows_for_record(
+    record: dict,
+    uri_of: Callable[[str], str],
+    bookkeeping: list[tuple[str, int, str]],
+    tier: str,
+    level: str | None,
+    code_version: str | None,
+    data_version: str | None,
+    last_moved: datetime | None = None,
+) -> list[CatalogRow]:
+    """Catalog rows for one stored partition: its data files from the partition record, and the record and
+    provenance files themselves (`bookkeeping`, checksummed by the caller: a record cannot hold its own)."""
     partition = record["partition"] or UNPARTITIONED
     created = datetime.fromisoformat(record["written_at"])
-    files = list(record["files"])
-    for name in (PARTITION_RECORD, PROVENANCE_FILE):
-        if (folder / name).exists():
-            files.append({"relpath": name, "bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)})
+    moves = record.get("moves") or []
+    if last_moved is None and moves:
+        last_moved = datetime.fromisoformat(moves[-1]["when"])
+    files = [f for f in record["files"] if not record.get("released_at")]
+    files += [{"relpath": n, "bytes": b, "sha256": s} for n, b, s in bookkeeping]
     return [
         CatalogRow(
             plate=record["partition"],
@@ -114,7 +132,7 @@ def rows_for_partition(
             asset_key=record["asset"],
             partition=partition,
             tier=tier,
-            uri=(folder / f["relpath"]).as_uri(),
+            uri=uri_of(f["relpath"]),
             relpath=f["relpath"],
             bytes=int(f["bytes"]),
             sha256=f["sha256"],
@@ -140,25 +158,26 @@ def replace_partition(path: Path, asset_key: str, partition: str, rows: Iterable
         con.execute("COMMIT")
 
 
-def scan_tiers(tier_roots: dict[str, Path]) -> Iterator[tuple[str, Path]]:
-    """Every stored partition folder: (tier, folder)."""
-    for tier, root in sorted(tier_roots.items()):
-        if root.is_dir():
-            for record in sorted(root.rglob(PARTITION_RECORD)):
-                if not any(part.startswith(".") for part in record.relative_to(root).parts):
-                    yield tier, record.parent
-
-
 VersionLookup = Callable[[str, str | None], tuple[str | None, str | None, str | None]]
 
 
-def rebuild(path: Path, tier_roots: dict[str, Path], versions: VersionLookup) -> int:
-    """Rebuild the catalog from scratch; `versions(asset, partition)` gives (level, code, data version)."""
+def rebuild(path: Path, stores: list, versions: VersionLookup) -> int:
+    """Rebuild the catalog from scratch by scanning every tier store's partition records;
+    `versions(asset, partition)` gives (level, code version, data version) from the event log."""
     rows: list[CatalogRow] = []
-    for tier, folder in scan_tiers(tier_roots):
-        record = json.loads((folder / PARTITION_RECORD).read_text())
-        level, code_version, data_version = versions(record["asset"], record["partition"])
-        rows.extend(rows_for_partition(folder, tier, level, code_version, data_version))
+    for store in stores:
+        for key in store.partition_keys():
+            record = store.read_record(key)
+            if record is None:
+                continue
+            level, code_version, data_version = versions(record["asset"], record["partition"])
+            bookkeeping = []
+            for name in (PARTITION_RECORD, PROVENANCE_FILE):
+                found = store.file_sha256(key, name)
+                if found is not None:
+                    bookkeeping.append((name, *found))
+            rows.extend(rows_for_record(record, lambda relpath, k=key: store.uri(k, relpath), bookkeeping,
+                                        store.name, level, code_version, data_version))
     with connect(path) as con:
         con.execute("BEGIN")
         con.execute("DELETE FROM stored_files")
@@ -216,6 +235,29 @@ CANNED_QUERIES = {
     "problems": "SELECT asset_key, partition, uri, status, checked_at FROM stored_files WHERE status <> 'ok' ORDER BY 1, 2",
     "totals": "SELECT count(*) AS files, sum(bytes) AS bytes FROM stored_files",
 }
+
+
+def tier_bytes(path: Path, tier: str) -> int:
+    if not path.exists():
+        return 0
+    with connect(path, read_only=True) as con:
+        return int(con.execute("SELECT coalesce(sum(bytes), 0) FROM stored_files WHERE tier = ?", [tier]).fetchone()[0])
+
+
+def record_move(path: Path, asset_key: str, partition: str, rows: Iterable[CatalogRow], move: dict) -> None:
+    """Replace a partition's rows after a lifecycle move and log the move (from, to, when, checksum)."""
+    replace_partition(path, asset_key, partition, rows)
+    with connect(path) as con:
+        con.execute(MOVES_SCHEMA)
+        con.execute("INSERT INTO moves VALUES (?, ?, ?, ?, ?, ?)",
+                    [asset_key, partition, move["from"], move["to"], move["when"], move["sha256"]])
+
+
+MOVES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS moves (
+    asset_key VARCHAR, partition VARCHAR, from_tier VARCHAR, to_tier VARCHAR, moved_at TIMESTAMPTZ, sha256 VARCHAR
+)
+"""
 
 
 def query(path: Path, sql: str) -> tuple[list[str], list[tuple]]:

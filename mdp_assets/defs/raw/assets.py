@@ -42,6 +42,8 @@ def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Out
             "sites": int(table[["Metadata_Well", "Metadata_Site"]].drop_duplicates().shape[0]),
             "channels": ", ".join(sorted(table["Metadata_Channel"].unique())),
             "origin": plate.manifest.origin,
+            "identifiable_patient_data": plate.manifest.identifiable_patient_data,
+            "released": plate.manifest.released,
             "landing_folder": dg.MetadataValue.path(str(plate.root)),
             "input_fingerprint": plate_fingerprint(plate),
             "wells_without_annotation": ", ".join(unannotated) or "none",

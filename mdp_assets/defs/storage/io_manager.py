@@ -1,8 +1,11 @@
-"""The IO manager that stores every level of every plate in its tier, atomically, checksummed, with provenance.
+"""The IO manager that stores every level of every plate in the tier its storage policy calls for,
+atomically, checksummed, with provenance.
 
 Assets hand it `StagedFiles`: a folder filled through `MdpStorage.staging_dir`, usually made by
 `table_output` (a DataFrame as `table.parquet`) or `staged_output`, which also give the Output a
-content-hash DataVersion. Each partition is one folder, `<tier>/<asset>/<plate>/`, holding the files,
+content-hash DataVersion. The level's first lifecycle stage names the tier; the plate's origin must allow
+that tier's access and the tier's size limits must hold, or nothing is written. Each partition is stored
+under `<asset>/<plate>/` in its tier, holding the files,
 `_partition.json` (what it is, every file's size and sha256, code and data version, provenance) and
 `ro-crate-metadata.json` (the same provenance as JSON-LD). The folder appears in one rename, so readers
 never see half a partition. Materialization metadata records tier, uri, bytes, sha256 (over the file
@@ -24,7 +27,9 @@ from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.errors import MdpError
 from mdp_assets.lib import catalog
-from mdp_assets.lib.checksums import FileRecord, atomic_path, record_files, tree_digest
+from mdp_assets.lib.checksums import FileRecord, record_files, sha256_file, tree_digest
+from mdp_assets.lib.policy import StoragePolicy
+from mdp_assets.lib.tiers import FilesystemTier
 from mdp_assets.lib.provenance import RO_CRATE_FILE, provenance_record, ro_crate
 
 PARTITION_RECORD = catalog.PARTITION_RECORD
@@ -119,15 +124,55 @@ def _value(materialization: dg.AssetMaterialization, key: str) -> Any:
     return getattr(entry, "value", entry)
 
 
+@dataclass(frozen=True)
+class PlateAccess:
+    """What the storage policy needs to know about a plate to decide where its data may go."""
+
+    plate: str
+    origin: str
+    identifiable_patient_data: bool
+    released: bool
+
+
+def plate_access(instance: dg.DagsterInstance, plate: str) -> PlateAccess | None:
+    found = _latest(instance, dg.AssetKey("raw_images"), plate)
+    if found is None or _value(found, "origin") is None:
+        return None
+    return PlateAccess(plate, str(_value(found, "origin")), bool(_value(found, "identifiable_patient_data")),
+                       bool(_value(found, "released")))
+
+
+def read_stored_table(storage: MdpStorage, asset: str, partition: str | None) -> pd.DataFrame:
+    """A stored table level, read from wherever its partition lives now."""
+    found = locate(storage, asset, partition)
+    if found is None:
+        raise MdpError(f"{asset} for {partition or 'all plates'} is not stored in any tier of its lifecycle")
+    store = storage.tier(found[0])
+    key = partition_key(dg.AssetKey.from_user_string(asset), partition)
+    return pd.read_parquet(store.local_folder(key, storage.cache_root) / TABLE_FILE)
+
+
+def partition_key(asset_key: dg.AssetKey, partition: str | None) -> str:
+    return "/".join([*asset_key.path, partition or UNPARTITIONED])
+
+
+def locate(storage: MdpStorage, asset: str, partition: str | None) -> tuple[str, dict[str, Any]] | None:
+    """(tier, partition record) of where a stored partition is now, trying the tiers of its level's lifecycle."""
+    policy = storage.policy()
+    key = partition_key(dg.AssetKey.from_user_string(asset), partition)
+    for stage in policy.stages(asset):
+        record = storage.tier(stage.tier, policy).read_record(key)
+        if record is not None:
+            return stage.tier, record
+    return None
+
+
 class PlateLevelIOManager(dg.ConfigurableIOManager):
-    """Stores each asset partition as a folder in one tier of the local data root."""
+    """Stores each asset partition in the tier its storage policy calls for, and reads it from wherever the
+    lifecycle has moved it since."""
 
     storage: MdpStorage
     parameters: PipelineParameters
-    tier: str = "internal-drive"
-
-    def partition_dir(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
-        return self.storage.tier_root(self.tier).joinpath(*asset_key.path, partition or UNPARTITIONED)
 
     # -- provenance -----------------------------------------------------------------------------
     def _inputs(self, context: dg.OutputContext, partition: str | None) -> tuple[list[dict[str, Any]], set[str]]:
@@ -179,6 +224,26 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
             origin=", ".join(sorted(origins)) or None,
         )
 
+    # -- the storage policy ---------------------------------------------------------------------
+    def _plates_of(self, context: dg.OutputContext, partition: str | None) -> list[PlateAccess | None]:
+        declared = context.output_metadata or {}
+        if partition is not None and "origin" in declared:
+            return [PlateAccess(partition, str(_plain(declared["origin"])),
+                                bool(_plain(declared.get("identifiable_patient_data", False))),
+                                bool(_plain(declared.get("released", False))))]
+        instance = context.step_context.instance
+        plates = [partition] if partition else sorted(instance.get_materialized_partitions(dg.AssetKey("raw_images")))
+        return [plate_access(instance, p) for p in plates] or [None]
+
+    def _check_policy(self, policy: StoragePolicy, tier: str, plates: list[PlateAccess | None], sizes: list[int], what: str) -> None:
+        for plate in plates:
+            if plate is None:
+                if policy.tiers[tier].access != "private":
+                    raise MdpError(f"{what}: the plate's origin is unknown, so it may only go to a private tier, not {tier!r}")
+                continue
+            policy.check_origin(tier, plate.origin, plate.identifiable_patient_data, plate.released, what)
+        policy.check_limits(tier, sizes, catalog.tier_bytes(self.storage.catalog_path, tier), what)
+
     # -- writing --------------------------------------------------------------------------------
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         partition = context.asset_partition_key if context.has_asset_partitions else None
@@ -189,78 +254,86 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} returned {type(obj).__name__}; "
                 "assets must return StagedFiles (see table_output / staged_output) or a pandas DataFrame"
             )
-        final = self.partition_dir(context.asset_key, partition)
+        asset, level = context.asset_key.to_user_string(), context.asset_key.path[-1]
+        what = f"{asset} of {partition or 'all plates'}"
+        policy = self.storage.policy()
+        tier = policy.stages(level)[0].tier
         records = list(obj.records) or record_files(obj.root)
+        try:
+            self._check_policy(policy, tier, self._plates_of(context, partition), [r.bytes for r in records], what)
+        except MdpError:
+            shutil.rmtree(obj.root, ignore_errors=True)  # refused: nothing is written anywhere
+            raise
+        store = self.storage.tier(tier, policy)
+        key = partition_key(context.asset_key, partition)
         digest = tree_digest(records)
         written_at = datetime.now(timezone.utc).isoformat()
-        with atomic_path(final) as staged:
-            self._move_verified(obj.root, staged, records)
-            outputs = {"uri": final.as_uri(), "sha256": digest, "bytes": sum(r.bytes for r in records), "files": len(records)}
-            provenance = self._provenance(context, partition, outputs)
-            record = {
-                "asset": context.asset_key.to_user_string(),
-                "partition": partition,
-                "level": context.asset_spec.group_name,
-                "tier": self.tier,
-                "kind": obj.kind,
-                "rows": obj.table_summary.get("rows"),
-                "run_id": context.run_id,
-                "written_at": written_at,
-                "code_version": context.asset_spec.code_version,
-                "data_version": digest,
-                "files": [r.__dict__ for r in records],
-                "provenance": provenance,
-            }
-            (staged / PARTITION_RECORD).write_text(json.dumps(record, indent=1, default=str))
-            (staged / RO_CRATE_FILE).write_text(json.dumps(ro_crate(provenance, record["files"]), indent=1))
+        outputs = {"uri": store.uri(key), "sha256": digest, "bytes": sum(r.bytes for r in records), "files": len(records)}
+        provenance = self._provenance(context, partition, outputs)
+        record = {
+            "asset": asset,
+            "partition": partition,
+            "level": context.asset_spec.group_name,
+            "tier": tier,
+            "kind": obj.kind,
+            "rows": obj.table_summary.get("rows"),
+            "run_id": context.run_id,
+            "written_at": written_at,
+            "stage_entered_at": written_at,
+            "moves": [],
+            "code_version": context.asset_spec.code_version,
+            "data_version": digest,
+            "files": [r.__dict__ for r in records],
+            "provenance": provenance,
+        }
+        (obj.root / RO_CRATE_FILE).write_text(json.dumps(ro_crate(provenance, record["files"]), indent=1))
+        (obj.root / PARTITION_RECORD).write_text(json.dumps(record, indent=1, default=str))
+        bookkeeping = [(n, (obj.root / n).stat().st_size, sha256_file(obj.root / n)) for n in (PARTITION_RECORD, RO_CRATE_FILE)]
+        store.write(obj.root, key, records, move=True,
+                    message=f"mdp: {level} of {partition or 'all plates'}, code version {record['code_version']}")
+        for stage in policy.stages(level)[1:]:
+            older = self.storage.tier(stage.tier, policy)
+            if older.read_record(key) is not None:
+                older.delete(key, message=f"mdp: {level} of {partition or 'all plates'} replaced by a new version")
         catalog.replace_partition(
             self.storage.catalog_path,
-            record["asset"],
+            asset,
             partition or UNPARTITIONED,
-            catalog.rows_for_partition(final, self.tier, record["level"], record["code_version"], digest),
+            catalog.rows_for_record(record, lambda relpath: store.uri(key, relpath), bookkeeping, tier,
+                                    record["level"], record["code_version"], digest),
         )
         metadata: dict[str, Any] = {
-            "tier": self.tier,
-            "uri": dg.MetadataValue.url(final.as_uri()),
-            "path": dg.MetadataValue.path(str(final)),
+            "tier": tier,
+            "uri": dg.MetadataValue.url(store.uri(key)),
             "bytes": outputs["bytes"],
             "sha256": digest,
             "files": len(records),
             "provenance": dg.MetadataValue.json(provenance),
         }
+        if isinstance(store, FilesystemTier):
+            metadata["path"] = dg.MetadataValue.path(str(store.folder(key)))
         if obj.kind == "table":
             metadata["rows"] = obj.table_summary["rows"]
             metadata["columns"] = obj.table_summary["columns"]
             metadata["preview"] = dg.MetadataValue.md(obj.table_summary["preview"])
         context.add_output_metadata(metadata)
 
-    @staticmethod
-    def _move_verified(source: Path, target: Path, records: list[FileRecord]) -> None:
-        """Rename within a filesystem; across filesystems copy, then check every checksum before use."""
-        try:
-            source.rename(target)
-            return
-        except OSError:
-            shutil.copytree(source, target)
-        copied = {r.relpath: r for r in record_files(target)}
-        bad = [r.relpath for r in records if copied.get(r.relpath) != r]
-        if bad:
-            raise MdpError(f"copy does not match its source for {bad[:5]}; nothing was stored", path=target)
-        shutil.rmtree(source)
-
     # -- reading --------------------------------------------------------------------------------
     def load_partition(self, asset_key: dg.AssetKey, partition: str | None) -> StoredPartition:
-        root = self.partition_dir(asset_key, partition)
-        record_path = root / PARTITION_RECORD
-        if not record_path.exists():
+        asset = asset_key.to_user_string()
+        found = locate(self.storage, asset, partition)
+        if found is None:
+            raise MdpError(f"{asset} for {partition or 'all plates'} is not materialized in any tier of its lifecycle")
+        tier, record = found
+        if record.get("released_at"):
             raise MdpError(
-                f"{asset_key.to_user_string()} for {partition or 'all plates'} is not materialized "
-                f"(expected it in tier {self.tier!r})",
-                path=root,
+                f"{asset} for {partition or 'all plates'} was released from tier {tier!r} on {record['released_at']} "
+                "(a transient level); materialize it again to read it"
             )
-        record = json.loads(record_path.read_text())
+        store = self.storage.tier(tier)
+        folder = store.local_folder(partition_key(asset_key, partition), self.storage.cache_root)
         files = tuple(FileRecord(**f) for f in record["files"])
-        return StoredPartition(asset_key.to_user_string(), partition or UNPARTITIONED, root, record["kind"], files, record)
+        return StoredPartition(asset, partition or UNPARTITIONED, folder, record["kind"], files, record)
 
     def _load_one(self, context: dg.InputContext, partition: str | None) -> Any:
         stored = self.load_partition(context.asset_key, partition)

@@ -10,11 +10,13 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from mdp_assets.errors import MdpError
 from dagster_aws.s3 import S3Resource
 
+from mdp_assets.errors import MdpError
 from mdp_assets.lib.inventory import PlateFolder
 from mdp_assets.lib.landing import FolderLanding, LandingZone, S3Landing
+from mdp_assets.lib.policy import StoragePolicy, load_policy, shipped_policy
+from mdp_assets.lib.tiers import EphemeralTier, FilesystemTier, GitTier, S3Tier, TierStore
 
 
 class MdpStorage(dg.ConfigurableResource):
@@ -30,6 +32,30 @@ class MdpStorage(dg.ConfigurableResource):
     landing_s3_prefix: str = ""
     s3_endpoint_url: str | None = Field(default=None, description="any S3-compatible store; None for AWS")
     s3_region: str | None = None
+    policy_file: str | None = Field(
+        default=None, description="storage policy YAML; default: the shipped local policy (policies/local.yaml)"
+    )
+
+    def policy(self) -> StoragePolicy:
+        return load_policy(Path(self.policy_file) if self.policy_file else shipped_policy("local"))
+
+    def tier(self, name: str, policy: StoragePolicy | None = None) -> TierStore:
+        """The store behind a tier of the policy (S3 credentials come from the usual AWS variables)."""
+        policy = policy or self.policy()
+        if name not in policy.tiers:
+            raise MdpError(f"storage policy {policy.name!r} has no tier {name!r}")
+        spec = policy.tiers[name]
+        if spec.backend == "s3":
+            endpoint = spec.endpoint_url or self.s3_endpoint_url
+            client = S3Resource(endpoint_url=endpoint, region_name=spec.region or self.s3_region).get_client()
+            return S3Tier(name, client, spec.bucket or "", spec.prefix)
+        root = Path(spec.path or name)
+        root = root if root.is_absolute() else self.root / root
+        return {"filesystem": FilesystemTier, "git": GitTier, "ephemeral": EphemeralTier}[spec.backend](name, root)
+
+    @property
+    def cache_root(self) -> Path:
+        return self.root / ".cache"
 
     @property
     def root(self) -> Path:
