@@ -21,6 +21,7 @@ from mdp_assets.defs.raw import assets as raw_assets
 from mdp_assets.defs.segmentation import assets as segmentation_assets
 from mdp_assets.defs.single_cell import assets as single_cell_assets
 from mdp_assets.defs.storage.io_manager import PlateLevelIOManager
+from mdp_assets.defs.storage.lifecycle import build_lifecycle
 from mdp_assets.defs.storage.resources import MdpStorage
 
 ASSET_MODULES = [
@@ -43,6 +44,16 @@ REPROCESS_CONDITION = (
 )
 
 
+def consumers_of(assets: list[dg.AssetsDefinition]) -> dict[str, list[str]]:
+    """Level -> the levels that read it."""
+    consumers: dict[str, list[str]] = {}
+    for asset in assets:
+        for key in asset.keys:
+            for parent in asset.asset_deps[key]:
+                consumers.setdefault(parent.path[-1], []).append(key.path[-1])
+    return consumers
+
+
 def build_definitions(
     storage: MdpStorage | None = None,
     intake: IntakeSettings | None = None,
@@ -52,6 +63,7 @@ def build_definitions(
     """The whole platform. A deployment may set its own storage, intake and step parameters, and opt in to
     automatic reprocessing of stale levels (otherwise: `mdp reprocess`, or a backfill in the UI)."""
     storage = storage or MdpStorage(data_root=dg.EnvVar("MDP_DATA_ROOT"))
+    storage.policy()  # a policy that breaks its own rules stops the definitions from loading, naming the rule
     parameters = parameters or PipelineParameters()
     assets = with_code_versions(
         [a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.AssetsDefinition)], parameters
@@ -60,12 +72,13 @@ def build_definitions(
         assets = [a.map_asset_specs(lambda s: s.replace_attributes(automation_condition=REPROCESS_CONDITION)) for a in assets]
     verify_checks = build_verify_checks([key for a in assets for key in a.keys])
     verify_job, verify_schedule = build_verify_job_and_schedule(verify_checks)
+    lifecycle_job, lifecycle_schedule, release_sensor = build_lifecycle(consumers_of(assets))
     return dg.Definitions(
         assets=assets,
         asset_checks=[verify_checks],
-        jobs=[*build_jobs(verify_checks), verify_job],
-        schedules=[verify_schedule],
-        sensors=[new_plate_sensor],
+        jobs=[*build_jobs(verify_checks), verify_job, lifecycle_job],
+        schedules=[verify_schedule, lifecycle_schedule],
+        sensors=[new_plate_sensor, release_sensor],
         resources={
             "storage": storage,
             "intake": intake or IntakeSettings(),

@@ -260,6 +260,38 @@ CREATE TABLE IF NOT EXISTS moves (
 """
 
 
+PINS_SCHEMA = "CREATE TABLE IF NOT EXISTS pinned_plates (plate VARCHAR PRIMARY KEY, pinned_at TIMESTAMPTZ, reason VARCHAR)"
+
+
+def pin(path: Path, plate: str, reason: str) -> None:
+    with connect(path) as con:
+        con.execute(PINS_SCHEMA)
+        con.execute("INSERT OR REPLACE INTO pinned_plates VALUES (?, ?, ?)", [plate, datetime.now(timezone.utc), reason])
+
+
+def unpin(path: Path, plate: str) -> None:
+    with connect(path) as con:
+        con.execute(PINS_SCHEMA)
+        con.execute("DELETE FROM pinned_plates WHERE plate = ?", [plate])
+
+
+def pinned(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    with connect(path) as con:
+        con.execute(PINS_SCHEMA)
+        return {row[0] for row in con.execute("SELECT plate FROM pinned_plates").fetchall()}
+
+
+def last_materialized(path: Path) -> dict[str, datetime]:
+    """Per plate, when any of its levels was last written (what "active" means for the lifecycle)."""
+    if not path.exists():
+        return {}
+    with connect(path, read_only=True) as con:
+        rows = con.execute("SELECT plate, max(created) FROM stored_files WHERE plate IS NOT NULL GROUP BY plate").fetchall()
+    return {plate: created for plate, created in rows}
+
+
 def query(path: Path, sql: str) -> tuple[list[str], list[tuple]]:
     with connect(path, read_only=True) as con:
         result = con.execute(sql)

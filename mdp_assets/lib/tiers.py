@@ -54,11 +54,15 @@ class FilesystemTier:
         path = self.folder(key) / PARTITION_RECORD
         return json.loads(path.read_text()) if path.exists() else None
 
-    def write(self, source: Path, key: str, data_files: list[FileRecord], move: bool, message: str = "") -> None:
+    def write(
+        self, source: Path, key: str, data_files: list[FileRecord], move: bool, message: str = "",
+        record: dict[str, Any] | None = None,
+    ) -> None:
         """Store the folder `source` (data files plus bookkeeping) as `key`, complete or not at all.
 
         With `move` the source may be renamed into place (a staging folder on the same filesystem);
-        otherwise it is copied and every data file's checksum is verified before the partition appears."""
+        otherwise it is copied and every data file's checksum is verified before the partition appears.
+        `record` replaces the source's partition record (a lifecycle move records itself there)."""
         final = self.folder(key)
         with atomic_path(final) as partial:
             renamed = False
@@ -74,6 +78,8 @@ class FilesystemTier:
                 shutil.copy2(source / PARTITION_RECORD, partial / PARTITION_RECORD)
                 if move:
                     shutil.rmtree(source)
+            if record is not None:
+                (partial / PARTITION_RECORD).write_text(json.dumps(record, indent=1, default=str))
         self._committed(key, message)
 
     def _committed(self, key: str, message: str) -> None:
@@ -187,7 +193,10 @@ class S3Tier:
             # The store recomputes the SHA-256 and refuses the object if it differs.
             self.client.put_object(Bucket=self.bucket, Key=object_key, Body=handle, ChecksumSHA256=checksum)
 
-    def write(self, source: Path, key: str, data_files: list[FileRecord], move: bool, message: str = "") -> None:
+    def write(
+        self, source: Path, key: str, data_files: list[FileRecord], move: bool, message: str = "",
+        record: dict[str, Any] | None = None,
+    ) -> None:
         local = {r.relpath: r for r in record_files(source)}
         bad = [r.relpath for r in data_files if local.get(r.relpath) != r]
         if bad:
@@ -199,7 +208,14 @@ class S3Tier:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key, item.relpath))
             if int(head["ContentLength"]) != item.bytes:
                 raise MdpError(f"{self.uri(key, item.relpath)} holds {head['ContentLength']} bytes, expected {item.bytes}")
-        self._upload(source / PARTITION_RECORD, self._key(key, PARTITION_RECORD), local[PARTITION_RECORD].sha256)
+        if record is None:
+            self._upload(source / PARTITION_RECORD, self._key(key, PARTITION_RECORD), local[PARTITION_RECORD].sha256)
+        else:
+            body = json.dumps(record, indent=1, default=str).encode()
+            import hashlib
+
+            checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key, PARTITION_RECORD), Body=body, ChecksumSHA256=checksum)
         if move:
             shutil.rmtree(source)
 

@@ -259,8 +259,9 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
         policy = self.storage.policy()
         tier = policy.stages(level)[0].tier
         records = list(obj.records) or record_files(obj.root)
+        plates = self._plates_of(context, partition)
         try:
-            self._check_policy(policy, tier, self._plates_of(context, partition), [r.bytes for r in records], what)
+            self._check_policy(policy, tier, plates, [r.bytes for r in records], what)
         except MdpError:
             shutil.rmtree(obj.root, ignore_errors=True)  # refused: nothing is written anywhere
             raise
@@ -284,6 +285,7 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
             "code_version": context.asset_spec.code_version,
             "data_version": digest,
             "files": [r.__dict__ for r in records],
+            "access": [p.__dict__ for p in plates if p is not None],
             "provenance": provenance,
         }
         (obj.root / RO_CRATE_FILE).write_text(json.dumps(ro_crate(provenance, record["files"]), indent=1))

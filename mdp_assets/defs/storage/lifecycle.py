@@ -1,0 +1,67 @@
+"""The lifecycle job (daily), and the release of transient levels right after a plate's run."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+from pydantic import Field
+
+from mdp_assets.defs.jobs import PLATE_JOB
+from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.operations import release_consumed, run_lifecycle
+
+
+class LifecycleConfig(dg.Config):
+    as_of: str | None = Field(None, description="ISO time to judge ages by (default: now); for planning ahead")
+    dry_run: bool = Field(False, description="report what would move, move nothing")
+
+
+def build_lifecycle(consumers: dict[str, list[str]]):
+    """The lifecycle job, its daily schedule and the sensor that releases transient data after plate runs;
+    `consumers` maps each level to the levels that read it."""
+
+    @dg.op(description="Clean half-written copies, finish interrupted moves, release consumed transient levels, "
+                       "and move every partition that is due to its next tier.")
+    def apply_lifecycle(context: dg.OpExecutionContext, config: LifecycleConfig, storage: MdpStorage) -> None:
+        now = datetime.fromisoformat(config.as_of) if config.as_of else datetime.now(timezone.utc)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=timezone.utc)
+        if not config.dry_run:
+            for line in release_consumed(context.instance, storage, consumers):
+                context.log.info(line)
+        report = run_lifecycle(storage, now, dry_run=config.dry_run)
+        for note in report.notes:
+            context.log.info(note)
+        for move in report.moves:
+            context.log.info(f"moved {move['asset']} of {move['partition']}: {move['from']} -> {move['to']}")
+            context.log_event(dg.AssetObservation(
+                asset_key=dg.AssetKey.from_user_string(move["asset"]),
+                partition=move["partition"],
+                metadata={"tier": move["to"], "moved_from": move["from"], "moved_at": move["when"],
+                          "sha256": move["sha256"], "uri": dg.MetadataValue.url(move["uri"])},
+            ))
+        if report.failures:
+            raise dg.Failure("lifecycle problems (nothing was lost; the sources are kept):\n" + "\n".join(report.failures))
+
+    @dg.job(name="lifecycle_job", description="Move stored partitions to their next storage tier as they age.")
+    def lifecycle_job():
+        apply_lifecycle()
+
+    schedule = dg.ScheduleDefinition(
+        name="lifecycle_schedule", job=lifecycle_job, cron_schedule="0 2 * * *",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name="release_transient_levels",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="After a successful plate run, delete transient levels whose readers are all made.",
+    )
+    def release_transient_levels(context: dg.RunStatusSensorContext, storage: MdpStorage):
+        plate = context.dagster_run.tags.get("dagster/partition")
+        if context.dagster_run.job_name != PLATE_JOB or not plate:
+            return dg.SkipReason("not a plate run")
+        released = release_consumed(context.instance, storage, consumers, plates=[plate])
+        return dg.SkipReason("; ".join(released) or f"nothing to release for {plate}")
+
+    return lifecycle_job, schedule, release_transient_levels
