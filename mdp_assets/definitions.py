@@ -20,6 +20,7 @@ from mdp_assets.defs.profiles import assets as profiles_assets
 from mdp_assets.defs.raw import assets as raw_assets
 from mdp_assets.defs.segmentation import assets as segmentation_assets
 from mdp_assets.defs.single_cell import assets as single_cell_assets
+from mdp_assets.defs.storage import costs as storage_costs_assets
 from mdp_assets.defs.storage.io_manager import PlateLevelIOManager
 from mdp_assets.defs.storage.lifecycle import build_lifecycle
 from mdp_assets.defs.storage.resources import MdpStorage
@@ -31,6 +32,7 @@ ASSET_MODULES = [
     single_cell_assets,
     profiles_assets,
     embeddings_assets,
+    storage_costs_assets,
 ]
 
 
@@ -73,11 +75,12 @@ def build_definitions(
     verify_checks = build_verify_checks([key for a in assets for key in a.keys])
     verify_job, verify_schedule = build_verify_job_and_schedule(verify_checks)
     lifecycle_job, lifecycle_schedule, release_sensor = build_lifecycle(consumers_of(assets))
+    costs_job, costs_schedule = storage_costs_assets.build_storage_costs_job(verify_checks)
     return dg.Definitions(
         assets=assets,
         asset_checks=[verify_checks],
-        jobs=[*build_jobs(verify_checks), verify_job, lifecycle_job],
-        schedules=[verify_schedule, lifecycle_schedule],
+        jobs=[*build_jobs(verify_checks), verify_job, lifecycle_job, costs_job],
+        schedules=[verify_schedule, lifecycle_schedule, costs_schedule],
         sensors=[new_plate_sensor, release_sensor],
         resources={
             "storage": storage,

@@ -3,6 +3,7 @@
 import dagster as dg
 
 CONSENSUS = dg.AssetKey("consensus_profiles")
+STORAGE_COSTS = dg.AssetKey("storage_costs")
 PLATE_JOB = "plate_job"
 
 
@@ -10,7 +11,8 @@ def build_jobs(excluded_checks: dg.AssetChecksDefinition) -> list:
     """`plate_job` and `consensus_job`; `excluded_checks` (the storage verification) runs on its own."""
     plate_job = dg.define_asset_job(
         PLATE_JOB,
-        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(CONSENSUS) - dg.AssetSelection.checks(excluded_checks),
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(CONSENSUS, STORAGE_COSTS)
+        - dg.AssetSelection.checks(excluded_checks),
         description="Every level of one plate, raw images to embeddings.",
     )
     consensus_job = dg.define_asset_job(

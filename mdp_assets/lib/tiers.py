@@ -29,6 +29,7 @@ from mdp_assets.errors import MdpError
 from mdp_assets.lib.checksums import FileRecord, atomic_path, record_files, remove_path, sha256_file
 
 PARTITION_RECORD = "_partition.json"
+PROVENANCE_FILE = "ro-crate-metadata.json"
 
 
 def _verify(folder: Path, expected: list[FileRecord], where: str) -> None:
@@ -75,7 +76,8 @@ class FilesystemTier:
             if not renamed:
                 shutil.copytree(source, partial, ignore=shutil.ignore_patterns(PARTITION_RECORD))
                 _verify(partial, data_files, f"tier {self.name!r}")
-                shutil.copy2(source / PARTITION_RECORD, partial / PARTITION_RECORD)
+                if record is None:
+                    shutil.copy2(source / PARTITION_RECORD, partial / PARTITION_RECORD)
                 if move:
                     shutil.rmtree(source)
             if record is not None:
@@ -226,8 +228,10 @@ class S3Tier:
             raise MdpError(f"no partition at {self.uri(key)}")
         folder = cache_root / self.name / key
         wanted = [FileRecord(**f) for f in record["files"]]
-        if folder.is_dir() and {r.relpath: r for r in record_files(folder)} == {r.relpath: r for r in wanted}:
-            return folder
+        if folder.is_dir():
+            cached = {r.relpath: r for r in record_files(folder)}
+            if all(cached.get(r.relpath) == r for r in wanted):
+                return folder
         with atomic_path(folder) as partial:
             partial.mkdir(parents=True)
             for item in wanted:
@@ -235,7 +239,13 @@ class S3Tier:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(self.bucket, self._key(key, item.relpath), str(target))
             _verify(partial, wanted, self.uri(key))
+            if self._exists(key, PROVENANCE_FILE):  # provenance travels with the data
+                self.client.download_file(self.bucket, self._key(key, PROVENANCE_FILE), str(partial / PROVENANCE_FILE))
         return folder
+
+    def _exists(self, key: str, relpath: str) -> bool:
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(key, relpath), MaxKeys=1)
+        return any(item["Key"] == self._key(key, relpath) for item in listed.get("Contents", []))
 
     def delete(self, key: str, message: str = "") -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key, PARTITION_RECORD))

@@ -1,0 +1,77 @@
+"""`storage_costs`: what is stored where and what it costs, refreshed daily."""
+
+import base64
+from datetime import datetime, timezone
+
+import dagster as dg
+import pandas as pd
+
+from mdp_assets.defs.storage.io_manager import staged_output
+from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.lib import catalog
+from mdp_assets.lib.costs import current_costs, plot, projection
+
+STORAGE_COSTS = dg.AssetKey("storage_costs")
+
+
+@dg.asset(
+    group_name="storage",
+    kinds={"duckdb", "parquet"},
+    description="Bytes and cost per tier, level and plate from the policy's prices, a 12-month projection under the "
+    "lifecycle, and a plot. Reads the catalog.",
+)
+def storage_costs(storage: MdpStorage) -> dg.Output:
+    policy = storage.policy()
+    files = _catalog_frame(storage, "SELECT tier, level, plate, bytes FROM stored_files")
+    now = datetime.now(timezone.utc)
+    partitions = _catalog_frame(
+        storage,
+        "SELECT asset_key AS level, tier, sum(bytes) AS bytes, max(coalesce(last_moved, created)) AS stage_entered_at "
+        "FROM stored_files GROUP BY asset_key, partition, tier",
+    )
+    costs = current_costs(files, policy)
+    projected = projection(partitions, policy, now)
+    png = plot(projected)
+    with storage.staging_dir("storage_costs") as staged:
+        costs.to_parquet(staged / "table.parquet", index=False)
+        projected.to_parquet(staged / "projection.parquet", index=False)
+        (staged / "storage_costs.png").write_bytes(png)
+        by_tier = costs.groupby("tier")[["bytes", "monthly_cost_usd", "one_time_cost_usd"]].sum().reset_index()
+        return staged_output(
+            staged,
+            {
+                "total_bytes": int(costs["bytes"].sum()),
+                "monthly_cost_usd": float(costs["monthly_cost_usd"].sum()),
+                "one_time_cost_usd": float(costs["one_time_cost_usd"].sum()),
+                "cost_in_12_months_usd": float(projected.loc[projected["month"] == 12, "monthly_cost_usd"].sum()),
+                "by_tier": dg.MetadataValue.md(_markdown(by_tier)),
+                "plot": dg.MetadataValue.md(f"![storage costs](data:image/png;base64,{base64.b64encode(png).decode()})"),
+                "policy": policy.name,
+            },
+            table=costs,
+        )
+
+
+def _catalog_frame(storage: MdpStorage, sql: str) -> pd.DataFrame:
+    if not storage.catalog_path.exists():
+        return pd.DataFrame(columns=["tier", "level", "plate", "bytes", "stage_entered_at"])
+    columns, rows = catalog.query(storage.catalog_path, sql)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def build_storage_costs_job(excluded_checks: dg.AssetChecksDefinition) -> tuple[object, dg.ScheduleDefinition]:
+    job = dg.define_asset_job(
+        "storage_costs_job",
+        selection=dg.AssetSelection.assets(STORAGE_COSTS) - dg.AssetSelection.checks(excluded_checks),
+        description="Refresh storage_costs from the catalog.",
+    )
+    schedule = dg.ScheduleDefinition(name="storage_costs_schedule", job=job, cron_schedule="30 2 * * *",
+                                     default_status=dg.DefaultScheduleStatus.RUNNING)
+    return job, schedule

@@ -1,0 +1,261 @@
+"""The storage policy: tiers, origin rules, size limits, the git and S3 tiers, the lifecycle and costs."""
+
+import json
+import subprocess
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import boto3
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+import yaml
+
+from mdp_assets.definitions import build_definitions
+from mdp_assets.defs.parameters import PipelineParameters
+from mdp_assets.defs.storage.io_manager import PlateLevelIOManager, table_output
+from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.errors import MdpError
+from mdp_assets.lib import tiers
+from mdp_assets.lib.checksums import record_files
+from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.lib.policy import load_policy, shipped_policy
+from mdp_assets.operations import materialize_stale, run_lifecycle
+from mdp_assets_tests.conftest import stored
+
+plates = dg.DynamicPartitionsDefinition(name="plates")
+ORIGINS = {"internal": ["private", "public"], "collaborator-academic": ["private"],
+           "collaborator-industry": ["private"], "public": ["private", "public"]}
+
+
+def _policy(tmp_path, tiers_spec, levels):
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump({"name": "test", "tiers": tiers_spec, "levels": levels, "origins": ORIGINS}))
+    return MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(path))
+
+
+def _fs(path, access="private", **extra):
+    return {"backend": "filesystem", "path": path, "access": access, "longevity": "high", "usage_speed": "instant", **extra}
+
+
+def _toy(name, origin="internal", patient=False, released=False, payload=b"", code_version="v1"):
+    @dg.asset(name=name, partitions_def=plates, code_version=code_version)
+    def toy(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output:
+        table = pd.DataFrame({"Metadata_Well": ["A01", "A02"], "x": [1.0, 2.0]})
+        output = table_output(storage, name, table, {"origin": origin, "identifiable_patient_data": patient,
+                                                    "released": released})
+        if payload:
+            (output.value.root / "blob.bin").write_bytes(payload)
+            from mdp_assets.defs.storage.io_manager import staged_output
+
+            return staged_output(output.value.root, dict(output.metadata), table)
+        return output
+
+    return toy
+
+
+def _materialize(storage, instance, asset, partition="P1"):
+    instance.add_dynamic_partitions("plates", [partition])
+    resources = {"storage": storage, "io_manager": PlateLevelIOManager(storage=storage, parameters=PipelineParameters())}
+    return dg.materialize([asset], partition_key=partition, instance=instance, resources=resources, raise_on_error=False)
+
+
+def _error(result) -> str:
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    error = failure.step_failure_data.error
+    return (error.cause or error).message
+
+
+def _nothing_anywhere(storage):
+    files = [p for p in storage.root.rglob("*") if p.is_file() and p.name != "catalog.duckdb" and ".git" not in p.parts]
+    return files == []
+
+
+def test_a_policy_that_breaks_its_rules_is_rejected_on_load(tmp_path):
+    data = yaml.safe_load(shipped_policy("local").read_text())
+    data["identifiable_patient_data_access"] = ["private", "public"]
+    data["origins"]["collaborator-industry"] = ["private", "public"]
+    data["levels"]["raw_images"] = [{"tier": "tape"}]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(MdpError) as error:
+        load_policy(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert "rule 'identifiable patient data are never shared'" in message
+    assert "rule 'collaborator data stay private unless released': origins.collaborator-industry" in message
+    assert "levels.raw_images stage 1 names unknown tier 'tape'" in message
+    with pytest.raises(MdpError, match="identifiable patient data are never shared"):
+        build_definitions(MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(path)))
+
+
+@pytest.mark.parametrize(
+    "origin, patient, released, why",
+    [
+        ("collaborator-academic", False, False, "its origin is 'collaborator-academic' and it is not released"),
+        ("internal", True, False, "it holds identifiable patient data"),
+    ],
+)
+def test_origin_rules_refuse_a_public_tier_and_write_nothing(tmp_path, instance, origin, patient, released, why):
+    storage = _policy(tmp_path, {"archive": _fs("archive", access="public")}, {"shared": [{"tier": "archive"}]})
+    result = _materialize(storage, instance, _toy("shared", origin, patient, released))
+    assert not result.success
+    message = _error(result)
+    assert "shared of P1 may not be written to tier 'archive' (public)" in message and why in message
+    assert _nothing_anywhere(storage)
+
+
+def test_released_collaborator_plate_may_go_public(tmp_path, instance):
+    storage = _policy(tmp_path, {"archive": _fs("archive", access="public")}, {"shared": [{"tier": "archive"}]})
+    result = _materialize(storage, instance, _toy("shared", "collaborator-academic", released=True))
+    assert result.success and (stored(storage, "shared", "P1") / "table.parquet").exists()
+
+
+def test_git_tier_commits_and_enforces_the_per_file_limit(tmp_path, instance):
+    git_tier = {"backend": "git", "path": "repo", "access": "private", "longevity": "high", "usage_speed": "instant",
+                "version_control": True, "limits": {"per_file_bytes": 4000}}
+    storage = _policy(tmp_path, {"repo": git_tier}, {"profiles": [{"tier": "repo"}], "big": [{"tier": "repo"}]})
+    assert _materialize(storage, instance, _toy("profiles", code_version="v7")).success
+    repo = storage.tier("repo")
+    assert repo.log("profiles/P1") == ["mdp: profiles of P1, code version v7"]
+    status = subprocess.run(["git", "-C", str(repo.root), "status", "--porcelain"], capture_output=True, text=True)
+    assert status.stdout == "", "everything stored is committed"
+
+    result = _materialize(storage, instance, _toy("big", payload=b"x" * 5000))
+    assert not result.success
+    assert "a file of 5000 bytes exceeds tier 'repo''s per-file limit of 4000 bytes" in _error(result)
+    assert not (repo.root / "big").exists() and repo.log("big/P1") == []
+
+
+def _aging_storage(tmp_path):
+    return _policy(tmp_path, {"fast": _fs("fast"), "slow": _fs("slow")},
+                   {"aging": [{"tier": "fast", "days": 1}, {"tier": "slow"}]})
+
+
+def test_lifecycle_move_interrupted_between_copy_and_delete_is_finished_on_rerun(tmp_path, instance, monkeypatch):
+    storage = _aging_storage(tmp_path)
+    assert _materialize(storage, instance, _toy("aging")).success
+    record = json.loads((storage.tier("fast").folder("aging/P1") / "_partition.json").read_text())
+    later = datetime.now(timezone.utc) + timedelta(days=40)
+
+    original_delete = tiers.FilesystemTier.delete
+
+    def killed(self, key, message=""):
+        raise KeyboardInterrupt("killed between copy and delete")
+
+    monkeypatch.setattr(tiers.FilesystemTier, "delete", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_lifecycle(storage, later)
+    assert storage.tier("fast").read_record("aging/P1") and storage.tier("slow").read_record("aging/P1")
+
+    monkeypatch.setattr(tiers.FilesystemTier, "delete", original_delete)
+    report = run_lifecycle(storage, later)
+    assert any("finished the interrupted move fast -> slow" in note for note in report.notes), report
+    assert storage.tier("fast").read_record("aging/P1") is None and not storage.tier("fast").folder("aging/P1").exists()
+    moved = storage.tier("slow").read_record("aging/P1")
+    assert moved["tier"] == "slow" and moved["moves"][-1]["from"] == "fast" and moved["data_version"] == record["data_version"]
+    copied = {r.relpath: r.sha256 for r in record_files(storage.tier("slow").folder("aging/P1"))}
+    assert all(copied[f["relpath"]] == f["sha256"] for f in record["files"])
+    assert run_lifecycle(storage, later).moves == [], "idempotent"
+
+
+def test_corrupted_copy_keeps_the_source_and_raises(tmp_path, instance, monkeypatch):
+    storage = _aging_storage(tmp_path)
+    assert _materialize(storage, instance, _toy("aging")).success
+    source = storage.tier("fast").folder("aging/P1")
+    before = {r.relpath: r.sha256 for r in record_files(source)}
+    real_copytree = tiers.shutil.copytree
+
+    def corrupting_copytree(src, dst, **kwargs):
+        real_copytree(src, dst, **kwargs)
+        target = dst / "table.parquet"
+        target.write_bytes(target.read_bytes()[:-1] + b"\x00")
+
+    monkeypatch.setattr(tiers.shutil, "copytree", corrupting_copytree)
+    report = run_lifecycle(storage, datetime.now(timezone.utc) + timedelta(days=40))
+    assert report.moves == [] and any("checksum mismatch" in f for f in report.failures), report
+    assert {r.relpath: r.sha256 for r in record_files(source)} == before, "the source is kept as it was"
+    slow = storage.tier("slow").root
+    assert not slow.exists() or not [p for p in slow.rglob("*") if p.is_file()], "no copy, no partial copy"
+
+
+def test_active_and_pinned_plates_stay_in_the_fast_tier(tmp_path, instance):
+    from mdp_assets.lib import catalog
+
+    storage = _aging_storage(tmp_path)
+    assert _materialize(storage, instance, _toy("aging"), "P1").success
+    assert _materialize(storage, instance, _toy("aging"), "P2").success
+    soon = datetime.now(timezone.utc) + timedelta(days=2)
+    report = run_lifecycle(storage, soon)  # due (1 day), but both plates were materialized < 30 days ago
+    assert report.moves == [] and sum("under active analysis" in n for n in report.notes) == 2
+    catalog.pin(storage.catalog_path, "P1", "figure 3 in review")
+    report = run_lifecycle(storage, soon + timedelta(days=40))
+    assert [m["partition"] for m in report.moves] == ["P2"]
+    assert any("P1" in n and "pinned" in n for n in report.notes)
+
+
+@pytest.mark.slow
+def test_s3_tier_written_read_back_and_moved_to_a_drive(tmp_path, instance, s3_endpoint, s3_credentials):
+    bucket = f"mdp-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    policy = yaml.safe_load(shipped_policy("s3").read_text())
+    policy["tiers"]["cloud"].update(bucket=bucket, endpoint_url=s3_endpoint, region="us-east-1")
+    path = tmp_path / "s3.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    storage = MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(path))
+    write_demo_plate(storage.landing_path, DemoPlateSpec(barcode="S3P", rows="B", columns=(2, 3, 4, 5),
+                                                         sites_per_well=1, image_size=128, cells_per_site=9))
+    instance.add_dynamic_partitions("plates", ["S3P"])
+    defs = build_definitions(storage)
+    result = defs.resolve_job_def("plate_job").execute_in_process(
+        instance=instance, partition_key="S3P", op_selection=["raw_images", "image_qc"])
+    assert result.success  # image_qc read raw_images back from S3
+    events = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    raw = events["raw_images"].metadata
+    assert raw["tier"].value == "cloud" and raw["uri"].value == f"s3://{bucket}/cloud/raw_images/S3P"
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="cloud/raw_images/S3P/")["Contents"]
+    assert {o["Key"].rsplit("/", 1)[1] for o in listed} == {"table.parquet", "_partition.json", "ro-crate-metadata.json"}
+    sha_in_s3 = json.loads(client.get_object(Bucket=bucket, Key="cloud/raw_images/S3P/_partition.json")["Body"].read())
+
+    report = run_lifecycle(storage, datetime.now(timezone.utc) + timedelta(days=31))
+    assert [(m["asset"], m["from"], m["to"]) for m in report.moves] == [("raw_images", "cloud", "internal-drive")]
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="cloud/raw_images/S3P/"), "source deleted"
+    local = stored(storage, "raw_images", "S3P")
+    assert {r.relpath: r.sha256 for r in record_files(local) if r.relpath == "table.parquet"} == {
+        f["relpath"]: f["sha256"] for f in sha_in_s3["files"]}
+    with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT tier FROM stored_files WHERE asset_key = 'raw_images'").fetchall() == [("internal-drive",)]
+        assert con.execute("SELECT from_tier, to_tier FROM moves").fetchall() == [("cloud", "internal-drive")]
+
+
+@pytest.mark.slow
+def test_storage_costs_price_exactly_what_is_stored(tmp_path, instance):
+    storage = MdpStorage(data_root=str(tmp_path / "data"))
+    write_demo_plate(storage.landing_path, DemoPlateSpec(barcode="COST", rows="BC", columns=(2, 3, 4, 5),
+                                                         sites_per_well=1, image_size=128, cells_per_site=9))
+    instance.add_dynamic_partitions("plates", ["COST"])
+    defs = build_definitions(storage)
+    assert all(o.success for o in materialize_stale(instance, defs, storage, ["COST"], report=lambda _: None))
+    assert sorted(p.name for p in stored(storage, "corrected_images", "COST").iterdir()) == [
+        "_partition.json", "ro-crate-metadata.json"], "the transient level is gone once its readers are made"
+    result = defs.resolve_job_def("storage_costs_job").execute_in_process(instance=instance)
+    assert result.success
+    costs = pd.read_parquet(stored(storage, "storage_costs", None) / "table.parquet")
+    policy = storage.policy()
+    on_disk = {}
+    for name in policy.tiers:
+        root = storage.tier(name, policy).root
+        if root.is_dir():
+            on_disk[name] = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and ".git" not in p.parts
+                                and "storage_costs" not in p.parts)
+    by_tier = costs.groupby("tier")["bytes"].sum().to_dict()
+    assert by_tier == {k: v for k, v in on_disk.items() if v}
+    expected_one_time = sum(b / 1e12 * policy.tiers[t].cost.one_time_per_tb for t, b in by_tier.items())
+    assert costs["one_time_cost_usd"].sum() == pytest.approx(expected_one_time)
+    projection = pd.read_parquet(stored(storage, "storage_costs", None) / "projection.parquet")
+    month4 = projection[projection["month"] == 4].set_index("tier")["bytes"]
+    masks = costs[(costs["level"] == "masks")]["bytes"].sum()
+    assert month4.get("external-drive", 0) >= masks, "masks move to the external drive after 90 days"
+    assert (stored(storage, "storage_costs", None) / "storage_costs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
