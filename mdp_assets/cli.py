@@ -10,6 +10,10 @@
   mdp provenance PLATE LEVEL [--json]
                           how a level of a plate was made, back to the raw image files
   mdp verify              re-read every stored file; exit 1 naming any missing or corrupt one
+  mdp lifecycle [--as-of ISO] [--dry-run]
+                          move partitions that are due to their next tier (what lifecycle_job does daily)
+  mdp pin PLATE [--reason TEXT] / mdp unpin PLATE
+                          keep a plate in its fast tier whatever its age
   mdp loaddata FOLDER -o OUT.csv [--pe2loaddata-config CONFIG.yml] [--path-name P]
                           a CellProfiler LoadData CSV for a plate folder (pe2loaddata's layout for
                           Phenix plates with a Harmony index and a pe2loaddata configuration)
@@ -53,29 +57,38 @@ def _human_bytes(count: int | None) -> str:
     return str(count)
 
 
-def summary_rows(instance: dg.DagsterInstance, defs: dg.Definitions, plates: list[str]) -> list[list[str]]:
+def summary_rows(instance: dg.DagsterInstance, defs: dg.Definitions, plates: list[str], storage) -> list[list[str]]:
     from mdp_assets.instance_status import latest_status
 
     graph = defs.resolve_asset_graph()
-    keys = list(graph.toposorted_asset_keys)
+    keys = [k for k in graph.toposorted_asset_keys if k.path[-1] != "storage_costs"]
     rows = []
     for plate in plates:
         for key in keys:
             if graph.get(key).partitions_def is None:
                 continue
-            rows.append(_summary_row(latest_status(instance, key, plate), plate, key))
+            rows.append(_summary_row(latest_status(instance, key, plate), plate, key, storage))
     for key in keys:
         if graph.get(key).partitions_def is None:
-            rows.append(_summary_row(latest_status(instance, key, None), "(all plates)", key))
+            rows.append(_summary_row(latest_status(instance, key, None), "(all plates)", key, storage))
     return rows
 
 
-def _summary_row(status, plate: str, key: dg.AssetKey) -> list[str]:
+def _summary_row(status, plate: str, key: dg.AssetKey, storage) -> list[str]:
+    from mdp_assets.defs.storage.io_manager import locate, partition_key
+
     if status is None:
         return [plate, key.to_user_string(), "not materialized", "-", "-"]
     rows = status.value("rows")
     count = f"{rows} rows" if rows is not None else f"{status.value('files')} files"
-    where = f"{status.value('tier')}: {status.value('path')}"
+    partition = None if plate == "(all plates)" else plate
+    found = locate(storage, key.path[-1], partition)
+    if found is None:
+        where = "missing from every tier of its lifecycle (mdp verify)"
+    elif found[1].get("released_at"):
+        where = f"{found[0]}: released (transient level; provenance kept)"
+    else:
+        where = f"{found[0]}: {storage.tier(found[0]).uri(partition_key(key, partition))}"
     return [plate, key.to_user_string(), count, _human_bytes(status.value("bytes")), where]
 
 
@@ -102,7 +115,8 @@ def run_demo(plate_count: int) -> int:
     if not _report_outcomes(materialize_stale(instance, defs, storage, plates)):
         return 1
     print()
-    print(format_table(["plate", "level", "rows or files", "bytes", "where stored"], summary_rows(instance, defs, plates)))
+    print(format_table(["plate", "level", "rows or files", "bytes", "where stored"],
+                       summary_rows(instance, defs, plates, storage)))
     return 0
 
 
@@ -179,10 +193,47 @@ def run_verify() -> int:
 def run_summary() -> int:
     from mdp_assets.definitions import build_definitions
 
-    instance = _instance()
-    defs = build_definitions(_storage())
+    instance, storage = _instance(), _storage()
+    defs = build_definitions(storage)
     plates = sorted(instance.get_dynamic_partitions("plates"))
-    print(format_table(["plate", "level", "rows or files", "bytes", "where stored"], summary_rows(instance, defs, plates)))
+    print(format_table(["plate", "level", "rows or files", "bytes", "where stored"],
+                       summary_rows(instance, defs, plates, storage)))
+    return 0
+
+
+def run_lifecycle_command(as_of: str | None, dry_run: bool) -> int:
+    from datetime import datetime, timezone
+
+    from mdp_assets.definitions import build_definitions, consumers_of
+    from mdp_assets.operations import release_consumed, run_lifecycle
+
+    storage = _storage()
+    now = datetime.fromisoformat(as_of) if as_of else datetime.now(timezone.utc)
+    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    if not dry_run:
+        defs = build_definitions(storage)
+        for line in release_consumed(_instance(), storage, consumers_of(list(defs.assets))):
+            print(line)
+    report = run_lifecycle(storage, now, dry_run=dry_run)
+    for line in report.notes:
+        print(line)
+    for move in report.moves:
+        print(f"moved {move['asset']} of {move['partition']}: {move['from']} -> {move['to']} (sha256 {move['sha256']})")
+    for failure in report.failures:
+        print(f"mdp lifecycle: {failure}", file=sys.stderr)
+    return 1 if report.failures else 0
+
+
+def run_pin(plate: str, reason: str | None, unpin: bool) -> int:
+    from mdp_assets.lib import catalog
+
+    storage = _storage()
+    if unpin:
+        catalog.unpin(storage.catalog_path, plate)
+        print(f"{plate} unpinned: the lifecycle may move it again")
+    else:
+        catalog.pin(storage.catalog_path, plate, reason or "")
+        print(f"{plate} pinned: it stays in its fast tier")
     return 0
 
 
@@ -242,6 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     provenance.add_argument("level")
     provenance.add_argument("--json", action="store_true")
     commands.add_parser("verify", help="re-read every stored file and compare checksums")
+    lifecycle = commands.add_parser("lifecycle", help="move partitions that are due to their next tier")
+    lifecycle.add_argument("--as-of", help="judge ages as of this ISO time (plan ahead with --dry-run)")
+    lifecycle.add_argument("--dry-run", action="store_true")
+    pin = commands.add_parser("pin", help="keep a plate in its fast tier")
+    pin.add_argument("plate")
+    pin.add_argument("--reason")
+    unpin = commands.add_parser("unpin", help="let the lifecycle move a plate again")
+    unpin.add_argument("plate")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -258,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_provenance(args.plate, args.level, args.json)
         if args.command == "verify":
             return run_verify()
+        if args.command == "lifecycle":
+            return run_lifecycle_command(args.as_of, args.dry_run)
+        if args.command in ("pin", "unpin"):
+            return run_pin(args.plate, getattr(args, "reason", None), args.command == "unpin")
         return run_summary()
     except MdpError as exc:
         print(f"mdp: {exc}", file=sys.stderr)
