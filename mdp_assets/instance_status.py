@@ -40,36 +40,35 @@ class LevelStatus:
         return getattr(entry, "value", entry)
 
 
-def latest_status(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> LevelStatus | None:
+def _one_record(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None, at: int | None = None):
+    """The latest materialization record of an asset (partition), or the one with storage id `at`."""
+    bounds = {"after_storage_id": at - 1, "before_storage_id": at + 1} if at is not None else {}
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition else None), limit=1
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None, **bounds), limit=1
     ).records
-    if not records:
+    return records[0] if records else None
+
+
+def latest_status(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> LevelStatus | None:
+    record = _one_record(instance, asset_key, partition)
+    if record is None:
         return None
-    materialization = records[0].asset_materialization
+    materialization = record.asset_materialization
     assert materialization is not None
     return LevelStatus(
         plate=partition or "(all plates)",
         asset=asset_key.to_user_string(),
         metadata=dict(materialization.metadata),
         tags=dict(materialization.tags or {}),
-        storage_id=records[0].storage_id,
+        storage_id=record.storage_id,
     )
 
 
 def _data_version_at(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None, storage_id: int) -> str | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=key,
-            asset_partitions=[partition] if partition else None,
-            after_storage_id=storage_id - 1,
-            before_storage_id=storage_id + 1,
-        ),
-        limit=1,
-    ).records
-    if not records or records[0].asset_materialization is None:
+    record = _one_record(instance, key, partition, at=storage_id)
+    if record is None or record.asset_materialization is None:
         return None
-    return (records[0].asset_materialization.tags or {}).get(DATA_VERSION_TAG)
+    return (record.asset_materialization.tags or {}).get(DATA_VERSION_TAG)
 
 
 def stale_reasons(

@@ -231,12 +231,8 @@ def _move(storage: MdpStorage, policy, stores: dict, move, when: str) -> dict[st
     policy.check_limits(move.to_tier, [f["bytes"] for f in record["files"]],
                         catalog.tier_bytes(storage.catalog_path, move.to_tier), what)
     new_record = lifecycle.copy_partition(source, target, move.key, record, move.to_tier, when, storage.cache_root)
-    bookkeeping = []
-    for name in (catalog.PARTITION_RECORD, catalog.PROVENANCE_FILE):
-        found = target.file_sha256(move.key, name)
-        if found is not None:
-            bookkeeping.append((name, *found))
-    rows = catalog.rows_for_record(new_record, lambda relpath: target.uri(move.key, relpath), bookkeeping, move.to_tier,
+    rows = catalog.rows_for_record(new_record, lambda relpath: target.uri(move.key, relpath),
+                                   catalog.bookkeeping_of(target, move.key), move.to_tier,
                                    new_record["level"], new_record["code_version"], new_record["data_version"])
     moved = new_record["moves"][-1]
     catalog.record_move(storage.catalog_path, new_record["asset"], new_record["partition"] or catalog.UNPARTITIONED, rows, moved)

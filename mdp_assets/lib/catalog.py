@@ -145,16 +145,26 @@ def rows_for_record(
     ]
 
 
+def _insert(con: duckdb.DuckDBPyConnection, rows: list[CatalogRow]) -> None:
+    if rows:
+        con.executemany(
+            f"INSERT INTO stored_files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+            [astuple(r) for r in rows],
+        )
+
+
+def bookkeeping_of(store, key: str) -> list[tuple[str, int, str]]:
+    """(name, bytes, sha256) of a stored partition's record and provenance files, as they are now."""
+    found = [(name, store.file_sha256(key, name)) for name in (PARTITION_RECORD, PROVENANCE_FILE)]
+    return [(name, *size_and_digest) for name, size_and_digest in found if size_and_digest is not None]
+
+
 def replace_partition(path: Path, asset_key: str, partition: str, rows: Iterable[CatalogRow]) -> None:
     rows = list(rows)
     with connect(path) as con:
         con.execute("BEGIN")
         con.execute("DELETE FROM stored_files WHERE asset_key = ? AND partition = ?", [asset_key, partition])
-        if rows:
-            con.executemany(
-                f"INSERT INTO stored_files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                [astuple(r) for r in rows],
-            )
+        _insert(con, rows)
         con.execute("COMMIT")
 
 
@@ -171,21 +181,12 @@ def rebuild(path: Path, stores: list, versions: VersionLookup) -> int:
             if record is None:
                 continue
             level, code_version, data_version = versions(record["asset"], record["partition"])
-            bookkeeping = []
-            for name in (PARTITION_RECORD, PROVENANCE_FILE):
-                found = store.file_sha256(key, name)
-                if found is not None:
-                    bookkeeping.append((name, *found))
-            rows.extend(rows_for_record(record, lambda relpath, k=key: store.uri(k, relpath), bookkeeping,
+            rows.extend(rows_for_record(record, lambda relpath, k=key: store.uri(k, relpath), bookkeeping_of(store, key),
                                         store.name, level, code_version, data_version))
     with connect(path) as con:
         con.execute("BEGIN")
         con.execute("DELETE FROM stored_files")
-        if rows:
-            con.executemany(
-                f"INSERT INTO stored_files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                [astuple(r) for r in rows],
-            )
+        _insert(con, rows)
         con.execute("COMMIT")
     return len(rows)
 
