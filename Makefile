@@ -6,7 +6,9 @@ MDP_HOME ?= $(CURDIR)/.mdp
 export DAGSTER_HOME ?= $(MDP_HOME)/dagster_home
 export MDP_DATA_ROOT ?= $(MDP_HOME)/data
 
-.PHONY: install demo dev test clean-demo
+CELLPROFILER_ENV ?= $(MDP_HOME)/cellprofiler
+
+.PHONY: install demo dev test cellprofiler clean-demo
 
 install: $(VENV)/.installed
 
@@ -29,6 +31,10 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 ## dev: the Dagster UI on http://127.0.0.1:3000 over the same instance and data
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## cellprofiler: the headless CellProfiler 4.2.8.1 environment (Python 3.9, Java), idempotent
+cellprofiler:
+	deploy/cellprofiler/build-env.sh $(CELLPROFILER_ENV)
 
 ## test: the whole test suite (slow tests included)
 test: install

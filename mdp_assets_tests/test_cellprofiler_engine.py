@@ -1,0 +1,114 @@
+"""The real CellProfiler 4.2.8.1, run headless through Dagster Pipes, on CellProfiler's ExampleHuman data."""
+
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from mdp_assets.defs.engines import CellProfilerEngine, summarize_failures
+from mdp_assets.lib.cellprofiler import file_list, read_csv_output, read_sqlite_output, single_cells
+from mdp_assets_tests.conftest import REALDATA
+
+EXAMPLE = REALDATA / "cellprofiler-examplehuman"
+PIPELINE = EXAMPLE / "ExampleHuman" / "ExampleHuman.cppipe"
+IMAGES = sorted((EXAMPLE / "ExampleHuman" / "images").glob("*.tif"))
+ENVIRONMENT = Path(__file__).resolve().parents[1] / ".mdp" / "cellprofiler"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = CellProfilerEngine(environment=str(ENVIRONMENT), workers=2)
+    if not engine.available():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must build CellProfiler first (make cellprofiler); nothing at {ENVIRONMENT}")
+        pytest.skip("CellProfiler environment not built (make cellprofiler)")
+    return engine
+
+
+def _run(engine, pipeline, groups):
+    """Run groups through a real Dagster asset (so through PipesSubprocessClient)."""
+    outcome = {}
+
+    @dg.asset
+    def cellprofiler_step(context: dg.AssetExecutionContext, cellprofiler: CellProfilerEngine) -> dg.MaterializeResult:
+        outcome["version"], outcome["results"] = cellprofiler.run_groups(context, pipeline, groups)
+        return dg.MaterializeResult(metadata={"groups": len(groups)})
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([cellprofiler_step], resources={"cellprofiler": engine}, instance=instance)
+        outcome["logs"] = [e.message for e in result.all_events if e.event_type_value == "ENGINE_EVENT" or e.message]
+    assert result.success
+    return outcome
+
+
+def _assert_same_objects(ours, reference, rtol=1e-6):
+    assert ours.counts() == reference.counts()
+    for name, expected in reference.objects.items():
+        table = ours.objects[name].set_index(["ImageNumber", "ObjectNumber"]).sort_index()
+        expected = expected.set_index(["ImageNumber", "ObjectNumber"]).sort_index()
+        assert set(table.columns) == set(expected.columns), name
+        numeric = [c for c in expected.columns if pd.api.types.is_numeric_dtype(expected[c])]
+        np.testing.assert_allclose(table[numeric].to_numpy(float), expected[numeric].to_numpy(float),
+                                   rtol=rtol, atol=1e-12, equal_nan=True, err_msg=name)
+
+
+def test_examplehuman_counts_and_features_equal_cellprofilers_reference(engine, tmp_path):
+    out = tmp_path / "group-1"
+    outcome = _run(engine, PIPELINE, [{"id": "1", "output_dir": str(out), "file_list": str(file_list(IMAGES, tmp_path / "files.txt"))}])
+    assert outcome["version"] == "4.2.8.1"
+    assert [r.ok for r in outcome["results"]] == [True]
+    ours = read_csv_output(out)
+    assert ours.counts() == {"Cells": 289, "Cytoplasm": 289, "Nuclei": 289, "PH3": 22}
+    _assert_same_objects(ours, read_csv_output(EXAMPLE / "outputs" / "csv"))
+    cells = single_cells(ours)
+    assert len(cells) == 289 and cells["Nuclei_AreaShape_Area"].notna().all()
+    assert {"Metadata_ImageNumber", "Metadata_ObjectNumber", "Cells_AreaShape_Area", "Cytoplasm_AreaShape_Area"} <= set(cells.columns)
+
+
+def test_sqlite_and_csv_outputs_convert_to_the_same_tables():
+    from_csv = read_csv_output(EXAMPLE / "outputs" / "csv")
+    from_sqlite = read_sqlite_output(EXAMPLE / "outputs" / "sqlite" / "ExampleHuman.db")
+    _assert_same_objects(from_sqlite, from_csv)
+    via_sqlite, via_csv = single_cells(from_sqlite), single_cells(from_csv)
+    # ExportToDatabase did not write the image's Metadata_Frame / Metadata_Series; every other column is shared.
+    assert set(via_csv.columns) - set(via_sqlite.columns) == {"Metadata_Frame", "Metadata_Series"}
+    assert set(via_sqlite.columns) <= set(via_csv.columns)
+    pd.testing.assert_frame_equal(via_sqlite.sort_index(axis=1), via_csv[via_sqlite.columns].sort_index(axis=1),
+                                  check_dtype=False, rtol=1e-6)
+
+
+def test_a_broken_pipeline_fails_with_cellprofilers_own_message(engine, tmp_path):
+    broken = tmp_path / "broken.cppipe"
+    text = PIPELINE.read_text().replace("IdentifyPrimaryObjects:[module_num:5", "IdentifyPrimaryObjectz:[module_num:5")
+    broken.write_text(text)
+    out = tmp_path / "group-1"
+    outcome = _run(engine, broken, [{"id": "1", "output_dir": str(out), "file_list": str(file_list(IMAGES, tmp_path / "f.txt"))}])
+    (result,) = outcome["results"]
+    assert not result.ok and "IdentifyPrimaryObjectz" in result.message
+    assert not (out / "_group_done.json").exists() and not list(out.glob("*.csv")), "nothing half-written is kept"
+    assert "IdentifyPrimaryObjectz" in summarize_failures(outcome["results"])
+
+
+def test_one_failing_group_leaves_the_others_intact_and_a_rerun_does_only_what_failed(engine, tmp_path):
+    bad_images = tmp_path / "bad"
+    bad_images.mkdir()
+    for image in IMAGES:
+        shutil.copy(image, bad_images / image.name)
+    (bad_images / IMAGES[0].name).write_bytes(b"not a tiff")
+    groups = [
+        {"id": "good", "output_dir": str(tmp_path / "good"), "file_list": str(file_list(IMAGES, tmp_path / "good.txt"))},
+        {"id": "bad", "output_dir": str(tmp_path / "badout"),
+         "file_list": str(file_list(sorted(bad_images.glob("*.tif")), tmp_path / "bad.txt"))},
+    ]
+    first = {r.id: r for r in _run(engine, PIPELINE, groups)["results"]}
+    assert first["good"].ok and not first["bad"].ok and first["bad"].message
+    assert read_csv_output(tmp_path / "good").counts()["Nuclei"] == 289
+    second = {r.id: r for r in _run(engine, PIPELINE, groups)["results"]}
+    assert second["good"].skipped and second["good"].ok, "a finished group is not run again"
+    assert not second["bad"].skipped and not second["bad"].ok
