@@ -46,6 +46,7 @@ class ProfileSettings(dg.Config):
     na_cutoff: float = 0.05
     freq_cut: float = 0.05
     unique_cut: float = 0.01
+    min_variance: float = 1e-6
 
 
 class PipelineParameters(dg.ConfigurableResource):

@@ -18,7 +18,9 @@ import pandas as pd
 from mdp_assets.errors import MdpError
 
 NormalizeMethod = Literal["standardize", "robustize", "mad_robustize"]
-FeatureSelectOperation = Literal["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+FeatureSelectOperation = Literal[
+    "variance_threshold", "frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"
+]
 DEFAULT_SELECT_OPERATIONS: tuple[FeatureSelectOperation, ...] = (
     "variance_threshold",
     "correlation_threshold",
@@ -100,8 +102,21 @@ def _center_and_scale(values: np.ndarray, method: NormalizeMethod) -> tuple[np.n
     return center, scale
 
 
-def variance_threshold(table: pd.DataFrame, features: Sequence[str], freq_cut: float = 0.05, unique_cut: float = 0.01) -> list[str]:
-    """Features of near-zero variance (caret's nearZeroVar, as pycytominer adapts it)."""
+def variance_threshold(table: pd.DataFrame, features: Sequence[str], min_variance: float = 1e-6) -> list[str]:
+    """Features whose population variance is not above `min_variance` (pycytominer 1.7's rule, which is
+    scikit-learn's VarianceThreshold; a feature missing everywhere has no variance and is excluded)."""
+    values = table[list(features)].to_numpy(dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        variances = np.nanvar(values, axis=0)
+    keep = variances > min_variance
+    return [f for f, kept in zip(features, keep) if not kept]
+
+
+def frequency_threshold(table: pd.DataFrame, features: Sequence[str], freq_cut: float = 0.05, unique_cut: float = 0.01) -> list[str]:
+    """Features of near-zero variance by caret's nearZeroVar rule, as pycytominer applies it: the second most
+    common value is rarer than `freq_cut` times the most common, or unique values are fewer than
+    `unique_cut` of the rows."""
     excluded = []
     n_rows = len(table)
     for name in features:
@@ -114,14 +129,19 @@ def variance_threshold(table: pd.DataFrame, features: Sequence[str], freq_cut: f
 
 
 def correlation_threshold(table: pd.DataFrame, features: Sequence[str], threshold: float = 0.9) -> list[str]:
-    """Of every pair correlated above `threshold`, drop the one more correlated with all features."""
+    """Of every pair whose (signed) Pearson correlation is above `threshold`, drop the one with the larger
+    total absolute correlation to all features. Ties are ranked exactly as pycytominer ranks them."""
     if len(features) < 2:
         return []
-    correlation = table[list(features)].corr(method="pearson")
-    order = correlation.abs().sum().sort_values(kind="mergesort").index
+    values = table[list(features)]
+    if np.isfinite(values.to_numpy(dtype=np.float64)).all():
+        correlation = pd.DataFrame(np.corrcoef(values.to_numpy(dtype=np.float64).T), index=values.columns,
+                                   columns=values.columns)
+    else:
+        correlation = values.corr(method="pearson")
+    order = correlation.abs().sum().sort_values().index  # pandas' default sort, as pycytominer uses it
     rank = {name: position for position, name in enumerate(order)}
-    values = correlation.to_numpy()
-    rows, cols = np.nonzero(np.tril(values > threshold, k=-1))
+    rows, cols = np.nonzero(np.tril(correlation.to_numpy() > threshold, k=-1))
     excluded = set()
     for row, col in zip(rows, cols):
         a, b = correlation.index[row], correlation.columns[col]
@@ -142,26 +162,29 @@ def feature_select(
     na_cutoff: float = 0.05,
     freq_cut: float = 0.05,
     unique_cut: float = 0.01,
+    min_variance: float = 1e-6,
 ) -> pd.DataFrame:
-    """Drop the features each operation excludes (all judged on the input table, as pycytominer does).
-
-    `blocklist` defaults to pycytominer's standard blocklist."""
+    """Drop the features each operation excludes. As in pycytominer, operations run in the order given and
+    each sees only the features the previous ones kept. `blocklist` defaults to the standard blocklist."""
     _require_rows(profiles, "feature_select")
     blocked = set(standard_blocklist() if blocklist is None else blocklist)
-    features = infer_features(profiles, "feature_select")
-    excluded: set[str] = set()
+    all_features = infer_features(profiles, "feature_select")
+    features = list(all_features)
     for operation in operations:
         if operation == "variance_threshold":
-            excluded.update(variance_threshold(profiles, features, freq_cut, unique_cut))
+            excluded = variance_threshold(profiles, features, min_variance)
+        elif operation == "frequency_threshold":
+            excluded = frequency_threshold(profiles, features, freq_cut, unique_cut)
         elif operation == "correlation_threshold":
-            excluded.update(correlation_threshold(profiles, features, corr_threshold))
+            excluded = correlation_threshold(profiles, features, corr_threshold)
         elif operation == "drop_na_columns":
-            excluded.update(drop_na_columns(profiles, features, na_cutoff))
+            excluded = drop_na_columns(profiles, features, na_cutoff)
         elif operation == "blocklist":
-            excluded.update(f for f in features if f in blocked)
+            excluded = [f for f in features if f in blocked]
         else:
             raise MdpError(f"feature_select: unknown operation {operation!r}")
-    return profiles.drop(columns=[f for f in features if f in excluded])
+        features = [f for f in features if f not in set(excluded)]
+    return profiles.drop(columns=[f for f in all_features if f not in set(features)])
 
 
 def aggregate(
@@ -206,6 +229,7 @@ class ProfileParameters:
     na_cutoff: float = 0.05
     freq_cut: float = 0.05
     unique_cut: float = 0.01
+    min_variance: float = 1e-6
 
 
 def standard_blocklist() -> list[str]:
@@ -230,6 +254,7 @@ def normalize_and_select(
         na_cutoff=params.na_cutoff,
         freq_cut=params.freq_cut,
         unique_cut=params.unique_cut,
+        min_variance=params.min_variance,
     )
     features_in = len(infer_features(profiles))
     features_out = len(infer_features(selected))
