@@ -99,7 +99,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def run_demo(plate_count: int) -> int:
-    from mdp_assets.definitions import build_definitions
+    from mdp_assets.definitions import deployment_definitions as build_definitions
     from mdp_assets.lib.demo import demo_specs, write_demo_plate
     from mdp_assets.operations import materialize_stale
 
@@ -128,7 +128,7 @@ def _report_outcomes(outcomes) -> bool:
 
 
 def run_reprocess(plates: list[str]) -> int:
-    from mdp_assets.definitions import build_definitions
+    from mdp_assets.definitions import deployment_definitions as build_definitions
     from mdp_assets.operations import materialize_stale
 
     instance, storage = _instance(), _storage()
@@ -142,7 +142,7 @@ def run_catalog(query_name: str | None, sql: str | None, rebuild: bool) -> int:
 
     storage = _storage()
     if rebuild:
-        from mdp_assets.definitions import build_definitions
+        from mdp_assets.definitions import deployment_definitions as build_definitions
         from mdp_assets.operations import rebuild_catalog
 
         count = rebuild_catalog(_instance(), build_definitions(storage), storage)
@@ -191,7 +191,7 @@ def run_verify() -> int:
 
 
 def run_summary() -> int:
-    from mdp_assets.definitions import build_definitions
+    from mdp_assets.definitions import deployment_definitions as build_definitions
 
     instance, storage = _instance(), _storage()
     defs = build_definitions(storage)
@@ -204,7 +204,8 @@ def run_summary() -> int:
 def run_lifecycle_command(as_of: str | None, dry_run: bool) -> int:
     from datetime import datetime, timezone
 
-    from mdp_assets.definitions import build_definitions, consumers_of
+    from mdp_assets.definitions import consumers_of
+    from mdp_assets.definitions import deployment_definitions as build_definitions
     from mdp_assets.operations import release_consumed, run_lifecycle
 
     storage = _storage()

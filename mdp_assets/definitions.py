@@ -11,6 +11,7 @@ import dagster as dg
 
 from mdp_assets.defs.catalog_checks import build_verify_checks, build_verify_job_and_schedule
 from mdp_assets.defs.embeddings import assets as embeddings_assets
+from mdp_assets.defs.engines import CellProfilerEngine
 from mdp_assets.defs.illumination import assets as illumination_assets
 from mdp_assets.defs.jobs import build_jobs
 from mdp_assets.defs.parameters import PipelineParameters, with_code_versions
@@ -61,12 +62,20 @@ def build_definitions(
     intake: IntakeSettings | None = None,
     parameters: PipelineParameters | None = None,
     reprocess_automatically: bool = False,
+    cellprofiler: CellProfilerEngine | None = None,
 ) -> dg.Definitions:
-    """The whole platform. A deployment may set its own storage, intake and step parameters, and opt in to
-    automatic reprocessing of stale levels (otherwise: `mdp reprocess`, or a backfill in the UI)."""
+    """The whole platform. A deployment may set its own storage, intake and step parameters, configure the
+    CellProfiler engine, and opt in to automatic reprocessing of stale levels (otherwise: `mdp reprocess`,
+    or a backfill in the UI). Engine "auto" becomes "cellprofiler" only when `cellprofiler` is given and
+    its environment exists."""
     storage = storage or MdpStorage(data_root=dg.EnvVar("MDP_DATA_ROOT"))
     storage.policy()  # a policy that breaks its own rules stops the definitions from loading, naming the rule
     parameters = parameters or PipelineParameters()
+    if parameters.engine == "auto":
+        found = cellprofiler is not None and cellprofiler.available()
+        # A new resource, not model_copy: Dagster builds run resources from their constructed configuration.
+        parameters = PipelineParameters(**{**parameters.model_dump(), "engine": "cellprofiler" if found else "builtin"})
+    cellprofiler = cellprofiler or CellProfilerEngine()
     assets = with_code_versions(
         [a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.AssetsDefinition)], parameters
     )
@@ -86,9 +95,15 @@ def build_definitions(
             "storage": storage,
             "intake": intake or IntakeSettings(),
             "parameters": parameters,
+            "cellprofiler": cellprofiler,
             "io_manager": PlateLevelIOManager(storage=storage, parameters=parameters),
         },
     )
 
 
-defs = build_definitions()
+def deployment_definitions(storage: MdpStorage | None = None) -> dg.Definitions:
+    """What `make dev` and `mdp` use: the default deployment, with CellProfiler when `make cellprofiler` built it."""
+    return build_definitions(storage, cellprofiler=CellProfilerEngine())
+
+
+defs = deployment_definitions()

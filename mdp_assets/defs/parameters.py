@@ -4,11 +4,14 @@ An asset's code version is its engine revision plus a hash of the parameters it 
 parameter marks that level, and every level below it, stale for every plate.
 """
 
-from typing import Any
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
 
+from mdp_assets.errors import MdpError
 from mdp_assets.lib.illumination import IlluminationParameters
 from mdp_assets.lib.image_qc import QcThresholds
 from mdp_assets.lib.profiles import ProfileParameters
@@ -49,8 +52,18 @@ class ProfileSettings(dg.Config):
     min_variance: float = 1e-6
 
 
+DEFAULT_ANALYSIS_PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "analysis.cppipe"
+
+
 class PipelineParameters(dg.ConfigurableResource):
-    """Every step's parameters; the defaults are the built-in engine's."""
+    """Every step's parameters; the defaults are the built-in engine's.
+
+    `engine` chooses who segments and measures cells: "cellprofiler" (the lab's .cppipe, run headless),
+    "builtin" (scikit-image), or "auto" (CellProfiler when its environment exists). `build_definitions`
+    resolves "auto" once, so code versions say which engine made a level."""
+
+    engine: Literal["auto", "builtin", "cellprofiler"] = "auto"
+    analysis_pipeline: str = Field(str(DEFAULT_ANALYSIS_PIPELINE), description="CellProfiler analysis .cppipe")
 
     image_qc: QcSettings = Field(default_factory=QcSettings)
     illumination: IlluminationSettings = Field(default_factory=IlluminationSettings)
@@ -73,12 +86,25 @@ class PipelineParameters(dg.ConfigurableResource):
         values["operations"] = tuple(values["operations"])
         return ProfileParameters(**values)
 
+    def uses_cellprofiler(self) -> bool:
+        if self.engine == "auto":
+            raise MdpError("engine 'auto' must be resolved by build_definitions before use")
+        return self.engine == "cellprofiler"
+
+    def engine_step(self) -> dict[str, Any]:
+        if self.engine == "cellprofiler":
+            path = Path(self.analysis_pipeline)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
+            return {"engine": "cellprofiler 4.2.8.1", "pipeline": path.name, "pipeline_sha256": digest}
+        return {"engine": "builtin", **self.segmentation.model_dump()}
+
     def for_step(self, asset: str) -> dict[str, Any]:
         """The parameters one asset uses (what its code version hashes, and what provenance records)."""
         by_asset: dict[str, dict[str, Any]] = {
             "image_qc": self.image_qc.model_dump(),
             "illumination_functions": self.illumination.model_dump(),
-            "segmentation_masks": self.segmentation.model_dump(),
+            "segmentation_masks": self.engine_step(),
+            "single_cell_features": {"engine": self.engine_step()["engine"]},
             "single_cell_crops": {"crop_size": self.crop_size},
             "single_cell_profiles": self.profiles.model_dump(),
             "well_profiles": {**self.profiles.model_dump(), "aggregate": "median"},

@@ -134,3 +134,50 @@ def single_cells(output: CellProfilerOutput) -> pd.DataFrame:
 def file_list(paths: Iterable[Path], destination: Path) -> Path:
     destination.write_text("".join(f"{Path(p).resolve().as_uri()}\n" for p in paths))
     return destination
+
+
+def uses_loaddata(pipeline: Path) -> bool:
+    """Whether a pipeline reads its images through a LoadData module (else through its input modules)."""
+    return any(line.startswith("LoadData:[") for line in pipeline.read_text(errors="replace").splitlines())
+
+
+def split_wells(wells: list[str], groups: int) -> list[list[str]]:
+    """Wells in `groups` contiguous, nearly equal groups (a group is one CellProfiler process)."""
+    wells = sorted(wells)
+    groups = max(1, min(groups, len(wells)))
+    size, extra = divmod(len(wells), groups)
+    out, start = [], 0
+    for index in range(groups):
+        end = start + size + (1 if index < extra else 0)
+        out.append(wells[start:end])
+        start = end
+    return out
+
+
+def loaddata_for_analysis(raw_images: pd.DataFrame, illumination_dir: Path | None) -> pd.DataFrame:
+    """LoadData rows for an analysis pipeline: Orig<channel> raw images, Illum<channel> functions (.npy),
+    Metadata_Plate, Metadata_Well, Metadata_Site: the Cell Painting Gallery's names."""
+    from mdp_assets.lib.loaddata import loaddata_from_raw_images
+
+    table = loaddata_from_raw_images(raw_images)
+    table = table.rename(columns=lambda c: c.replace("FileName_", "FileName_Orig").replace("PathName_", "PathName_Orig")
+                         if c.startswith(("FileName_", "PathName_")) else c)
+    if illumination_dir is not None:
+        for channel in sorted(raw_images["Metadata_Channel"].unique()):
+            table[f"FileName_Illum{channel}"] = f"{channel}.npy"
+            table[f"PathName_Illum{channel}"] = str(illumination_dir)
+    return table
+
+
+IDENTIFIER_MARKERS = ("_Parent_", "_Number_Object_Number")
+
+
+def features_from_cellprofiler(output: CellProfilerOutput) -> pd.DataFrame:
+    """Single cells in mdp's schema: Metadata_Well/Site/ObjectNumber, relationship ids as Metadata_, features."""
+    cells = single_cells(output)
+    identifiers = {c: f"Metadata_{c}" for c in cells.columns if any(m in c for m in IDENTIFIER_MARKERS)}
+    cells = cells.rename(columns=identifiers)
+    if "Metadata_Site" in cells.columns:
+        cells["Metadata_Site"] = pd.to_numeric(cells["Metadata_Site"], errors="coerce").astype("Int64")
+    meta = [c for c in cells.columns if c.startswith("Metadata_")]
+    return cells[meta + [c for c in cells.columns if c not in meta]]

@@ -62,8 +62,8 @@ def write_crop_store(
     offset = 0
     for site in masks.itertuples(index=False):
         site_cells = cells[(cells["Metadata_Well"] == site.Metadata_Well) & (cells["Metadata_Site"] == site.Metadata_Site)]
-        if site_cells.empty:
-            continue
+        if site_cells.empty or not isinstance(site.file_name, str):
+            continue  # no cells, or the engine's pipeline saved no label images for this site
         labels, _ = read_stack(masks_dir / site.file_name)
         stack, _ = read_stack(corrected_dir / site.corrected_file_name)
         centers = site_cells[["Nuclei_AreaShape_Center_X", "Nuclei_AreaShape_Center_Y"]].to_numpy()

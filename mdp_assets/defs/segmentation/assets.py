@@ -9,7 +9,11 @@ from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.image_qc import empty_or_failed_wells
 from mdp_assets.lib.plate_context import PlateContext
+from pathlib import Path
+
+from mdp_assets.defs.engines import CellProfilerEngine
 from mdp_assets.defs.parameters import PipelineParameters
+from mdp_assets.defs.segmentation.cellprofiler import run_analysis
 from mdp_assets.lib.segmentation import write_masks
 
 
@@ -23,23 +27,32 @@ from mdp_assets.lib.segmentation import write_masks
     "declumping for nuclei, propagation-style watershed for cells; a cell carries its nucleus' label).",
 )
 def segmentation_masks(
-    raw_images: pd.DataFrame, corrected_images: StoredPartition, storage: MdpStorage, parameters: PipelineParameters
+    context: dg.AssetExecutionContext,
+    raw_images: pd.DataFrame,
+    image_qc: pd.DataFrame,
+    illumination_functions: StoredPartition,
+    corrected_images: StoredPartition,
+    storage: MdpStorage,
+    parameters: PipelineParameters,
+    cellprofiler: CellProfilerEngine,
 ):
     manifest = PlateContext.of(raw_images).manifest
-    with storage.staging_dir("segmentation_masks") as staged:
-        sites = write_masks(
-            pd.read_parquet(corrected_images.path("sites.parquet")),
-            corrected_images.root,
-            staged,
-            manifest.nuclei_channel,
-            manifest.cell_channel,
-            parameters.segmentation_parameters(),
-        )
-        sites.to_parquet(staged / "sites.parquet", index=False)
-        problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)
-        yield staged_output(
-            staged, {"sites": len(sites), "nuclei": int(sites["Count_Nuclei"].sum()) if len(sites) else 0}
-        )
+    if parameters.uses_cellprofiler():
+        context.log.info(f"engine: CellProfiler, pipeline {parameters.analysis_pipeline}")
+        with storage.staging_dir("segmentation_masks") as staged:
+            metadata = run_analysis(context, cellprofiler, Path(parameters.analysis_pipeline), storage, raw_images,
+                                    image_qc, illumination_functions, staged)
+            sites = pd.read_parquet(staged / "sites.parquet")
+            problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)
+            yield staged_output(staged, metadata)
+    else:
+        if not cellprofiler.available():
+            context.log.info(f"engine: built-in (no CellProfiler environment at {cellprofiler.environment}; "
+                             "`make cellprofiler` builds one)")
+        else:
+            context.log.info("engine: built-in (chosen by the deployment's PipelineParameters.engine)")
+        with storage.staging_dir("segmentation_masks") as staged:
+            problems = yield from _builtin(raw_images, corrected_images, manifest, parameters, staged)
     yield dg.AssetCheckResult(
         check_name="no_empty_or_failed_wells",
         passed=not problems,
@@ -47,3 +60,19 @@ def segmentation_masks(
         metadata={"wells": len(problems),
                   "problems": dg.MetadataValue.md("\n".join(f"- {w}: {why}" for w, why in problems.items()) or "none")},
     )
+
+
+def _builtin(raw_images, corrected_images, manifest, parameters: PipelineParameters, staged):
+    """The built-in engine: segment every corrected site; yields the output, returns wells with problems."""
+    sites = write_masks(
+        pd.read_parquet(corrected_images.path("sites.parquet")),
+        corrected_images.root,
+        staged,
+        manifest.nuclei_channel,
+        manifest.cell_channel,
+        parameters.segmentation_parameters(),
+    )
+    sites.to_parquet(staged / "sites.parquet", index=False)
+    nuclei = int(sites["Count_Nuclei"].sum()) if len(sites) else 0
+    yield staged_output(staged, {"engine": "builtin", "sites": len(sites), "nuclei": nuclei})
+    return empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)

@@ -8,6 +8,7 @@ from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output, table_output
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.crops import write_crop_store
+from mdp_assets.defs.segmentation.cellprofiler import OBJECT_TABLES, cellprofiler_features
 from mdp_assets.lib.features import plate_features
 from mdp_assets.lib.inventory import site_acquisition_metadata
 from mdp_assets.lib.plate_context import PlateContext
@@ -28,12 +29,22 @@ def single_cell_features(
     raw_images: pd.DataFrame, segmentation_masks: StoredPartition, corrected_images: StoredPartition, storage: MdpStorage
 ) -> dg.Output:
     plate = PlateContext.of(raw_images)
-    measured = plate_features(
-        pd.read_parquet(segmentation_masks.path("sites.parquet")), segmentation_masks.root, corrected_images.root
-    )
+    tables = segmentation_masks.root / OBJECT_TABLES
+    if tables.is_dir():  # CellProfiler segmented and measured the cells
+        engine = segmentation_masks.record.get("provenance", {}).get("parameters", {}).get("engine", "cellprofiler")
+        measured = cellprofiler_features(tables)
+    else:
+        engine = "builtin (scikit-image)"
+        measured = plate_features(
+            pd.read_parquet(segmentation_masks.path("sites.parquet")), segmentation_masks.root, corrected_images.root
+        )
+    wells, sites = plate.well_metadata(raw_images), site_acquisition_metadata(raw_images)
+    # mdp's plate, platemap and acquisition metadata win over whatever the engine wrote under the same name.
+    keys = {"Metadata_Well", "Metadata_Site"}
+    measured = measured.drop(columns=[c for c in [*wells.columns, *sites.columns] if c in measured.columns and c not in keys])
     table = (
-        measured.merge(plate.well_metadata(raw_images), on="Metadata_Well", how="left")
-        .merge(site_acquisition_metadata(raw_images), on=["Metadata_Well", "Metadata_Site"], how="left")
+        measured.merge(wells, on="Metadata_Well", how="left")
+        .merge(sites, on=["Metadata_Well", "Metadata_Site"], how="left")
     )
     table = metadata_first(table)
     return table_output(
@@ -44,7 +55,7 @@ def single_cell_features(
             "cells": len(table),
             "features": sum(not c.startswith("Metadata_") for c in table.columns),
             "wells": int(table["Metadata_Well"].nunique()) if len(table) else 0,
-            "engine": "builtin (scikit-image)",
+            "engine": engine,
         },
     )
 

@@ -30,7 +30,7 @@ from mdp_assets.lib import catalog
 from mdp_assets.lib.checksums import FileRecord, record_files, sha256_file, tree_digest
 from mdp_assets.lib.policy import StoragePolicy
 from mdp_assets.lib.tiers import FilesystemTier
-from mdp_assets.lib.provenance import RO_CRATE_FILE, provenance_record, ro_crate
+from mdp_assets.lib.provenance import RO_CRATE_FILE, provenance_record, ro_crate, software_versions
 
 PARTITION_RECORD = catalog.PARTITION_RECORD
 TABLE_FILE = "table.parquet"
@@ -213,6 +213,7 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
         if "origin" in declared:
             origins.add(str(_plain(declared["origin"])))
         name = context.asset_key.path[-1]
+        extra_software = {"cellprofiler": str(_plain(declared["cellprofiler_version"]))} if "cellprofiler_version" in declared else {}
         return provenance_record(
             asset=context.asset_key.to_user_string(),
             partition=partition,
@@ -222,6 +223,7 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
             inputs=inputs,
             outputs=outputs,
             origin=", ".join(sorted(origins)) or None,
+            software=software_versions(extra_software),
         )
 
     # -- the storage policy ---------------------------------------------------------------------
