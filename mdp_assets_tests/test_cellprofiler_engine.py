@@ -112,3 +112,52 @@ def test_one_failing_group_leaves_the_others_intact_and_a_rerun_does_only_what_f
     second = {r.id: r for r in _run(engine, PIPELINE, groups)["results"]}
     assert second["good"].skipped and second["good"].ok, "a finished group is not run again"
     assert not second["bad"].skipped and not second["bad"].ok
+
+
+def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_path):
+    """ExampleHuman as a plate: the lab's pipeline (input modules, no LoadData) run by segmentation_masks;
+    the object tables in the partition equal CellProfiler's reference, and single_cell_features has 289 cells."""
+    import yaml
+
+    from mdp_assets.definitions import build_definitions
+    from mdp_assets.defs.parameters import PipelineParameters
+    from mdp_assets.defs.storage.resources import MdpStorage
+    from mdp_assets.lib.cellprofiler import CellProfilerOutput
+    from mdp_assets_tests.conftest import stored
+
+    storage = MdpStorage(data_root=str(tmp_path / "data"))
+    plate = storage.landing_path / "AS_09125"
+    plate.mkdir(parents=True)
+    for image in IMAGES:
+        shutil.copy(image, plate / image.name)
+    (plate / "platemap.csv").write_text("well_position,treatment\nD03,untreated\n")
+    (plate / "plate.yaml").write_text(yaml.safe_dump({
+        "barcode": "AS_09125", "origin": "public", "platemap": "platemap.csv", "naming_scheme": "regex",
+        "naming_pattern": r"^AS_09125_050116030001_(?P<well>[A-P]\d{2})f(?P<site>\d{2})d(?P<channel>\d)\.tif$",
+        "channels": {"0": "DNA", "1": "PH3", "2": "cellbody"}, "expected_image_count": 3, "treatment_column": "treatment",
+    }))
+    defs = build_definitions(storage, cellprofiler=engine,
+                             parameters=PipelineParameters(engine="cellprofiler", analysis_pipeline=str(PIPELINE)))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("plates", ["AS_09125"])
+        result = defs.resolve_job_def("plate_job").execute_in_process(
+            instance=instance, partition_key="AS_09125",
+            op_selection=["raw_images", "image_qc", "illumination_functions", "corrected_images", "segmentation_masks",
+                          "single_cell_features"])
+        assert result.success
+        events = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    masks = events["segmentation_masks"].metadata
+    assert masks["engine"].value == "cellprofiler 4.2.8.1"
+    provenance = masks["provenance"].value
+    assert provenance["software"]["cellprofiler"] == "4.2.8.1"
+    assert provenance["parameters"]["pipeline_sha256"] == __import__("hashlib").sha256(PIPELINE.read_bytes()).hexdigest()
+
+    tables = stored(storage, "segmentation_masks", "AS_09125") / "cellprofiler"
+    ours = CellProfilerOutput(pd.read_parquet(tables / "Image.parquet"),
+                              {p.stem: pd.read_parquet(p) for p in tables.glob("*.parquet") if p.stem != "Image"})
+    assert ours.counts() == {"Cells": 289, "Cytoplasm": 289, "Nuclei": 289, "PH3": 22}
+    _assert_same_objects(ours, read_csv_output(EXAMPLE / "outputs" / "csv"))
+
+    cells = pd.read_parquet(stored(storage, "single_cell_features", "AS_09125") / "table.parquet")
+    assert len(cells) == 289 and set(cells["Metadata_Well"]) == {"D03"} and set(cells["Metadata_treatment"]) == {"untreated"}
+    assert events["single_cell_features"].metadata["engine"].value == "cellprofiler 4.2.8.1"

@@ -12,6 +12,7 @@ from pycytominer import aggregate as py_aggregate
 from pycytominer import feature_select as py_feature_select
 from pycytominer import normalize as py_normalize
 
+from mdp_assets.errors import MdpError
 from mdp_assets.lib import profiles as mdp
 from mdp_assets_tests.conftest import REALDATA
 
@@ -66,20 +67,25 @@ def plates(draw):
     return table
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plates(), st.sampled_from(["standardize", "robustize", "mad_robustize"]),
        st.sampled_from(["all", "Metadata_treatment == 'DMSO'"]))
 def test_normalize_agrees(table, method, samples):
     features = _features(table)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = py_normalize(table, features=features, method=method, samples=samples)
+        try:
+            expected = py_normalize(table, features=features, method=method, samples=samples)
+        except ValueError:  # no reference rows: pycytominer's scaler refuses, and so must mdp, clearly
+            with pytest.raises(MdpError, match="no rows match samples"):
+                mdp.normalize(table, method=method, samples=samples)
+            return
     ours = mdp.normalize(table, method=method, samples=samples)
     np.testing.assert_allclose(ours[features].to_numpy(float), expected[features].to_numpy(float),
                                rtol=1e-9, atol=1e-9, equal_nan=True)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plates(), st.permutations(OPERATIONS), st.integers(1, 4))
 def test_feature_select_agrees(table, operations, how_many):
     operations = list(operations[:how_many])
@@ -88,14 +94,17 @@ def test_feature_select_agrees(table, operations, how_many):
         warnings.simplefilter("ignore")
         try:
             expected = py_feature_select(table, features=features, operation=operations)
-        except ValueError as exc:  # scikit-learn refuses a table where no feature has variance
-            assert "variance threshold" in str(exc)
+        except ValueError:
+            # scikit-learn refuses a table in which no feature has variance, or no feature is left at all:
+            # pycytominer then crashes where the answer is "no feature survives", which mdp must return.
+            ours = mdp.feature_select(table, operations=operations)
+            assert _features(ours) == []
             return
     ours = mdp.feature_select(table, operations=operations)
     assert list(ours.columns) == list(expected.columns)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, derandomize=True, deadline=None)
 @given(plates(), st.sampled_from(["median", "mean"]))
 def test_aggregate_agrees(table, operation):
     features = _features(table)
@@ -109,7 +118,5 @@ def test_aggregate_agrees(table, operation):
 
 
 def test_malformed_input_is_a_clear_error():
-    from mdp_assets.errors import MdpError
-
     with pytest.raises(MdpError, match="no rows"):
         mdp.feature_select(pd.DataFrame({"Metadata_Well": pd.Series(dtype=str), "Cells_A": pd.Series(dtype=float)}))

@@ -16,7 +16,7 @@ from mdp_assets.lib.illumination import IlluminationParameters
 from mdp_assets.lib.image_qc import QcThresholds
 from mdp_assets.lib.profiles import ProfileParameters
 from mdp_assets.lib.segmentation import SegmentationParameters
-from mdp_assets.lib.versions import step_version
+from mdp_assets.lib.versions import BUILTIN_ENGINE_REVISION, step_version
 
 
 class QcSettings(dg.Config):
@@ -115,7 +115,9 @@ class PipelineParameters(dg.ConfigurableResource):
         return by_asset.get(asset, {})
 
     def code_version(self, asset: str) -> str:
-        return step_version(asset, self.for_step(asset))
+        engine_made = asset in ("segmentation_masks", "single_cell_features") and self.engine == "cellprofiler"
+        revision = "cellprofiler-4.2.8.1" if engine_made else BUILTIN_ENGINE_REVISION
+        return step_version(asset, self.for_step(asset), engine=revision)
 
 
 def with_code_versions(assets: list[dg.AssetsDefinition], parameters: PipelineParameters) -> list[dg.AssetsDefinition]:

@@ -193,7 +193,9 @@ def site_acquisition_metadata(raw_images: pd.DataFrame) -> pd.DataFrame:
     grouped = raw_images.groupby(keys, sort=True)
     summary = grouped[present].first()
     if "Metadata_AcquisitionTime" in present:
-        summary["Metadata_AcquisitionTime"] = grouped["Metadata_AcquisitionTime"].min()  # when the site began
+        # When the site began; images without a time are ignored (some formats record it on one channel only).
+        summary["Metadata_AcquisitionTime"] = grouped["Metadata_AcquisitionTime"].agg(
+            lambda times: min((t for t in times if isinstance(t, str)), default=None))
     return summary.reset_index()
 
 

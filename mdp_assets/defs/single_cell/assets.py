@@ -30,8 +30,11 @@ def single_cell_features(
 ) -> dg.Output:
     plate = PlateContext.of(raw_images)
     tables = segmentation_masks.root / OBJECT_TABLES
+    extra = {}
     if tables.is_dir():  # CellProfiler segmented and measured the cells
-        engine = segmentation_masks.record.get("provenance", {}).get("parameters", {}).get("engine", "cellprofiler")
+        made_by = segmentation_masks.record.get("provenance", {})
+        engine = made_by.get("parameters", {}).get("engine", "cellprofiler")
+        extra["cellprofiler_version"] = made_by.get("software", {}).get("cellprofiler", "unknown")
         measured = cellprofiler_features(tables)
     else:
         engine = "builtin (scikit-image)"
@@ -56,6 +59,7 @@ def single_cell_features(
             "features": sum(not c.startswith("Metadata_") for c in table.columns),
             "wells": int(table["Metadata_Well"].nunique()) if len(table) else 0,
             "engine": engine,
+            **extra,
         },
     )
 
