@@ -146,6 +146,11 @@ def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_
                           "single_cell_features"])
         assert result.success
         events = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    illumination = events["illumination_functions"].metadata
+    assert illumination["engine"].value == "cellprofiler 4.2.8.1"  # the default pipeline, for this plate's channels
+    assert illumination["images_per_channel"].value == {"DNA": 1, "PH3": 1, "cellbody": 1}
+    functions = stored(storage, "illumination_functions", "AS_09125")
+    assert all(np.load(functions / f"{c}.npy").min() >= 1.0 for c in ("DNA", "PH3", "cellbody"))
     masks = events["segmentation_masks"].metadata
     assert masks["engine"].value == "cellprofiler 4.2.8.1"
     provenance = masks["provenance"].value
@@ -161,3 +166,10 @@ def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_
     cells = pd.read_parquet(stored(storage, "single_cell_features", "AS_09125") / "table.parquet")
     assert len(cells) == 289 and set(cells["Metadata_Well"]) == {"D03"} and set(cells["Metadata_treatment"]) == {"untreated"}
     assert events["single_cell_features"].metadata["engine"].value == "cellprofiler 4.2.8.1"
+
+
+def test_the_shipped_illumination_pipeline_is_the_generators_cell_painting_pipeline():
+    from mdp_assets.defs.parameters import DEFAULT_ILLUMINATION_PIPELINE
+    from mdp_assets.lib.cellprofiler_pipelines import CELL_PAINTING_CHANNELS, illumination_pipeline
+
+    assert DEFAULT_ILLUMINATION_PIPELINE.read_text() == illumination_pipeline(CELL_PAINTING_CHANNELS)

@@ -52,7 +52,10 @@ class ProfileSettings(dg.Config):
     min_variance: float = 1e-6
 
 
-DEFAULT_ANALYSIS_PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "analysis.cppipe"
+PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+DEFAULT_ANALYSIS_PIPELINE = PIPELINES / "analysis.cppipe"
+DEFAULT_ILLUMINATION_PIPELINE = PIPELINES / "illumination.cppipe"
+CELLPROFILER_STEPS = ("illumination_functions", "segmentation_masks", "single_cell_features")
 
 
 class PipelineParameters(dg.ConfigurableResource):
@@ -64,6 +67,9 @@ class PipelineParameters(dg.ConfigurableResource):
 
     engine: Literal["auto", "builtin", "cellprofiler"] = "auto"
     analysis_pipeline: str = Field(str(DEFAULT_ANALYSIS_PIPELINE), description="CellProfiler analysis .cppipe")
+    illumination_pipeline: str = Field(
+        str(DEFAULT_ILLUMINATION_PIPELINE), description="CellProfiler illumination .cppipe (saves Illum<Channel>.npy)"
+    )
 
     image_qc: QcSettings = Field(default_factory=QcSettings)
     illumination: IlluminationSettings = Field(default_factory=IlluminationSettings)
@@ -91,18 +97,18 @@ class PipelineParameters(dg.ConfigurableResource):
             raise MdpError("engine 'auto' must be resolved by build_definitions before use")
         return self.engine == "cellprofiler"
 
-    def engine_step(self) -> dict[str, Any]:
+    def engine_step(self, pipeline: str | None = None, builtin: dict[str, Any] | None = None) -> dict[str, Any]:
         if self.engine == "cellprofiler":
-            path = Path(self.analysis_pipeline)
+            path = Path(pipeline or self.analysis_pipeline)
             digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
             return {"engine": "cellprofiler 4.2.8.1", "pipeline": path.name, "pipeline_sha256": digest}
-        return {"engine": "builtin", **self.segmentation.model_dump()}
+        return {"engine": "builtin", **(self.segmentation.model_dump() if builtin is None else builtin)}
 
     def for_step(self, asset: str) -> dict[str, Any]:
         """The parameters one asset uses (what its code version hashes, and what provenance records)."""
         by_asset: dict[str, dict[str, Any]] = {
             "image_qc": self.image_qc.model_dump(),
-            "illumination_functions": self.illumination.model_dump(),
+            "illumination_functions": self.engine_step(self.illumination_pipeline, self.illumination.model_dump()),
             "segmentation_masks": self.engine_step(),
             "single_cell_features": {"engine": self.engine_step()["engine"]},
             "single_cell_crops": {"crop_size": self.crop_size},
@@ -115,7 +121,7 @@ class PipelineParameters(dg.ConfigurableResource):
         return by_asset.get(asset, {})
 
     def code_version(self, asset: str) -> str:
-        engine_made = asset in ("segmentation_masks", "single_cell_features") and self.engine == "cellprofiler"
+        engine_made = asset in CELLPROFILER_STEPS and self.engine == "cellprofiler"
         revision = "cellprofiler-4.2.8.1" if engine_made else BUILTIN_ENGINE_REVISION
         return step_version(asset, self.for_step(asset), engine=revision)
 

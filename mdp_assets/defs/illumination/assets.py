@@ -9,7 +9,11 @@ import pandas as pd
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output, table_output
 from mdp_assets.defs.storage.resources import MdpStorage
+from pathlib import Path
+
+from mdp_assets.defs.engines import CellProfilerEngine
 from mdp_assets.defs.parameters import PipelineParameters
+from mdp_assets.defs.segmentation.cellprofiler import run_illumination
 from mdp_assets.lib.illumination import write_corrected_images, write_illumination_functions
 from mdp_assets.lib.image_qc import measure_plate_quality, passing_sites
 
@@ -76,17 +80,30 @@ def image_qc(
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"numpy"},
-    description="One flat-field function per channel (CorrectIlluminationCalculate, 'All' images: average of the "
-    "plate's QC-passing images, Gaussian-smoothed, rescaled to a robust minimum of 1), as <channel>.npy.",
+    description="One flat-field function per channel, as <channel>.npy: the lab's CellProfiler illumination "
+    "pipeline, or the built-in CorrectIlluminationCalculate approach ('All' images: average of the plate's "
+    "QC-passing images, Gaussian-smoothed, rescaled to a robust minimum of 1).",
 )
 def illumination_functions(
-    raw_images: pd.DataFrame, image_qc: pd.DataFrame, storage: MdpStorage, parameters: PipelineParameters
+    context: dg.AssetExecutionContext,
+    raw_images: pd.DataFrame,
+    image_qc: pd.DataFrame,
+    storage: MdpStorage,
+    parameters: PipelineParameters,
+    cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
+    if parameters.uses_cellprofiler():
+        context.log.info(f"engine: CellProfiler, pipeline {parameters.illumination_pipeline}")
+        with storage.staging_dir("illumination_functions") as staged:
+            metadata = run_illumination(context, cellprofiler, Path(parameters.illumination_pipeline), storage,
+                                        raw_images, image_qc, staged)
+            (staged / "illumination.json").write_text(json.dumps(metadata))
+            return staged_output(staged, metadata)
     settings = parameters.illumination_parameters()
     with storage.staging_dir("illumination_functions") as staged:
         used = write_illumination_functions(raw_images, passing_sites(image_qc), staged, settings)
         (staged / "illumination.json").write_text(json.dumps({"images_per_channel": used, **settings.__dict__}))
-        return staged_output(staged, {"channels": len(used), "images_per_channel": used})
+        return staged_output(staged, {"engine": "builtin", "channels": len(used), "images_per_channel": used})
 
 
 @dg.asset(

@@ -23,6 +23,8 @@ from mdp_assets.lib.cellprofiler import (
     split_wells,
     uses_loaddata,
 )
+from mdp_assets.defs.parameters import DEFAULT_ILLUMINATION_PIPELINE
+from mdp_assets.lib.cellprofiler_pipelines import illumination_pipeline
 from mdp_assets.lib.image_qc import passing_sites
 from mdp_assets.lib.image_store import write_stack
 from mdp_assets.lib.inventory import uri_to_path
@@ -146,3 +148,54 @@ def cellprofiler_features(tables: Path) -> pd.DataFrame:
     image = image.drop(columns=[c for c in ("Image_Metadata_Well", "Image_Metadata_Site") if c in image.columns])
     image = image.rename(columns={"Metadata_Well": "Image_Metadata_Well", "Metadata_Site": "Image_Metadata_Site"})
     return features_from_cellprofiler(CellProfilerOutput(image, objects))
+
+
+def run_illumination(
+    context: dg.AssetExecutionContext,
+    engine: CellProfilerEngine,
+    pipeline: Path,
+    storage: MdpStorage,
+    raw_images: pd.DataFrame,
+    image_qc: pd.DataFrame,
+    staged: Path,
+) -> dict:
+    """The lab's illumination pipeline over all of the plate's QC-passing images (one CellProfiler process:
+    "All: across cycles" needs every image in one run); `Illum<Channel>.npy` become `<channel>.npy`."""
+    good = passing_sites(image_qc)
+    images = raw_images[[(w, int(s)) in good for w, s in zip(raw_images["Metadata_Well"], raw_images["Metadata_Site"])]]
+    if images.empty:
+        raise MdpError("no site passed image QC; no illumination function can be made")
+    if pipeline.resolve() == DEFAULT_ILLUMINATION_PIPELINE.resolve():
+        # The shipped default adapts to the plate's channels (it is written for Cell Painting's five).
+        channels = sorted(images["Metadata_Channel"].unique())
+        pipeline = storage.root / ".work" / "pipelines" / f"illumination-{'-'.join(channels)}.cppipe"
+        pipeline.parent.mkdir(parents=True, exist_ok=True)
+        pipeline.write_text(illumination_pipeline(channels))
+    digest = pipeline_hash(pipeline)
+    if uses_loaddata(pipeline):
+        content = loaddata_for_analysis(images, None).to_csv(index=False)
+    else:
+        content = "".join(f"{uri_to_path(u).resolve().as_uri()}\n" for u in images["uri"])
+    folder = storage.root / ".work" / "cellprofiler-illumination" / context.partition_key / \
+        hashlib.sha256((digest + content).encode()).hexdigest()[:20]
+    folder.mkdir(parents=True, exist_ok=True)
+    group = {"id": "plate", "output_dir": str(folder / "output")}
+    if uses_loaddata(pipeline):
+        (folder / "load_data.csv").write_text(content)
+        group["data_file"] = str(folder / "load_data.csv")
+    else:
+        group["file_list"] = str(file_list([uri_to_path(u) for u in images["uri"]], folder / "files.txt"))
+    version, results = engine.run_groups(context, pipeline, [group])
+    if not results[0].ok:
+        raise MdpError(f"the illumination pipeline failed:\n{summarize_failures(results)}", path=pipeline)
+    used = {}
+    for channel, channel_images in images.groupby("Metadata_Channel"):
+        made = Path(group["output_dir"]) / f"Illum{channel}.npy"
+        if not made.exists():
+            raise MdpError(f"the illumination pipeline saved no Illum{channel}.npy (it must, for channel {channel!r})",
+                           path=pipeline)
+        shutil.copy(made, staged / f"{channel}.npy")
+        used[str(channel)] = len(channel_images)
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    return {"engine": f"cellprofiler {version}", "cellprofiler_version": version, "pipeline": str(pipeline),
+            "pipeline_sha256": digest, "images_per_channel": used, "channels": len(used)}

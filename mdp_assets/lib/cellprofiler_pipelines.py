@@ -1,0 +1,81 @@
+"""The default CellProfiler illumination pipeline, for whatever channels a plate has.
+
+One CorrectIlluminationCalculate per channel over all of the plate's images (Regular, median filter,
+rescaled so the function is at least 1), saved as `Illum<Channel>.npy` on the last cycle, reading
+`Orig<Channel>` images from LoadData. `pipelines/illumination.cppipe` is this for the five Cell Painting
+channels; a plate with other channels gets the same pipeline for its own.
+"""
+
+from __future__ import annotations
+
+CELL_PAINTING_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
+_HEAD = ("{name}:[module_num:{n}|svn_version:'Unknown'|variable_revision_number:{v}|show_window:False|notes:{notes}|"
+         "batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]")
+
+
+def _module(name: str, n: int, v: int, body: str, notes: str = "[]") -> str:
+    return _HEAD.format(name=name, n=n, v=v, notes=notes) + body
+
+
+def illumination_pipeline(channels: tuple[str, ...] | list[str], filter_size: int = 50) -> str:
+    modules = [_module("LoadData", 1, 6, """
+    Input data file location:Default Input Folder|
+    Name of the file:load_data.csv
+    Load images based on this data?:Yes
+    Base image location:None|
+    Process just a range of rows?:No
+    Rows to process:1,100000
+    Group images by metadata?:No
+    Select metadata tags for grouping:
+    Rescale intensities?:Yes""", "['mdp writes the LoadData CSV from raw_images (Orig<channel>), one group per plate']")]
+    number = 2
+    for channel in channels:
+        modules.append(_module("CorrectIlluminationCalculate", number, 2, f"""
+    Select the input image:Orig{channel}
+    Name the output image:Illum{channel}
+    Select how the illumination function is calculated:Regular
+    Dilate objects in the final averaged image?:No
+    Dilation radius:1
+    Block size:60
+    Rescale the illumination function?:Yes
+    Calculate function for each image individually, or based on all images?:All: Across cycles
+    Smoothing method:Median Filter
+    Method to calculate smoothing filter size:Manually
+    Approximate object diameter:10
+    Smoothing filter size:{filter_size}
+    Retain the averaged image?:No
+    Name the averaged image:Illum{channel}Avg
+    Retain the dilated image?:No
+    Name the dilated image:Illum{channel}Dilated
+    Automatically calculate spline parameters?:Yes
+    Background mode:auto
+    Number of spline points:5
+    Background threshold:2.0
+    Image resampling factor:2.0
+    Maximum number of iterations:40
+    Residual value for convergence:0.001""", "['One function per channel from all of the plate\\'s images (CorrectIlluminationCalculate, All)']"))
+        number += 1
+    for channel in channels:
+        modules.append(_module("SaveImages", number, 16, f"""
+    Select the type of image to save:Image
+    Select the image to save:Illum{channel}
+    Select method for constructing file names:Single name
+    Select image name for file prefix:Orig{channel}
+    Enter single file name:Illum{channel}
+    Number of digits:4
+    Append a suffix to the image file name?:No
+    Text to append to the image name:
+    Saved file format:npy
+    Output file location:Default Output Folder|
+    Image bit depth:32-bit floating point
+    Overwrite existing files without warning?:Yes
+    When to save:Last cycle
+    Record the file and path information to the saved image?:No
+    Create subfolders in the output folder?:No
+    Base image folder:Elsewhere...|
+    How to save the series:T (Time)
+    Save with lossless compression?:No"""))
+        number += 1
+    header = ("CellProfiler Pipeline: http://www.cellprofiler.org\nVersion:5\nDateRevision:400\nGitHash:\n"
+              f"ModuleCount:{len(modules)}\nHasImagePlaneDetails:False\n")
+    return header + "\n" + "\n".join(module + "\n" for module in modules)
