@@ -120,3 +120,35 @@ def test_aggregate_agrees(table, operation):
 def test_malformed_input_is_a_clear_error():
     with pytest.raises(MdpError, match="no rows"):
         mdp.feature_select(pd.DataFrame({"Metadata_Well": pd.Series(dtype=str), "Cells_A": pd.Series(dtype=float)}))
+
+
+@settings(max_examples=30, derandomize=True, deadline=None)
+@given(plates(), st.sampled_from(["median", "mean"]), st.integers(1, 4))
+def test_aggregate_from_parquet_in_column_batches_agrees(table, operation, batch_columns):
+    import tempfile
+    from pathlib import Path
+
+    features = _features(table)
+    table = table.astype({f: np.float32 for f in features})  # as single-cell features are stored
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "cells.parquet"
+        table.to_parquet(path, index=False)
+        ours = mdp.aggregate_parquet(path, operation=operation, batch_columns=batch_columns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = py_aggregate(table, strata=["Metadata_Plate", "Metadata_Well"], features=features, operation=operation)
+    assert list(ours["Metadata_Well"]) == list(expected["Metadata_Well"])
+    np.testing.assert_allclose(ours[features].to_numpy(float), expected[features].to_numpy(float),
+                               rtol=1e-12, atol=0, equal_nan=True)
+
+
+def test_aggregate_parquet_rejects_malformed_files(tmp_path):
+    from mdp_assets.errors import MdpError
+
+    path = tmp_path / "bad.parquet"
+    pd.DataFrame({"Cells_A": [1.0]}).to_parquet(path)
+    with pytest.raises(MdpError, match="no Metadata_ columns"):
+        mdp.aggregate_parquet(path)
+    pd.DataFrame({"Metadata_Plate": ["P"], "Metadata_Well": ["A01"], "Cells_A": ["x"]}).to_parquet(path)
+    with pytest.raises(MdpError, match="must be numeric"):
+        mdp.aggregate_parquet(path)

@@ -6,11 +6,11 @@ import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.defs.storage.io_manager import table_output
+from mdp_assets.defs.storage.io_manager import StoredPartition, table_output
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.plate_context import PERTURBATION, PlateContext
 from mdp_assets.lib.profiles import (
-    aggregate,
+    aggregate_parquet,
     consensus,
     infer_features,
     metadata_columns,
@@ -45,10 +45,11 @@ def single_cell_profiles(
     "and feature-selected. Well-constant metadata and Metadata_Object_Count are carried.",
 )
 def well_profiles(
-    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage
+    single_cell_features: StoredPartition, raw_images: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage
 ) -> dg.Output:
     plate = PlateContext.of(raw_images)
-    wells = aggregate(single_cell_features, strata=("Metadata_Plate", "Metadata_Well"), operation="median")
+    # Straight from the stored Parquet, a batch of feature columns at a time: never the whole plate in memory.
+    wells = aggregate_parquet(single_cell_features.path("table.parquet"), strata=("Metadata_Plate", "Metadata_Well"))
     table, summary = normalize_and_select(wells, plate.negative_control_query, parameters.profile_parameters())
     return table_output(storage, "well_profiles", table, {"wells": len(table), **summary})
 

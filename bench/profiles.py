@@ -1,0 +1,154 @@
+"""Benchmark: well-level profiles (aggregate -> normalize -> feature_select) at plate scale, mdp vs pycytominer.
+
+For each size it writes a synthetic single-cell plate (N cells x F float32 features over 384 wells, a
+quarter of them DMSO negative controls, some correlated, near-constant and missing features) as Parquet,
+then runs mdp's operations and, where it fits in memory, pycytominer's on the same input, each in its own
+process, and prints wall seconds, peak RSS and the largest absolute difference between the two outputs.
+The last line reads `speedup_200k=<pycytominer s / mdp s> max_abs_diff=<...> peak_rss_gb_800k=<...>`.
+
+    .venv/bin/python bench/profiles.py [--sizes 50000 200000 800000] [--features 1000] [--pycytominer-max 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OPERATIONS = ["variance_threshold", "correlation_threshold", "drop_na_columns"]
+NEGCON = "Metadata_treatment == 'DMSO'"
+STRATA = ["Metadata_Plate", "Metadata_Well"]
+
+
+def write_plate(path: Path, cells: int, features: int, seed: int = 0, chunk: int = 50_000) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)]
+    well_effect = rng.normal(scale=0.3, size=(len(wells), features)).astype(np.float32)
+    names = [f"Cells_Feature_{i:04d}" for i in range(features)]
+    writer = None
+    for start in range(0, cells, chunk):
+        n = min(chunk, cells - start)
+        well_index = rng.integers(0, len(wells), n)
+        values = rng.normal(size=(n, features)).astype(np.float32) + well_effect[well_index]
+        values[:, 1::50] = values[:, 0::50] * 0.98 + 0.02 * values[:, 1::50]  # correlated pairs
+        values[:, 2::100] = np.round(values[:, 2::100] * 1e-4, 7)  # near-constant
+        values[rng.random(n) < 0.1, 3] = np.nan  # mostly present, sometimes missing
+        well_names = np.array(wells)[well_index]
+        columns = {"Metadata_Plate": pa.array(["BENCH"] * n), "Metadata_Well": pa.array(well_names),
+                   "Metadata_treatment": pa.array(np.where(well_index % 4 == 0, "DMSO", "compound"))}
+        columns.update({name: pa.array(values[:, i]) for i, name in enumerate(names)})
+        table = pa.table(columns)
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=chunk)
+    writer.close()
+
+
+def run_mdp(source: Path, target: Path) -> None:
+    from mdp_assets.lib.profiles import aggregate_parquet, feature_select, normalize
+
+    wells = aggregate_parquet(source, strata=STRATA)
+    normalized = normalize(wells, samples=NEGCON)
+    feature_select(normalized, operations=OPERATIONS, blocklist=[]).to_parquet(target, index=False)
+
+
+def run_pycytominer(source: Path, target: Path) -> None:
+    import warnings
+
+    import pandas as pd
+    from pycytominer import aggregate, feature_select, normalize
+
+    warnings.simplefilter("ignore")
+    cells = pd.read_parquet(source)
+    features = [c for c in cells.columns if not c.startswith("Metadata_")]
+    cells[features] = cells[features].astype(np.float64)
+    wells = aggregate(cells, strata=STRATA, features=features)
+    wells = wells.merge(cells[STRATA + ["Metadata_treatment"]].drop_duplicates(STRATA), on=STRATA)
+    normalized = normalize(wells, features=features, samples=NEGCON)
+    feature_select(normalized, features=features, operation=OPERATIONS).to_parquet(target, index=False)
+
+
+def worker(engine: str, source: Path, target: Path) -> None:
+    start = time.perf_counter()
+    (run_mdp if engine == "mdp" else run_pycytominer)(source, target)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_gb": peak_kb / 1024**2}))
+
+
+def measure(engine: str, source: Path, target: Path) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--worker", engine, str(source), str(target)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def difference(a: Path, b: Path) -> tuple[float, int]:
+    import pandas as pd
+
+    ours, theirs = pd.read_parquet(a), pd.read_parquet(b)
+    features = [c for c in theirs.columns if not c.startswith("Metadata_")]
+    ours_features = [c for c in ours.columns if not c.startswith("Metadata_")]
+    mismatched = len(set(features) ^ set(ours_features))
+    shared = [f for f in features if f in set(ours_features)]
+    merged = ours[STRATA + shared].merge(theirs[STRATA + shared], on=STRATA, suffixes=("_mdp", "_py"))
+    diff = np.nanmax(np.abs(merged[[f + "_mdp" for f in shared]].to_numpy() - merged[[f + "_py" for f in shared]].to_numpy()))
+    return float(diff), mismatched
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000, 800_000])
+    parser.add_argument("--features", type=int, default=1000)
+    parser.add_argument("--pycytominer-max", type=int, default=200_000,
+                        help="largest plate pycytominer is run on (it holds the plate in pandas memory)")
+    parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "SOURCE", "TARGET"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker[0], Path(args.worker[1]), Path(args.worker[2]))
+        return
+    folder = Path(tempfile.mkdtemp(prefix="mdp-bench-profiles-"))
+    figures: dict[int, dict] = {}
+    try:
+        print(f"{'cells':>8} {'engine':<12} {'seconds':>8} {'peak RSS GB':>12}  note")
+        for size in args.sizes:
+            source = folder / f"plate_{size}.parquet"
+            start = time.perf_counter()
+            write_plate(source, size, args.features)
+            note = f"plate written in {time.perf_counter() - start:.0f} s ({source.stat().st_size / 1e9:.1f} GB)"
+            ours = measure("mdp", source, folder / f"mdp_{size}.parquet")
+            print(f"{size:>8} {'mdp':<12} {ours.get('seconds', float('nan')):>8.1f} {ours.get('peak_rss_gb', float('nan')):>12.2f}  {note} {ours.get('error', '')}")
+            figures[size] = {"mdp": ours}
+            if size <= args.pycytominer_max:
+                theirs = measure("pycytominer", source, folder / f"py_{size}.parquet")
+                figures[size]["pycytominer"] = theirs
+                diff, mismatched = difference(folder / f"mdp_{size}.parquet", folder / f"py_{size}.parquet") if "error" not in theirs else (float("nan"), -1)
+                figures[size]["diff"] = diff
+                print(f"{size:>8} {'pycytominer':<12} {theirs.get('seconds', float('nan')):>8.1f} {theirs.get('peak_rss_gb', float('nan')):>12.2f}  "
+                      f"max |mdp - pycytominer| = {diff:.3g}; features selected differently: {mismatched} {theirs.get('error', '')}")
+            else:
+                print(f"{size:>8} {'pycytominer':<12} {'-':>8} {'-':>12}  not run: it holds the whole plate in pandas memory")
+            source.unlink()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    at_200k = figures.get(200_000, {})
+    speedup = at_200k.get("pycytominer", {}).get("seconds", float("nan")) / at_200k.get("mdp", {}).get("seconds", float("nan")) if at_200k else float("nan")
+    diffs = [f["diff"] for f in figures.values() if "diff" in f]
+    rss_800k = figures.get(800_000, {}).get("mdp", {}).get("peak_rss_gb", float("nan"))
+    print(f"speedup_200k={speedup:.2f} max_abs_diff={max(diffs) if diffs else float('nan'):.3g} peak_rss_gb_800k={rss_800k:.2f}")
+
+
+if __name__ == "__main__":
+    main()
