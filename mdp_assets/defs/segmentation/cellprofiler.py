@@ -44,29 +44,13 @@ def run_analysis(
 ) -> dict:
     """Run the analysis pipeline over the plate's QC-passing sites in groups of wells, then write masks,
     the site index and CellProfiler's object tables into `staged`. Returns metadata for the output."""
-    good = passing_sites(image_qc)
-    images = raw_images[[(w, int(s)) in good for w, s in zip(raw_images["Metadata_Well"], raw_images["Metadata_Site"])]]
-    if images.empty:
-        raise MdpError("no site passed image QC; nothing for CellProfiler to analyse")
+    images = _qc_passing(raw_images, image_qc, "nothing for CellProfiler to analyse")
     digest = pipeline_hash(pipeline)
     work = storage.root / ".work" / "cellprofiler" / context.partition_key
-    groups = []
-    for wells in split_wells(list(images["Metadata_Well"].unique()), engine.workers or os.cpu_count() or 1):
-        subset = images[images["Metadata_Well"].isin(wells)]
-        if uses_loaddata(pipeline):
-            content = loaddata_for_analysis(subset, illumination.root).to_csv(index=False)
-        else:
-            content = "".join(f"{uri_to_path(u).resolve().as_uri()}\n" for u in subset["uri"])
-        # Content-addressed: a re-run with the same pipeline and inputs finds finished groups and skips them.
-        folder = work / hashlib.sha256((digest + content).encode()).hexdigest()[:20]
-        folder.mkdir(parents=True, exist_ok=True)
-        group = {"id": f"{wells[0]}-{wells[-1]}", "output_dir": str(folder / "output")}
-        if uses_loaddata(pipeline):
-            (folder / "load_data.csv").write_text(content)
-            group["data_file"] = str(folder / "load_data.csv")
-        else:
-            group["file_list"] = str(file_list([uri_to_path(u) for u in subset["uri"]], folder / "files.txt"))
-        groups.append(group)
+    groups = [
+        _group(pipeline, digest, images[images["Metadata_Well"].isin(wells)], work, f"{wells[0]}-{wells[-1]}", illumination.root)
+        for wells in split_wells(list(images["Metadata_Well"].unique()), engine.workers or os.cpu_count() or 1)
+    ]
     version, results = engine.run_groups(context, pipeline, groups)
     if not all(r.ok for r in results):
         ok = sum(r.ok for r in results)
@@ -93,6 +77,33 @@ def run_analysis(
         "sites": len(index),
         "nuclei": int(index["Count_Nuclei"].sum()) if len(index) else 0,
     }
+
+
+def _qc_passing(raw_images: pd.DataFrame, image_qc: pd.DataFrame, what: str) -> pd.DataFrame:
+    good = passing_sites(image_qc)
+    images = raw_images[[(w, int(s)) in good for w, s in zip(raw_images["Metadata_Well"], raw_images["Metadata_Site"])]]
+    if images.empty:
+        raise MdpError(f"no site passed image QC; {what}")
+    return images
+
+
+def _group(pipeline: Path, digest: str, images: pd.DataFrame, work: Path, group_id: str,
+           illumination_dir: Path | None) -> dict:
+    """One CellProfiler group's inputs (a LoadData CSV, or a file list for pipelines with input modules), in a
+    folder named by pipeline and inputs: a re-run with the same ones finds a finished group and skips it."""
+    if uses_loaddata(pipeline):
+        content = loaddata_for_analysis(images, illumination_dir).to_csv(index=False)
+    else:
+        content = "".join(f"{uri_to_path(u).resolve().as_uri()}\n" for u in images["uri"])
+    folder = work / hashlib.sha256((digest + content).encode()).hexdigest()[:20]
+    folder.mkdir(parents=True, exist_ok=True)
+    group = {"id": group_id, "output_dir": str(folder / "output")}
+    if uses_loaddata(pipeline):
+        (folder / "load_data.csv").write_text(content)
+        group["data_file"] = str(folder / "load_data.csv")
+    else:
+        group["file_list"] = str(file_list([uri_to_path(u) for u in images["uri"]], folder / "files.txt"))
+    return group
 
 
 def _image_sites(image: pd.DataFrame, raw_images: pd.DataFrame) -> pd.DataFrame:
@@ -161,30 +172,15 @@ def run_illumination(
 ) -> dict:
     """The lab's illumination pipeline over all of the plate's QC-passing images (one CellProfiler process:
     "All: across cycles" needs every image in one run); `Illum<Channel>.npy` become `<channel>.npy`."""
-    good = passing_sites(image_qc)
-    images = raw_images[[(w, int(s)) in good for w, s in zip(raw_images["Metadata_Well"], raw_images["Metadata_Site"])]]
-    if images.empty:
-        raise MdpError("no site passed image QC; no illumination function can be made")
+    images = _qc_passing(raw_images, image_qc, "no illumination function can be made")
     if pipeline.resolve() == DEFAULT_ILLUMINATION_PIPELINE.resolve():
         # The shipped default adapts to the plate's channels (it is written for Cell Painting's five).
         channels = sorted(images["Metadata_Channel"].unique())
         pipeline = storage.root / ".work" / "pipelines" / f"illumination-{'-'.join(channels)}.cppipe"
         pipeline.parent.mkdir(parents=True, exist_ok=True)
         pipeline.write_text(illumination_pipeline(channels))
-    digest = pipeline_hash(pipeline)
-    if uses_loaddata(pipeline):
-        content = loaddata_for_analysis(images, None).to_csv(index=False)
-    else:
-        content = "".join(f"{uri_to_path(u).resolve().as_uri()}\n" for u in images["uri"])
-    folder = storage.root / ".work" / "cellprofiler-illumination" / context.partition_key / \
-        hashlib.sha256((digest + content).encode()).hexdigest()[:20]
-    folder.mkdir(parents=True, exist_ok=True)
-    group = {"id": "plate", "output_dir": str(folder / "output")}
-    if uses_loaddata(pipeline):
-        (folder / "load_data.csv").write_text(content)
-        group["data_file"] = str(folder / "load_data.csv")
-    else:
-        group["file_list"] = str(file_list([uri_to_path(u) for u in images["uri"]], folder / "files.txt"))
+    work = storage.root / ".work" / "cellprofiler-illumination" / context.partition_key
+    group = _group(pipeline, pipeline_hash(pipeline), images, work, "plate", None)
     version, results = engine.run_groups(context, pipeline, [group])
     if not results[0].ok:
         raise MdpError(f"the illumination pipeline failed:\n{summarize_failures(results)}", path=pipeline)
@@ -196,6 +192,6 @@ def run_illumination(
                            path=pipeline)
         shutil.copy(made, staged / f"{channel}.npy")
         used[str(channel)] = len(channel_images)
-    shutil.rmtree(folder.parent, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     return {"engine": f"cellprofiler {version}", "cellprofiler_version": version, "pipeline": str(pipeline),
-            "pipeline_sha256": digest, "images_per_channel": used, "channels": len(used)}
+            "pipeline_sha256": pipeline_hash(pipeline), "images_per_channel": used, "channels": len(used)}
