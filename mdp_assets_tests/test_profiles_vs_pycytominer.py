@@ -152,3 +152,30 @@ def test_aggregate_parquet_rejects_malformed_files(tmp_path):
     pd.DataFrame({"Metadata_Plate": ["P"], "Metadata_Well": ["A01"], "Cells_A": ["x"]}).to_parquet(path)
     with pytest.raises(MdpError, match="must be numeric"):
         mdp.aggregate_parquet(path)
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(plates(), st.integers(1, 3))
+def test_modz_consensus_agrees(table, copies):
+    from pycytominer import consensus as py_consensus
+
+    features = _features(table)
+    table = pd.concat([table] * copies, ignore_index=True) if copies > 1 else table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = py_consensus(table, replicate_columns=["Metadata_treatment"], operation="modz", features=features)
+        ours = mdp.consensus(table, ["Metadata_treatment"], operation="modz")
+    assert list(ours["Metadata_treatment"]) == list(expected["Metadata_treatment"])
+    np.testing.assert_allclose(ours[features].to_numpy(float), expected[features].to_numpy(float),
+                               rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(plates(), st.sampled_from([1.0, 2.5, 500.0]))
+def test_drop_outliers_agrees(table, cutoff):
+    features = _features(table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = py_feature_select(table, features=features, operation="drop_outliers", outlier_cutoff=cutoff)
+    ours = mdp.feature_select(table, operations=["drop_outliers"], outlier_cutoff=cutoff)
+    assert list(ours.columns) == list(expected.columns)

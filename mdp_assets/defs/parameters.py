@@ -50,6 +50,7 @@ class ProfileSettings(dg.Config):
     freq_cut: float = 0.05
     unique_cut: float = 0.01
     min_variance: float = 1e-6
+    outlier_cutoff: float = 500
 
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
@@ -77,6 +78,7 @@ class PipelineParameters(dg.ConfigurableResource):
     crop_size: int = 48
     profiles: ProfileSettings = Field(default_factory=ProfileSettings)
     embedding_components: int = 8
+    consensus_operation: Literal["median", "modz"] = "median"
 
     def qc_thresholds(self) -> QcThresholds:
         return QcThresholds(self.image_qc.min_power_log_log_slope, self.image_qc.max_percent_maximal)
@@ -116,7 +118,7 @@ class PipelineParameters(dg.ConfigurableResource):
             "well_profiles": {**self.profiles.model_dump(), "aggregate": "median"},
             "single_cell_embeddings": {"method": "pca", "n_components": self.embedding_components},
             "well_embeddings": {"method": "pca", "n_components": self.embedding_components},
-            "consensus_profiles": {"operation": "median", "by": "Metadata_Perturbation"},
+            "consensus_profiles": {"operation": self.consensus_operation, "by": "Metadata_Perturbation"},
         }
         return by_asset.get(asset, {})
 

@@ -22,7 +22,8 @@ from mdp_assets.errors import MdpError
 
 NormalizeMethod = Literal["standardize", "robustize", "mad_robustize"]
 FeatureSelectOperation = Literal[
-    "variance_threshold", "frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"
+    "variance_threshold", "frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist",
+    "drop_outliers",
 ]
 DEFAULT_SELECT_OPERATIONS: tuple[FeatureSelectOperation, ...] = (
     "variance_threshold",
@@ -152,6 +153,14 @@ def correlation_threshold(table: pd.DataFrame, features: Sequence[str], threshol
     return [f for f in features if f in excluded]
 
 
+def drop_outliers(table: pd.DataFrame, features: Sequence[str], outlier_cutoff: float = 500) -> list[str]:
+    """Features whose largest or smallest value is beyond +-`outlier_cutoff` (after normalization, such
+    values usually mean a broken measurement)."""
+    values = table[list(features)]
+    largest, smallest = values.max().abs(), values.min().abs()
+    return largest[(largest > outlier_cutoff) | (smallest > outlier_cutoff)].index.tolist()
+
+
 def drop_na_columns(table: pd.DataFrame, features: Sequence[str], cutoff: float = 0.05) -> list[str]:
     proportion = table[list(features)].isna().mean()
     return proportion[proportion > cutoff].index.tolist()
@@ -166,6 +175,7 @@ def feature_select(
     freq_cut: float = 0.05,
     unique_cut: float = 0.01,
     min_variance: float = 1e-6,
+    outlier_cutoff: float = 500,
 ) -> pd.DataFrame:
     """Drop the features each operation excludes. As in pycytominer, operations run in the order given and
     each sees only the features the previous ones kept. `blocklist` defaults to the standard blocklist."""
@@ -184,6 +194,8 @@ def feature_select(
             excluded = drop_na_columns(profiles, features, na_cutoff)
         elif operation == "blocklist":
             excluded = [f for f in features if f in blocked]
+        elif operation == "drop_outliers":
+            excluded = drop_outliers(profiles, features, outlier_cutoff)
         else:
             raise MdpError(f"feature_select: unknown operation {operation!r}")
         features = [f for f in features if f not in set(excluded)]
@@ -216,12 +228,36 @@ def aggregate(
     return metadata_first(pd.concat([carried, counts, values], axis=1).reset_index())
 
 
-def consensus(profiles: pd.DataFrame, replicate_columns: Sequence[str], operation: Literal["median", "mean"] = "median") -> pd.DataFrame:
-    """One profile per perturbation: the median of its replicate profiles."""
+def modz_weights(replicates: pd.DataFrame, min_weight: float = 0.01, precision: int = 4) -> pd.Series:
+    """pycytominer's moderated z-score weights: each replicate's mean Spearman correlation with the others
+    (negative ones counted as 0), at least `min_weight`, normalized to sum to 1, rounded to `precision`."""
+    correlation = replicates.transpose().corr(method="spearman").to_numpy(copy=True)
+    np.fill_diagonal(correlation, np.nan)
+    raw = pd.DataFrame(correlation, index=replicates.index).clip(lower=0).mean(axis=1).clip(lower=min_weight)
+    total = raw.sum()
+    weights = pd.Series(1 / len(raw), index=raw.index) if total == 0 else raw / total
+    return weights.round(precision)
+
+
+def modz(replicates: pd.DataFrame, min_weight: float = 0.01, precision: int = 4) -> pd.Series:
+    """One consensus signature from replicate profiles (rows), weighted by how well each agrees with the rest."""
+    if len(replicates) == 1:
+        return replicates.sum(axis=0)
+    return replicates.mul(modz_weights(replicates, min_weight, precision), axis="index").sum(axis=0)
+
+
+def consensus(
+    profiles: pd.DataFrame, replicate_columns: Sequence[str], operation: Literal["median", "mean", "modz"] = "median"
+) -> pd.DataFrame:
+    """One profile per perturbation: the median, mean or modz (pycytominer's weighting) of its replicates."""
     _require_rows(profiles, "consensus")
     features = infer_features(profiles, "consensus")
     grouped = profiles.groupby(list(replicate_columns), sort=True, dropna=False)
-    values = grouped[features].median() if operation == "median" else grouped[features].mean()
+    if operation == "modz":
+        values = pd.DataFrame({key: modz(group[features]) for key, group in grouped}).transpose()
+        values.index = grouped[features].median().index
+    else:
+        values = grouped[features].median() if operation == "median" else grouped[features].mean()
     replicates = grouped.size().rename("Metadata_Replicate_Count")
     return metadata_first(pd.concat([replicates, values], axis=1).reset_index())
 
@@ -235,6 +271,7 @@ class ProfileParameters:
     freq_cut: float = 0.05
     unique_cut: float = 0.01
     min_variance: float = 1e-6
+    outlier_cutoff: float = 500
 
 
 def standard_blocklist() -> list[str]:
@@ -260,6 +297,7 @@ def normalize_and_select(
         freq_cut=params.freq_cut,
         unique_cut=params.unique_cut,
         min_variance=params.min_variance,
+        outlier_cutoff=params.outlier_cutoff,
     )
     features_in = len(infer_features(profiles))
     features_out = len(infer_features(selected))

@@ -57,11 +57,15 @@ def well_profiles(
 @dg.asset(
     group_name=GROUP,
     kinds={"parquet", "pandas"},
-    description="One profile per perturbation across every plate: the median of its replicate well profiles "
+    description="One profile per perturbation across every plate: the median (or pycytominer's modz) of its "
+    "replicate well profiles "
     "over the features all plates kept. Plates whose manifest names no treatment column are left out.",
 )
 def consensus_profiles(
-    context: dg.AssetExecutionContext, well_profiles: dict[str, pd.DataFrame], storage: MdpStorage
+    context: dg.AssetExecutionContext,
+    well_profiles: dict[str, pd.DataFrame],
+    storage: MdpStorage,
+    parameters: PipelineParameters,
 ) -> dg.Output:
     usable = {plate: table for plate, table in well_profiles.items() if PERTURBATION in table.columns}
     left_out = sorted(set(well_profiles) - set(usable))
@@ -73,13 +77,13 @@ def consensus_profiles(
     features = [f for f in next(iter(usable.values())).columns if f in common]
     stacked = pd.concat([t[[PERTURBATION, "Metadata_Plate", *features]] for t in usable.values()], ignore_index=True)
     plate_counts = stacked.groupby(PERTURBATION)["Metadata_Plate"].nunique().rename("Metadata_Plate_Count")
-    table = consensus(stacked.drop(columns="Metadata_Plate"), [PERTURBATION])
+    table = consensus(stacked.drop(columns="Metadata_Plate"), [PERTURBATION], operation=parameters.consensus_operation)
     table = table.merge(plate_counts.reset_index(), on=PERTURBATION)
     table = table[metadata_columns(table) + features]
     return table_output(
         storage,
         "consensus_profiles",
         table,
-        {"perturbations": len(table), "plates": len(usable), "features": len(features),
+        {"perturbations": len(table), "operation": parameters.consensus_operation, "plates": len(usable), "features": len(features),
                   "plates_left_out": ", ".join(left_out) or "none"},
     )
