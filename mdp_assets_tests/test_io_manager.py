@@ -55,11 +55,11 @@ def test_table_and_files_round_trip_with_true_checksums(storage, instance):
     assert result.success
     for event in result.get_asset_materialization_events():
         meta = {k: v.value for k, v in event.materialization.metadata.items()}
-        folder = storage.tier_root("internal-drive") / event.materialization.asset_key.path[-1] / "P1"
+        folder = storage.tier("internal-drive").folder(f"{event.materialization.asset_key.path[-1]}/P1")
         records = [r for r in record_files(folder) if r.relpath not in BOOKKEEPING]
         assert meta["sha256"] == tree_digest(records) and meta["bytes"] == sum(r.bytes for r in records)
         assert meta["uri"] == folder.as_uri()
-    record = json.loads((storage.tier_root("internal-drive") / "reader" / "P1" / "_partition.json").read_text())
+    record = json.loads((storage.tier("internal-drive").folder("reader/P1") / "_partition.json").read_text())
     assert record["kind"] == "table" and record["rows"] == 1 and record["partition"] == "P1"
     assert not any((storage.root / ".staging").iterdir()), "staging is emptied by the move into the tier"
 
@@ -81,7 +81,7 @@ def test_failed_step_leaves_nothing_and_keeps_the_previous_partition(storage, in
     attempt["fail"] = True
     result = dg.materialize([flaky], partition_key="P1", instance=instance, resources=resources, raise_on_error=False)
     assert not result.success
-    folder = storage.tier_root("internal-drive") / "flaky" / "P1"
+    folder = storage.tier("internal-drive").folder("flaky/P1")
     assert (folder / "data.bin").read_bytes() == b"v1"
     assert not any((storage.root / ".staging").iterdir())
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "no partial or parked folders"

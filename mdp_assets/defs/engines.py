@@ -11,6 +11,7 @@ from pydantic import Field
 
 from mdp_assets.errors import MdpError
 
+CELLPROFILER_VERSION = "4.2.8.1"  # what deploy/cellprofiler/build-env.sh installs
 RUNNER = Path(__file__).resolve().parent.parent / "engines" / "cellprofiler_runner.py"
 
 

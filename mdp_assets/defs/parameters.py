@@ -11,6 +11,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
+from mdp_assets.defs.engines import CELLPROFILER_VERSION
 from mdp_assets.errors import MdpError
 from mdp_assets.lib.illumination import IlluminationParameters
 from mdp_assets.lib.image_qc import QcThresholds
@@ -103,7 +104,7 @@ class PipelineParameters(dg.ConfigurableResource):
         if self.engine == "cellprofiler":
             path = Path(pipeline or self.analysis_pipeline)
             digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
-            return {"engine": "cellprofiler 4.2.8.1", "pipeline": path.name, "pipeline_sha256": digest}
+            return {"engine": f"cellprofiler {CELLPROFILER_VERSION}", "pipeline": path.name, "pipeline_sha256": digest}
         return {"engine": "builtin", **(self.segmentation.model_dump() if builtin is None else builtin)}
 
     def for_step(self, asset: str) -> dict[str, Any]:
@@ -124,7 +125,7 @@ class PipelineParameters(dg.ConfigurableResource):
 
     def code_version(self, asset: str) -> str:
         engine_made = asset in CELLPROFILER_STEPS and self.engine == "cellprofiler"
-        revision = "cellprofiler-4.2.8.1" if engine_made else BUILTIN_ENGINE_REVISION
+        revision = f"cellprofiler-{CELLPROFILER_VERSION}" if engine_made else BUILTIN_ENGINE_REVISION
         return step_version(asset, self.for_step(asset), engine=revision)
 
 

@@ -6,7 +6,6 @@ changing a parameter (or bumping the engine revision) marks that level stale.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -15,12 +14,6 @@ from mdp_assets.lib.checksums import sha256_text
 BUILTIN_ENGINE_REVISION = "builtin-1"
 
 
-def parameters_dict(parameters: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(parameters):
-        return dataclasses.asdict(parameters)  # type: ignore[arg-type]
-    return dict(parameters)
-
-
-def step_version(step: str, *parameters: Any, engine: str = BUILTIN_ENGINE_REVISION) -> str:
-    payload = json.dumps([step, engine, [parameters_dict(p) for p in parameters]], sort_keys=True, default=str)
+def step_version(step: str, parameters: dict[str, Any], engine: str = BUILTIN_ENGINE_REVISION) -> str:
+    payload = json.dumps([step, engine, [parameters]], sort_keys=True, default=str)
     return f"{engine}-{sha256_text(payload)[:12]}"

@@ -68,10 +68,6 @@ class StoredPartition:
     def read_table(self, relpath: str = TABLE_FILE) -> pd.DataFrame:
         return pd.read_parquet(self.path(relpath))
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.bytes for f in self.files)
-
 
 def _preview(table: pd.DataFrame, rows: int = 5, columns: int = 8) -> str:
     meta = [c for c in table.columns if c.startswith("Metadata_")][: columns // 2]

@@ -69,8 +69,6 @@ class MdpStorage(dg.ConfigurableResource):
     def catalog_path(self) -> Path:
         return self.root / "catalog.duckdb"
 
-    def tier_root(self, tier: str) -> Path:
-        return self.root / tier
 
     def landing(self) -> LandingZone:
         """The landing zone: the local folder, or the S3 prefix (credentials from the usual AWS variables)."""
