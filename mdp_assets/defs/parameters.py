@@ -20,38 +20,41 @@ from mdp_assets.lib.segmentation import SegmentationParameters
 from mdp_assets.lib.versions import BUILTIN_ENGINE_REVISION, step_version
 
 
+# The settings a deployment can change, as Dagster config. Their defaults are the lib's own, defined once there.
+_QC, _ILLUMINATION = QcThresholds(), IlluminationParameters()
+_SEGMENTATION, _PROFILES = SegmentationParameters(), ProfileParameters()
+
+
 class QcSettings(dg.Config):
-    min_power_log_log_slope: float = -2.5
-    max_percent_maximal: float = 1.0
+    min_power_log_log_slope: float = _QC.min_power_log_log_slope
+    max_percent_maximal: float = _QC.max_percent_maximal
     min_pass_fraction: float = 0.9
 
 
 class IlluminationSettings(dg.Config):
-    smoothing_sigma_fraction: float = 0.05
+    smoothing_sigma_fraction: float = _ILLUMINATION.smoothing_sigma_fraction
 
 
 class SegmentationSettings(dg.Config):
-    nuclei_smoothing_sigma: float = 1.5
-    nuclei_min_area: int = 30
-    nuclei_max_area: int = 5000
-    declump_min_distance: int = 5
-    cell_smoothing_sigma: float = 2.0
-    cell_threshold_correction: float = 0.7
-    cell_max_distance: int = 40
-    discard_border_nuclei: bool = True
+    nuclei_smoothing_sigma: float = _SEGMENTATION.nuclei_smoothing_sigma
+    nuclei_min_area: int = _SEGMENTATION.nuclei_min_area
+    nuclei_max_area: int = _SEGMENTATION.nuclei_max_area
+    declump_min_distance: int = _SEGMENTATION.declump_min_distance
+    cell_smoothing_sigma: float = _SEGMENTATION.cell_smoothing_sigma
+    cell_threshold_correction: float = _SEGMENTATION.cell_threshold_correction
+    cell_max_distance: int = _SEGMENTATION.cell_max_distance
+    discard_border_nuclei: bool = _SEGMENTATION.discard_border_nuclei
 
 
 class ProfileSettings(dg.Config):
-    normalize_method: str = "standardize"
-    operations: list[str] = Field(
-        default_factory=lambda: ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
-    )
-    corr_threshold: float = 0.9
-    na_cutoff: float = 0.05
-    freq_cut: float = 0.05
-    unique_cut: float = 0.01
-    min_variance: float = 1e-6
-    outlier_cutoff: float = 500
+    normalize_method: str = _PROFILES.normalize_method
+    operations: list[str] = Field(default_factory=lambda: list(_PROFILES.operations))
+    corr_threshold: float = _PROFILES.corr_threshold
+    na_cutoff: float = _PROFILES.na_cutoff
+    freq_cut: float = _PROFILES.freq_cut
+    unique_cut: float = _PROFILES.unique_cut
+    min_variance: float = _PROFILES.min_variance
+    outlier_cutoff: float = _PROFILES.outlier_cutoff
 
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
