@@ -229,7 +229,7 @@ def _move(storage: MdpStorage, policy, stores: dict, move, when: str) -> dict[st
     if not access and policy.tiers[move.to_tier].access != "private":
         raise catalog.MdpError(f"{what}: the plate's origin is unknown, so it may only go to a private tier")
     policy.check_limits(move.to_tier, [f["bytes"] for f in record["files"]],
-                        catalog.tier_bytes(storage.catalog_path, move.to_tier), what)
+                        lambda: catalog.tier_bytes(storage.catalog_path, move.to_tier), what)
     new_record = lifecycle.copy_partition(source, target, move.key, record, move.to_tier, when, storage.cache_root)
     rows = catalog.rows_for_record(new_record, lambda relpath: target.uri(move.key, relpath),
                                    catalog.bookkeeping_of(target, move.key), move.to_tier,

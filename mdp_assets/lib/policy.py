@@ -9,6 +9,8 @@ rules hold whatever a policy says, and a policy that contradicts them is rejecte
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -131,7 +133,8 @@ class StoragePolicy(BaseModel):
                 f"its origin is {origin!r}" + ("" if released or origin not in COLLABORATOR_ORIGINS else " and it is not released"))
             raise MdpError(f"{what} may not be written to tier {tier!r} ({access}): {why}; allowed access: {sorted(allowed) or 'none'}")
 
-    def check_limits(self, tier: str, file_sizes: list[int], tier_used_bytes: int, what: str) -> None:
+    def check_limits(self, tier: str, file_sizes: list[int], tier_used_bytes: Callable[[], int], what: str) -> None:
+        """Per-file, per-dataset and total limits; `tier_used_bytes` is asked only when the tier has a total limit."""
         limits = self.tiers[tier].limits
         largest, total = max(file_sizes, default=0), sum(file_sizes)
         if limits.per_file_bytes is not None and largest > limits.per_file_bytes:
@@ -139,9 +142,11 @@ class StoragePolicy(BaseModel):
                            f"{limits.per_file_bytes:.0f} bytes")
         if limits.per_dataset_bytes is not None and total > limits.per_dataset_bytes:
             raise MdpError(f"{what}: {total} bytes exceed tier {tier!r}'s per-dataset limit of {limits.per_dataset_bytes:.0f}")
-        if limits.total_bytes is not None and tier_used_bytes + total > limits.total_bytes:
-            raise MdpError(f"{what}: tier {tier!r} would hold {tier_used_bytes + total} bytes, over its total limit "
-                           f"of {limits.total_bytes:.0f}")
+        if limits.total_bytes is not None:
+            used = tier_used_bytes()
+            if used + total > limits.total_bytes:
+                raise MdpError(f"{what}: tier {tier!r} would hold {used + total} bytes, over its total limit "
+                               f"of {limits.total_bytes:.0f}")
 
 
 def _describe(error: ValidationError) -> str:
@@ -152,6 +157,17 @@ def _describe(error: ValidationError) -> str:
 
 
 def load_policy(path: Path) -> StoragePolicy:
+    """The validated policy in `path`. Every write and read asks for it, so a parsed policy is reused until
+    the file changes (same path, modification time and size); a file that fails validation is never cached."""
+    try:
+        status = path.stat()
+    except OSError as exc:
+        raise MdpError(f"storage policy cannot be read: {exc}", path=path) from exc
+    return _load_policy(path.resolve(), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_policy(path: Path, mtime_ns: int, size: int) -> StoragePolicy:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:

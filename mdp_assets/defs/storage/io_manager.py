@@ -240,7 +240,7 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
                     raise MdpError(f"{what}: the plate's origin is unknown, so it may only go to a private tier, not {tier!r}")
                 continue
             policy.check_origin(tier, plate.origin, plate.identifiable_patient_data, plate.released, what)
-        policy.check_limits(tier, sizes, catalog.tier_bytes(self.storage.catalog_path, tier), what)
+        policy.check_limits(tier, sizes, lambda: catalog.tier_bytes(self.storage.catalog_path, tier), what)
 
     # -- writing --------------------------------------------------------------------------------
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
