@@ -74,6 +74,11 @@ def summary_rows(instance: dg.DagsterInstance, defs: dg.Definitions, plates: lis
     return rows
 
 
+def print_summary(instance: dg.DagsterInstance, defs: dg.Definitions, plates: list[str], storage) -> None:
+    print(format_table(["plate", "level", "rows or files", "bytes", "where stored"],
+                       summary_rows(instance, defs, plates, storage)))
+
+
 def _summary_row(status, plate: str, key: dg.AssetKey, storage) -> list[str]:
     from mdp_assets.defs.storage.io_manager import locate, partition_key
 
@@ -99,13 +104,13 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def run_demo(plate_count: int) -> int:
-    from mdp_assets.definitions import deployment_definitions as build_definitions
+    from mdp_assets.definitions import deployment_definitions
     from mdp_assets.lib.demo import demo_specs, write_demo_plate
     from mdp_assets.operations import materialize_stale
 
     storage = _storage()
     instance = _instance()
-    defs = build_definitions(storage)
+    defs = deployment_definitions(storage)
     plates = []
     for spec in demo_specs(plate_count):
         folder = write_demo_plate(storage.landing_path, spec)
@@ -115,8 +120,7 @@ def run_demo(plate_count: int) -> int:
     if not _report_outcomes(materialize_stale(instance, defs, storage, plates)):
         return 1
     print()
-    print(format_table(["plate", "level", "rows or files", "bytes", "where stored"],
-                       summary_rows(instance, defs, plates, storage)))
+    print_summary(instance, defs, plates, storage)
     return 0
 
 
@@ -128,11 +132,11 @@ def _report_outcomes(outcomes) -> bool:
 
 
 def run_reprocess(plates: list[str]) -> int:
-    from mdp_assets.definitions import deployment_definitions as build_definitions
+    from mdp_assets.definitions import deployment_definitions
     from mdp_assets.operations import materialize_stale
 
     instance, storage = _instance(), _storage()
-    defs = build_definitions(storage)
+    defs = deployment_definitions(storage)
     plates = plates or sorted(instance.get_dynamic_partitions("plates"))
     return 0 if _report_outcomes(materialize_stale(instance, defs, storage, plates)) else 1
 
@@ -142,10 +146,10 @@ def run_catalog(query_name: str | None, sql: str | None, rebuild: bool) -> int:
 
     storage = _storage()
     if rebuild:
-        from mdp_assets.definitions import deployment_definitions as build_definitions
+        from mdp_assets.definitions import deployment_definitions
         from mdp_assets.operations import rebuild_catalog
 
-        count = rebuild_catalog(_instance(), build_definitions(storage), storage)
+        count = rebuild_catalog(_instance(), deployment_definitions(storage), storage)
         print(f"catalog rebuilt: {count} stored files")
     names = [query_name] if query_name else ([] if sql else ["by-tier-and-level", "totals"])
     for name in names:
@@ -191,35 +195,25 @@ def run_verify() -> int:
 
 
 def run_summary() -> int:
-    from mdp_assets.definitions import deployment_definitions as build_definitions
+    from mdp_assets.definitions import deployment_definitions
 
     instance, storage = _instance(), _storage()
-    defs = build_definitions(storage)
-    plates = sorted(instance.get_dynamic_partitions("plates"))
-    print(format_table(["plate", "level", "rows or files", "bytes", "where stored"],
-                       summary_rows(instance, defs, plates, storage)))
+    defs = deployment_definitions(storage)
+    print_summary(instance, defs, sorted(instance.get_dynamic_partitions("plates")), storage)
     return 0
 
 
 def run_lifecycle_command(as_of: str | None, dry_run: bool) -> int:
-    from datetime import datetime, timezone
-
-    from mdp_assets.definitions import consumers_of
-    from mdp_assets.definitions import deployment_definitions as build_definitions
-    from mdp_assets.operations import release_consumed, run_lifecycle
+    from mdp_assets.definitions import consumers_of, deployment_definitions
+    from mdp_assets.operations import apply_lifecycle, describe_move
 
     storage = _storage()
-    now = datetime.fromisoformat(as_of) if as_of else datetime.now(timezone.utc)
-    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
-    if not dry_run:
-        defs = build_definitions(storage)
-        for line in release_consumed(_instance(), storage, consumers_of(list(defs.assets))):
-            print(line)
-    report = run_lifecycle(storage, now, dry_run=dry_run)
-    for line in report.notes:
+    consumers = consumers_of(list(deployment_definitions(storage).assets))
+    report = apply_lifecycle(_instance(), storage, consumers, as_of, dry_run)
+    for line in [*report.released, *report.notes]:
         print(line)
     for move in report.moves:
-        print(f"moved {move['asset']} of {move['partition']}: {move['from']} -> {move['to']} (sha256 {move['sha256']})")
+        print(describe_move(move))
     for failure in report.failures:
         print(f"mdp lifecycle: {failure}", file=sys.stderr)
     return 1 if report.failures else 0

@@ -217,6 +217,23 @@ def run_lifecycle(storage: MdpStorage, now: datetime, dry_run: bool = False) -> 
     return report
 
 
+def apply_lifecycle(
+    instance: dg.DagsterInstance, storage: MdpStorage, consumers: dict[str, list[str]], as_of: str | None, dry_run: bool
+) -> LifecycleReport:
+    """What `lifecycle_job` and `mdp lifecycle` do: release consumed transient levels, then move what is due
+    as of `as_of` (ISO time; default now). A dry run only reports."""
+    now = datetime.fromisoformat(as_of) if as_of else datetime.now(timezone.utc)
+    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    released = [] if dry_run else release_consumed(instance, storage, consumers)
+    report = run_lifecycle(storage, now, dry_run=dry_run)
+    report.released.extend(released)
+    return report
+
+
+def describe_move(move: dict[str, Any]) -> str:
+    return f"moved {move['asset']} of {move['partition']}: {move['from']} -> {move['to']} (sha256 {move['sha256']})"
+
+
 def _move(storage: MdpStorage, policy, stores: dict, move, when: str) -> dict[str, Any]:
     from mdp_assets.lib import lifecycle
 

@@ -1,13 +1,11 @@
 """The lifecycle job (daily), and the release of transient levels right after a plate's run."""
 
-from datetime import datetime, timezone
-
 import dagster as dg
 from pydantic import Field
 
 from mdp_assets.defs.jobs import PLATE_JOB
 from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.operations import release_consumed, run_lifecycle
+from mdp_assets.operations import apply_lifecycle, describe_move, release_consumed
 
 
 class LifecycleConfig(dg.Config):
@@ -21,18 +19,12 @@ def build_lifecycle(consumers: dict[str, list[str]]):
 
     @dg.op(description="Clean half-written copies, finish interrupted moves, release consumed transient levels, "
                        "and move every partition that is due to its next tier.")
-    def apply_lifecycle(context: dg.OpExecutionContext, config: LifecycleConfig, storage: MdpStorage) -> None:
-        now = datetime.fromisoformat(config.as_of) if config.as_of else datetime.now(timezone.utc)
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=timezone.utc)
-        if not config.dry_run:
-            for line in release_consumed(context.instance, storage, consumers):
-                context.log.info(line)
-        report = run_lifecycle(storage, now, dry_run=config.dry_run)
-        for note in report.notes:
-            context.log.info(note)
+    def lifecycle_step(context: dg.OpExecutionContext, config: LifecycleConfig, storage: MdpStorage) -> None:
+        report = apply_lifecycle(context.instance, storage, consumers, config.as_of, config.dry_run)
+        for line in [*report.released, *report.notes]:
+            context.log.info(line)
         for move in report.moves:
-            context.log.info(f"moved {move['asset']} of {move['partition']}: {move['from']} -> {move['to']}")
+            context.log.info(describe_move(move))
             context.log_event(dg.AssetObservation(
                 asset_key=dg.AssetKey.from_user_string(move["asset"]),
                 partition=move["partition"],
@@ -44,7 +36,7 @@ def build_lifecycle(consumers: dict[str, list[str]]):
 
     @dg.job(name="lifecycle_job", description="Move stored partitions to their next storage tier as they age.")
     def lifecycle_job():
-        apply_lifecycle()
+        lifecycle_step()
 
     schedule = dg.ScheduleDefinition(
         name="lifecycle_schedule", job=lifecycle_job, cron_schedule="0 2 * * *",
