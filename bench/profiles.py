@@ -56,7 +56,8 @@ def write_plate(path: Path, cells: int, features: int, seed: int = 0, chunk: int
 
 
 def run_mdp(source: Path, target: Path) -> None:
-    from mdp_assets.lib.profiles import aggregate_parquet, feature_select, normalize
+    from mdp_assets.lib.parquet_profiles import aggregate_parquet
+    from mdp_assets.lib.profiles import feature_select, normalize
 
     wells = aggregate_parquet(source, strata=STRATA)
     normalized = normalize(wells, samples=NEGCON)

@@ -13,6 +13,7 @@ from pycytominer import feature_select as py_feature_select
 from pycytominer import normalize as py_normalize
 
 from mdp_assets.errors import MdpError
+from mdp_assets.lib import parquet_profiles
 from mdp_assets.lib import profiles as mdp
 from mdp_assets_tests.conftest import REALDATA
 
@@ -133,7 +134,7 @@ def test_aggregate_from_parquet_in_column_batches_agrees(table, operation, batch
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "cells.parquet"
         table.to_parquet(path, index=False)
-        ours = mdp.aggregate_parquet(path, operation=operation, batch_columns=batch_columns)
+        ours = parquet_profiles.aggregate_parquet(path, operation=operation, batch_columns=batch_columns)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = py_aggregate(table, strata=["Metadata_Plate", "Metadata_Well"], features=features, operation=operation)
@@ -148,10 +149,10 @@ def test_aggregate_parquet_rejects_malformed_files(tmp_path):
     path = tmp_path / "bad.parquet"
     pd.DataFrame({"Cells_A": [1.0]}).to_parquet(path)
     with pytest.raises(MdpError, match="no Metadata_ columns"):
-        mdp.aggregate_parquet(path)
+        parquet_profiles.aggregate_parquet(path)
     pd.DataFrame({"Metadata_Plate": ["P"], "Metadata_Well": ["A01"], "Cells_A": ["x"]}).to_parquet(path)
     with pytest.raises(MdpError, match="must be numeric"):
-        mdp.aggregate_parquet(path)
+        parquet_profiles.aggregate_parquet(path)
 
 
 @settings(max_examples=40, derandomize=True, deadline=None)

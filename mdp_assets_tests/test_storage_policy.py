@@ -49,7 +49,7 @@ def _toy(name, origin="internal", patient=False, released=False, payload=b"", co
             (output.value.root / "blob.bin").write_bytes(payload)
             from mdp_assets.defs.storage.io_manager import staged_output
 
-            return staged_output(output.value.root, dict(output.metadata), table)
+            return staged_output(output.value.root, dict(output.metadata), output.value.table_summary)
         return output
 
     return toy

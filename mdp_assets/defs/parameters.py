@@ -120,8 +120,8 @@ class PipelineParameters(dg.ConfigurableResource):
             "single_cell_crops": {"crop_size": self.crop_size},
             "single_cell_profiles": self.profiles.model_dump(),
             "well_profiles": {**self.profiles.model_dump(), "aggregate": "median"},
-            "single_cell_embeddings": {"method": "pca", "n_components": self.embedding_components},
-            "well_embeddings": {"method": "pca", "n_components": self.embedding_components},
+            "single_cell_embeddings": {"method": "pca", "solver": "covariance-eigh", "n_components": self.embedding_components},
+            "well_embeddings": {"method": "pca", "solver": "covariance-eigh", "n_components": self.embedding_components},
             "consensus_profiles": {"operation": self.consensus_operation, "by": "Metadata_Perturbation"},
         }
         return by_asset.get(asset, {})

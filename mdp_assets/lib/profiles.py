@@ -2,17 +2,15 @@
 
 Tables follow pycytominer's conventions: `Metadata_` columns describe, every other column is a numeric
 feature. These functions work on pandas frames; outputs put the Metadata_ columns first.
+`parquet_profiles` runs the same operations over Parquet files, for plates that do not fit in memory.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -82,13 +80,13 @@ def normalize(
     with warnings.catch_warnings():
         # A feature missing in every reference row gets a NaN centre and stays NaN; drop_na_columns removes it.
         warnings.simplefilter("ignore", RuntimeWarning)
-        center, scale = _center_and_scale(values, method)
+        center, scale = center_and_scale(values, method)
     out = profiles.copy()
     out[features] = (profiles[features].to_numpy(dtype=np.float64) - center) / scale
     return metadata_first(out)
 
 
-def _center_and_scale(values: np.ndarray, method: NormalizeMethod) -> tuple[np.ndarray, np.ndarray]:
+def center_and_scale(values: np.ndarray, method: NormalizeMethod) -> tuple[np.ndarray, np.ndarray]:
     if method == "standardize":
         center = np.nanmean(values, axis=0)
         scale = np.nanstd(values, axis=0)
@@ -143,6 +141,12 @@ def correlation_threshold(table: pd.DataFrame, features: Sequence[str], threshol
                                    columns=values.columns)
     else:
         correlation = values.corr(method="pearson")
+    return drop_correlated(correlation, threshold)
+
+
+def drop_correlated(correlation: pd.DataFrame, threshold: float = 0.9) -> list[str]:
+    """pycytominer's choice from a correlation matrix: for every pair above `threshold`, the feature with the
+    larger sum of absolute correlations (NaN counted as 0)."""
     order = correlation.abs().sum().sort_values().index  # pandas' default sort, as pycytominer uses it
     rank = {name: position for position, name in enumerate(order)}
     rows, cols = np.nonzero(np.tril(correlation.to_numpy() > threshold, k=-1))
@@ -150,7 +154,7 @@ def correlation_threshold(table: pd.DataFrame, features: Sequence[str], threshol
     for row, col in zip(rows, cols):
         a, b = correlation.index[row], correlation.columns[col]
         excluded.add(a if rank[a] > rank[b] else b)
-    return [f for f in features if f in excluded]
+    return [f for f in correlation.columns if f in excluded]
 
 
 def drop_outliers(table: pd.DataFrame, features: Sequence[str], outlier_cutoff: float = 500) -> list[str]:
@@ -164,6 +168,18 @@ def drop_outliers(table: pd.DataFrame, features: Sequence[str], outlier_cutoff: 
 def drop_na_columns(table: pd.DataFrame, features: Sequence[str], cutoff: float = 0.05) -> list[str]:
     proportion = table[list(features)].isna().mean()
     return proportion[proportion > cutoff].index.tolist()
+
+
+@dataclass(frozen=True)
+class ProfileParameters:
+    normalize_method: NormalizeMethod = "standardize"
+    operations: tuple[FeatureSelectOperation, ...] = DEFAULT_SELECT_OPERATIONS
+    corr_threshold: float = 0.9
+    na_cutoff: float = 0.05
+    freq_cut: float = 0.05
+    unique_cut: float = 0.01
+    min_variance: float = 1e-6
+    outlier_cutoff: float = 500
 
 
 def feature_select(
@@ -180,26 +196,38 @@ def feature_select(
     """Drop the features each operation excludes. As in pycytominer, operations run in the order given and
     each sees only the features the previous ones kept. `blocklist` defaults to the standard blocklist."""
     _require_rows(profiles, "feature_select")
+    settings = ProfileParameters(operations=tuple(operations), corr_threshold=corr_threshold, na_cutoff=na_cutoff,
+                                 freq_cut=freq_cut, unique_cut=unique_cut, min_variance=min_variance,
+                                 outlier_cutoff=outlier_cutoff)
     blocked = set(standard_blocklist() if blocklist is None else blocklist)
     all_features = infer_features(profiles, "feature_select")
     features = list(all_features)
     for operation in operations:
-        if operation == "variance_threshold":
-            excluded = variance_threshold(profiles, features, min_variance)
-        elif operation == "frequency_threshold":
-            excluded = frequency_threshold(profiles, features, freq_cut, unique_cut)
-        elif operation == "correlation_threshold":
-            excluded = correlation_threshold(profiles, features, corr_threshold)
-        elif operation == "drop_na_columns":
-            excluded = drop_na_columns(profiles, features, na_cutoff)
-        elif operation == "blocklist":
-            excluded = [f for f in features if f in blocked]
-        elif operation == "drop_outliers":
-            excluded = drop_outliers(profiles, features, outlier_cutoff)
+        if operation == "correlation_threshold":
+            excluded = set(correlation_threshold(profiles, features, corr_threshold))
         else:
-            raise MdpError(f"feature_select: unknown operation {operation!r}")
-        features = [f for f in features if f not in set(excluded)]
+            excluded = set(excluded_by(operation, profiles, features, settings, blocked))
+        features = [f for f in features if f not in excluded]
     return profiles.drop(columns=[f for f in all_features if f not in set(features)])
+
+
+def excluded_by(
+    operation: FeatureSelectOperation, table: pd.DataFrame, features: Sequence[str], settings: ProfileParameters,
+    blocked: set[str],
+) -> list[str]:
+    """The features one per-feature operation excludes (every operation but correlation_threshold judges each
+    feature on its own values, so it can run on any batch of columns)."""
+    if operation == "variance_threshold":
+        return variance_threshold(table, features, settings.min_variance)
+    if operation == "frequency_threshold":
+        return frequency_threshold(table, features, settings.freq_cut, settings.unique_cut)
+    if operation == "drop_na_columns":
+        return drop_na_columns(table, features, settings.na_cutoff)
+    if operation == "blocklist":
+        return [f for f in features if f in blocked]
+    if operation == "drop_outliers":
+        return drop_outliers(table, features, settings.outlier_cutoff)
+    raise MdpError(f"feature_select: unknown operation {operation!r}")
 
 
 def aggregate(
@@ -262,18 +290,6 @@ def consensus(
     return metadata_first(pd.concat([replicates, values], axis=1).reset_index())
 
 
-@dataclass(frozen=True)
-class ProfileParameters:
-    normalize_method: NormalizeMethod = "standardize"
-    operations: tuple[FeatureSelectOperation, ...] = DEFAULT_SELECT_OPERATIONS
-    corr_threshold: float = 0.9
-    na_cutoff: float = 0.05
-    freq_cut: float = 0.05
-    unique_cut: float = 0.01
-    min_variance: float = 1e-6
-    outlier_cutoff: float = 500
-
-
 def standard_blocklist() -> list[str]:
     """pycytominer's standard blocklist of features known to be uninformative (shipped with mdp, BSD-3)."""
     text = resources.files("mdp_assets").joinpath("data/blocklist_features.txt").read_text()
@@ -308,74 +324,3 @@ def normalize_and_select(
         "features_selected": features_out,
     }
     return selected, summary
-
-
-def _reduce(segment: np.ndarray, operation: str) -> np.ndarray:
-    """Median or mean of every row of `segment` (features x cells), in float64, skipping missing values.
-
-    The median of n values is the middle value, or the float64 mean of the two middle ones, exactly as
-    pandas computes it; selecting them in the stored precision halves the memory traffic."""
-    count = segment.shape[1]
-    if count == 0:
-        return np.full(segment.shape[0], np.nan)
-    if operation == "mean" or np.isnan(segment).any():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing group gives NaN, as pandas does
-            as_float64 = segment.astype(np.float64)
-            return np.nanmean(as_float64, axis=1) if operation == "mean" else np.nanmedian(as_float64, axis=1)
-    middle = count // 2
-    if count % 2:
-        return np.partition(segment, middle, axis=1)[:, middle].astype(np.float64)
-    part = np.partition(segment, [middle - 1, middle], axis=1)
-    return (part[:, middle - 1].astype(np.float64) + part[:, middle].astype(np.float64)) / 2
-
-
-def aggregate_parquet(
-    path: Path,
-    strata: Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
-    operation: Literal["median", "mean"] = "median",
-    batch_columns: int = 64,
-) -> pd.DataFrame:
-    """`aggregate` over a Parquet file without holding the plate in memory: the Metadata_ columns are read
-    once, then the features a batch of columns at a time (memory about rows x batch_columns x 8 bytes).
-    Results equal `aggregate` (medians of float32 features are taken in float64, as pandas does)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    meta = [n for n in schema.names if n.startswith("Metadata_")]
-    features = [n for n in schema.names if not n.startswith("Metadata_")]
-    if not meta:
-        raise MdpError(f"aggregate: {path} has no Metadata_ columns")
-    non_numeric = [n for n in features if not (pa.types.is_floating(schema.field(n).type) or pa.types.is_integer(schema.field(n).type))]
-    if non_numeric:
-        raise MdpError(f"aggregate: feature columns must be numeric, these are not: {non_numeric[:10]}")
-    strata = list(strata)
-    missing = [s for s in strata if s not in meta]
-    if missing:
-        raise MdpError(f"aggregate: strata columns {missing} are not in {path}")
-    keys = pq.read_table(path, columns=meta).to_pandas()
-    if keys.empty:
-        raise MdpError(f"aggregate: {path} has no rows (an empty plate?)")
-    grouped = keys.groupby(strata, sort=True, dropna=False)
-    codes = grouped.ngroup().to_numpy()
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(grouped.ngroups + 1))
-    constant = [c for c in meta if c not in strata and (grouped[c].nunique(dropna=False) <= 1).all()]
-    result = pd.concat([grouped[constant].first(), grouped.size().rename("Metadata_Object_Count")], axis=1)
-    values_out = np.empty((grouped.ngroups, len(features)), dtype=np.float64)
-
-    def one_batch(start: int) -> None:
-        names = features[start : start + batch_columns]
-        table = pq.read_table(path, columns=names)
-        # Columns laid out contiguously, rows in group order, in the stored precision (float32 stays float32).
-        block = np.stack([column.to_numpy(zero_copy_only=False)[order] for column in table.columns])
-        del table
-        for group in range(grouped.ngroups):
-            values_out[group, start : start + len(names)] = _reduce(block[:, bounds[group] : bounds[group + 1]], operation)
-
-    workers = min(os.cpu_count() or 1, max(1, -(-len(features) // batch_columns)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # pyarrow and numpy release the GIL
-        list(pool.map(one_batch, range(0, len(features), batch_columns)))
-    values = pd.DataFrame(values_out, columns=features, index=result.index)
-    return metadata_first(pd.concat([result, values], axis=1).reset_index())

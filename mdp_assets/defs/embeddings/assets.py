@@ -5,38 +5,35 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.lib.embeddings import pca_embedding
+from mdp_assets.lib.embeddings import pca_embedding, pca_embedding_parquet
 from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.defs.storage.io_manager import table_output
+from mdp_assets.defs.storage.io_manager import TABLE_FILE, StoredPartition, parquet_output, table_output
 from mdp_assets.defs.storage.resources import MdpStorage
 
 
-def _embed(storage: MdpStorage, label: str, profiles: pd.DataFrame, n_components: int) -> dg.Output:
-    embedding = pca_embedding(profiles, n_components)
-    return table_output(
-        storage,
-        label,
-        embedding.table,
-        {
-            "rows": len(embedding.table),
-            "components": len(embedding.explained_variance_ratio),
-            "explained_variance_ratio": [round(r, 6) for r in embedding.explained_variance_ratio],
-            "method": "PCA per plate (SVD, NaN -> 0, sign fixed by the largest loading)",
-        },
-    )
+METHOD = "PCA per plate (covariance eigenvectors, NaN -> 0, sign fixed by the largest loading)"
+
+
+def _metadata(ratios: list[float]) -> dict[str, object]:
+    return {"components": len(ratios), "explained_variance_ratio": [round(r, 6) for r in ratios], "method": METHOD}
 
 
 @dg.asset(
     partitions_def=plates_partitions,
     group_name="embeddings",
-    kinds={"parquet", "numpy"},
+    kinds={"parquet", "pyarrow"},
     description="Single-cell embeddings: the first principal components (8 by default) of the plate's "
     "single-cell profiles (Embedding_PC1..), deterministic; Metadata_ columns carried.",
 )
 def single_cell_embeddings(
-    single_cell_profiles: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage
+    single_cell_profiles: StoredPartition, parameters: PipelineParameters, storage: MdpStorage
 ) -> dg.Output:
-    return _embed(storage, "single_cell_embeddings", single_cell_profiles, parameters.embedding_components)
+    # Streamed from the stored Parquet a batch of rows at a time: a full plate of cells never sits in memory.
+    with storage.staging_dir("single_cell_embeddings") as staged:
+        ratios = pca_embedding_parquet(
+            single_cell_profiles.path(TABLE_FILE), staged / TABLE_FILE, parameters.embedding_components
+        )
+        return parquet_output(staged, _metadata(ratios))
 
 
 @dg.asset(
@@ -46,4 +43,5 @@ def single_cell_embeddings(
     description="Well embeddings: the first principal components (8 by default) of the plate's well profiles.",
 )
 def well_embeddings(well_profiles: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage) -> dg.Output:
-    return _embed(storage, "well_embeddings", well_profiles, parameters.embedding_components)
+    embedding = pca_embedding(well_profiles, parameters.embedding_components)
+    return table_output(storage, "well_embeddings", embedding.table, _metadata(embedding.explained_variance_ratio))

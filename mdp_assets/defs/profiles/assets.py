@@ -6,11 +6,11 @@ import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.defs.storage.io_manager import StoredPartition, table_output
+from mdp_assets.defs.storage.io_manager import TABLE_FILE, StoredPartition, parquet_output, table_output
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib.plate_context import PERTURBATION, PlateContext
+from mdp_assets.lib.parquet_profiles import aggregate_parquet, normalize_and_select_parquet
 from mdp_assets.lib.profiles import (
-    aggregate_parquet,
     consensus,
     infer_features,
     metadata_columns,
@@ -23,18 +23,21 @@ GROUP = "profiles"
 @dg.asset(
     partitions_def=plates_partitions,
     group_name=GROUP,
-    kinds={"parquet", "pandas"},
+    kinds={"parquet", "pyarrow"},
     description="Single cells annotated with the platemap, normalized to negative controls (all cells when the "
-    "platemap names none) and feature-selected (variance, correlation, missing values, blocklist).",
+    "platemap names none) and feature-selected (variance, correlation, missing values, blocklist), streamed "
+    "from Parquet to Parquet in bounded memory.",
 )
 def single_cell_profiles(
-    single_cell_features: pd.DataFrame, raw_images: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage
+    single_cell_features: StoredPartition, raw_images: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage
 ) -> dg.Output:
     plate = PlateContext.of(raw_images)
-    table, summary = normalize_and_select(
-        single_cell_features, plate.negative_control_query, parameters.profile_parameters()
-    )
-    return table_output(storage, "single_cell_profiles", table, {"cells": len(table), **summary})
+    with storage.staging_dir("single_cell_profiles") as staged:
+        summary = normalize_and_select_parquet(
+            single_cell_features.path(TABLE_FILE), staged / TABLE_FILE, plate.negative_control_query,
+            parameters.profile_parameters(),
+        )
+        return parquet_output(staged, summary)
 
 
 @dg.asset(
@@ -49,7 +52,7 @@ def well_profiles(
 ) -> dg.Output:
     plate = PlateContext.of(raw_images)
     # Straight from the stored Parquet, a batch of feature columns at a time: never the whole plate in memory.
-    wells = aggregate_parquet(single_cell_features.path("table.parquet"), strata=("Metadata_Plate", "Metadata_Well"))
+    wells = aggregate_parquet(single_cell_features.path(TABLE_FILE), strata=("Metadata_Plate", "Metadata_Well"))
     table, summary = normalize_and_select(wells, plate.negative_control_query, parameters.profile_parameters())
     return table_output(storage, "well_profiles", table, {"wells": len(table), **summary})
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import pandas as pd
 
-from mdp_assets.defs.storage.io_manager import staged_output
+from mdp_assets.defs.storage.io_manager import staged_output, summarize_table
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.lib import catalog
 from mdp_assets.lib.costs import current_costs, plot, projection
@@ -48,7 +48,7 @@ def storage_costs(storage: MdpStorage) -> dg.Output:
                 "plot": dg.MetadataValue.md(f"![storage costs](data:image/png;base64,{base64.b64encode(png).decode()})"),
                 "policy": policy.name,
             },
-            table=costs,
+            summarize_table(costs),
         )
 
 

@@ -22,6 +22,7 @@ from typing import Any, get_args, get_origin
 
 import dagster as dg
 import pandas as pd
+import pyarrow.parquet as pq
 
 from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.defs.storage.resources import MdpStorage
@@ -82,13 +83,13 @@ def _preview(table: pd.DataFrame, rows: int = 5, columns: int = 8) -> str:
     return "\n".join(lines)
 
 
-def staged_output(staged: Path, metadata: dict[str, Any] | None = None, table: pd.DataFrame | None = None) -> dg.Output:
-    """An Output for a filled staging folder, versioned by the sha256 of its content."""
+def staged_output(
+    staged: Path, metadata: dict[str, Any] | None = None, table_summary: dict[str, Any] | None = None
+) -> dg.Output:
+    """An Output for a filled staging folder, versioned by the sha256 of its content. With a
+    `table_summary` (rows, columns, preview) the folder is a table: its `table.parquet` is the data."""
     records = tuple(record_files(staged))
-    summary = {}
-    if table is not None:
-        summary = {"rows": len(table), "columns": len(table.columns), "preview": _preview(table)}
-    value = StagedFiles(staged, "table" if table is not None else "files", records, summary)
+    value = StagedFiles(staged, "table" if table_summary else "files", records, table_summary or {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)  # Output(data_version=...) is beta; we rely on it knowingly
         return dg.Output(value, metadata=metadata or {}, data_version=dg.DataVersion(tree_digest(records)))
@@ -98,7 +99,21 @@ def table_output(storage: MdpStorage, label: str, table: pd.DataFrame, metadata:
     """A DataFrame as `table.parquet` in a staging folder (pandas attrs travel in the Parquet metadata)."""
     with storage.staging_dir(label) as staged:
         table.to_parquet(staged / TABLE_FILE, index=False)
-        return staged_output(staged, metadata, table)
+        return staged_output(staged, metadata, summarize_table(table))
+
+
+def summarize_table(table: pd.DataFrame) -> dict[str, Any]:
+    """What the IO manager shows of a table: its size and a preview of its first rows."""
+    return {"rows": len(table), "columns": len(table.columns), "preview": _preview(table)}
+
+
+def parquet_output(staged: Path, metadata: dict[str, Any] | None = None) -> dg.Output:
+    """An Output for a staging folder whose `table.parquet` a streaming step wrote: summarized from the file's
+    footer and first rows, never read whole."""
+    parquet = pq.ParquetFile(staged / TABLE_FILE)
+    first = next(parquet.iter_batches(batch_size=5), None)
+    head = first.to_pandas() if first is not None else parquet.schema_arrow.empty_table().to_pandas()
+    return staged_output(staged, metadata, {**summarize_table(head), "rows": parquet.metadata.num_rows})
 
 
 def _wants_dataframe(annotation: Any) -> bool:
