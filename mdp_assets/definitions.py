@@ -25,6 +25,7 @@ from mdp_assets.defs.storage import costs as storage_costs_assets
 from mdp_assets.defs.storage.io_manager import PlateLevelIOManager
 from mdp_assets.defs.storage.lifecycle import build_lifecycle
 from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.lib.policy import shipped_policy
 
 ASSET_MODULES = [
     raw_assets,
@@ -63,6 +64,7 @@ def build_definitions(
     parameters: PipelineParameters | None = None,
     reprocess_automatically: bool = False,
     cellprofiler: CellProfilerEngine | None = None,
+    executor: dg.ExecutorDefinition | None = None,
 ) -> dg.Definitions:
     """The whole platform. A deployment may set its own storage, intake and step parameters, configure the
     CellProfiler engine, and opt in to automatic reprocessing of stale levels (otherwise: `mdp reprocess`,
@@ -98,12 +100,36 @@ def build_definitions(
             "cellprofiler": cellprofiler,
             "io_manager": PlateLevelIOManager(storage=storage, parameters=parameters),
         },
+        executor=executor,
     )
 
 
 def deployment_definitions(storage: MdpStorage | None = None) -> dg.Definitions:
     """What `make dev` and `mdp` use: the default deployment, with CellProfiler when `make cellprofiler` built it."""
     return build_definitions(storage, cellprofiler=CellProfilerEngine())
+
+
+def service_storage() -> MdpStorage:
+    """The service's storage (deploy/): the shipped service policy, every level in the object store, plates
+    arriving under an S3 prefix. Locations, endpoint and bucket come from the environment when a run or a
+    sensor tick starts; credentials only from the AWS variables. deploy/README.md lists every variable."""
+    return MdpStorage(
+        data_root=dg.EnvVar("MDP_DATA_ROOT"),
+        policy_file=str(shipped_policy("service")),
+        landing_s3_bucket=dg.EnvVar("MDP_LANDING_BUCKET"),
+        landing_s3_prefix=dg.EnvVar("MDP_LANDING_PREFIX"),
+        s3_endpoint_url=dg.EnvVar("MDP_S3_ENDPOINT_URL"),
+        s3_region=dg.EnvVar("AWS_REGION"),
+    )
+
+
+def service_definitions(
+    cellprofiler: CellProfilerEngine | None = None, executor: dg.ExecutorDefinition | None = None
+) -> dg.Definitions:
+    """The code location a service serves (`dagster api grpc -m mdp_assets.locations.<name>`)."""
+    intake = IntakeSettings(quiet_period_seconds=dg.EnvVar.int("MDP_QUIET_PERIOD_SECONDS"))
+    return build_definitions(service_storage(), intake, cellprofiler=cellprofiler or CellProfilerEngine(),
+                             executor=executor)
 
 
 defs = deployment_definitions()

@@ -103,7 +103,7 @@ def test_pairwise_correlation_over_row_batches_equals_pandas(seed, rows, columns
     complete = ~np.isnan(values).any(axis=0)
     accumulator = PairwiseCorrelation(shift=np.nanmean(values, axis=0), complete=complete)
     for start in range(0, rows, batch):
-        accumulator.add(values[start : start + batch])
+        accumulator.add(values[start : start + batch].copy())  # add() works in place
     ours = accumulator.correlation()
     # pandas gives noise instead of NaN for some pairs with no spread; compare where pandas is well defined.
     defined = np.isfinite(expected) & (np.abs(expected) < 1.5)

@@ -38,7 +38,9 @@ from mdp_assets.lib.profiles import (
 )
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of feature values held at once, over all worker threads
-COPIES_PER_VALUE = 4  # raw, normalized, and the temporaries numpy and pandas make from them
+# A value read as float64 costs about this many times 8 bytes at the peak: the Arrow buffer it came from, the
+# array, and the temporaries numpy and pandas make (measured with bench/profiles.py).
+COPIES_PER_VALUE = 8
 
 
 @dataclass(frozen=True)
@@ -74,15 +76,13 @@ class ParquetProfiles:
 
     def read_columns(self, names: Sequence[str]) -> np.ndarray:
         """Every row of the named features, as float64 (rows x names)."""
-        table = pq.read_table(self.path, columns=list(names))
-        return np.column_stack([_float64(column) for column in table.columns])
+        return _as_float64_matrix(pq.read_table(self.path, columns=list(names)).columns)
 
     def row_batches(self, names: Sequence[str], batch_rows: int, with_metadata: bool = False) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
         """Batches of rows: the Arrow batch (Metadata_ columns only when asked) and the named features as float64."""
         columns = [*self.metadata, *names] if with_metadata else list(names)
         for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=columns):
-            values = np.column_stack([_float64(batch.column(n)) for n in names]) if names else np.empty((batch.num_rows, 0))
-            yield batch, values
+            yield batch, _as_float64_matrix([batch.column(n) for n in names], batch.num_rows)
 
     def write_transformed(
         self, target: Path, features: Sequence[str], outputs: Sequence[str],
@@ -113,9 +113,14 @@ def _is_number(kind: pa.DataType) -> bool:
     return pa.types.is_floating(kind) or pa.types.is_integer(kind)
 
 
-def _float64(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    # Nulls become NaN, as they do when pandas reads the file.
-    return column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+def _as_float64_matrix(columns: Sequence[pa.Array | pa.ChunkedArray], rows: int | None = None) -> np.ndarray:
+    """Arrow columns as one float64 matrix (rows x columns), filled a column at a time into column-major
+    memory, so that no second full-size copy is made. Nulls become NaN, as when pandas reads the file."""
+    rows = len(columns[0]) if columns else (rows or 0)
+    matrix = np.empty((rows, len(columns)), dtype=np.float64, order="F")
+    for index, column in enumerate(columns):
+        matrix[:, index] = column.to_numpy(zero_copy_only=False)
+    return matrix
 
 
 def _workers() -> int:
@@ -212,19 +217,20 @@ class PairwiseCorrelation:
         self.present_where = np.zeros((width, missing_width))
 
     def add(self, block: np.ndarray) -> None:
-        shifted = block - self.shift
-        present = ~np.isnan(shifted)
-        values = np.where(present, shifted, 0.0)
-        squares = values * values
-        self.products += values.T @ values
-        self.sums += values.sum(axis=0)
-        self.squares += squares.sum(axis=0)
+        """Add a batch of rows (rows x columns, float64). The batch is overwritten: no copy is made of it."""
+        block -= self.shift
+        present = ~np.isnan(block)
+        np.copyto(block, 0.0, where=~present)
+        self.products += block.T @ block
+        self.sums += block.sum(axis=0)
+        self.squares += np.einsum("ij,ij->j", block, block)
         self.present += present.sum(axis=0)
         if len(self.incomplete):
-            where = present[:, self.incomplete].astype(np.float64)
-            self.sums_where += values.T @ where
-            self.squares_where += squares.T @ where
-            self.present_where += present.T.astype(np.float64) @ where
+            where = present[:, self.incomplete]
+            self.sums_where += block.T @ where.astype(np.float64)
+            self.squares_where += np.square(block).T @ where.astype(np.float64)
+            # Counts of one batch are exact in float32 (below 2**24 rows), at half the memory.
+            self.present_where += present.T.astype(np.float32) @ where.astype(np.float32)
 
     def correlation(self) -> np.ndarray:
         width = len(self.sums)
@@ -272,10 +278,10 @@ def _feature_statistics(
     def one_batch(start: int) -> None:
         names = plate.features[start : start + batch]
         columns = slice(start, start + len(names))
-        raw = plate.read_columns(names)
-        center, scale = center_and_scale(raw[reference], params.normalize_method)
-        normalized = (raw - center) / scale
-        del raw
+        normalized = plate.read_columns(names)
+        center, scale = center_and_scale(normalized[reference], params.normalize_method)
+        normalized -= center  # in place: the same arithmetic as (raw - center) / scale, one array fewer
+        normalized /= scale
         stats.mean[columns] = np.nanmean(normalized, axis=0)
         stats.constant[columns] = ~(np.nanmax(normalized, axis=0) > np.nanmin(normalized, axis=0))
         stats.center[columns], stats.scale[columns] = center, scale
@@ -301,7 +307,9 @@ def _correlated(
     center, scale = stats.center[index], stats.scale[index]
     accumulator = PairwiseCorrelation(shift=stats.mean[index], complete=stats.complete[index])
     for _, values in plate.row_batches(features, plate.rows_per_batch(memory_budget, len(features))):
-        accumulator.add((values - center) / scale)
+        values -= center
+        values /= scale
+        accumulator.add(values)
     correlation = accumulator.correlation()
     # A constant column has no correlation (pandas and numpy give NaN, or noise from rounding); say so exactly.
     constant = stats.constant[index]

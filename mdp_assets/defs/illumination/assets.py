@@ -11,7 +11,7 @@ from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output, t
 from mdp_assets.defs.storage.resources import MdpStorage
 from pathlib import Path
 
-from mdp_assets.defs.engines import CellProfilerEngine
+from mdp_assets.defs.engines import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.defs.segmentation.cellprofiler import run_illumination
 from mdp_assets.lib.illumination import write_corrected_images, write_illumination_functions
@@ -80,6 +80,7 @@ def image_qc(
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"numpy"},
+    pool=CELLPROFILER_POOL,
     description="One flat-field function per channel, as <channel>.npy: the lab's CellProfiler illumination "
     "pipeline, or the built-in CorrectIlluminationCalculate approach ('All' images: average of the plate's "
     "QC-passing images, Gaussian-smoothed, rescaled to a robust minimum of 1).",

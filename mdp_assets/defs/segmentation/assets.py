@@ -11,7 +11,7 @@ from mdp_assets.lib.image_qc import empty_or_failed_wells
 from mdp_assets.lib.plate_context import PlateContext
 from pathlib import Path
 
-from mdp_assets.defs.engines import CellProfilerEngine
+from mdp_assets.defs.engines import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.defs.segmentation.cellprofiler import run_analysis
 from mdp_assets.lib.segmentation import write_masks
@@ -21,6 +21,7 @@ from mdp_assets.lib.segmentation import write_masks
     partitions_def=plates_partitions,
     group_name="masks",
     kinds={"tiff", "scikit-image"},
+    pool=CELLPROFILER_POOL,
     check_specs=[dg.AssetCheckSpec("no_empty_or_failed_wells", asset="segmentation_masks",
                                    description="names every well with no usable site or no nucleus")],
     description="Per site, a (2, Y, X) int32 OME-TIFF of Nuclei and Cells labels (built-in engine: Otsu + shape "

@@ -46,8 +46,8 @@ class MdpStorage(dg.ConfigurableResource):
             raise MdpError(f"storage policy {policy.name!r} has no tier {name!r}")
         spec = policy.tiers[name]
         if spec.backend == "s3":
-            endpoint = spec.endpoint_url or self.s3_endpoint_url
-            client = S3Resource(endpoint_url=endpoint, region_name=spec.region or self.s3_region).get_client()
+            endpoint = spec.endpoint_url or self.s3_endpoint_url or None
+            client = S3Resource(endpoint_url=endpoint, region_name=spec.region or self.s3_region or None).get_client()
             return S3Tier(name, client, spec.bucket or "", spec.prefix)
         root = Path(spec.path or name)
         root = root if root.is_absolute() else self.root / root
@@ -74,7 +74,8 @@ class MdpStorage(dg.ConfigurableResource):
         """The landing zone: the local folder, or the S3 prefix (credentials from the usual AWS variables)."""
         if not self.landing_s3_bucket:
             return FolderLanding(self.landing_path)
-        client = S3Resource(endpoint_url=self.s3_endpoint_url, region_name=self.s3_region).get_client()
+        # An empty endpoint or region (as an environment variable can only be) means AWS's defaults.
+        client = S3Resource(endpoint_url=self.s3_endpoint_url or None, region_name=self.s3_region or None).get_client()
         return S3Landing(client, self.landing_s3_bucket, self.landing_s3_prefix, self.root / "landing-mirror")
 
     def plate_folder(self, barcode: str) -> PlateFolder:

@@ -1,0 +1,16 @@
+"""The AWS ECS code location: runs launched as ECS tasks by dagster-aws `EcsRunLauncher` (deploy/ecs/), CellProfiler
+steps as tasks of their own through `PipesECSClient`, with the data root on EFS in both."""
+
+import dagster as dg
+
+from mdp_assets.definitions import service_definitions
+from mdp_assets.defs.engines import EcsCellProfilerEngine
+
+defs = service_definitions(
+    cellprofiler=EcsCellProfilerEngine(
+        environment="/opt/mdp/.mdp/cellprofiler",
+        cluster=dg.EnvVar("MDP_ECS_CLUSTER"),
+        task_definition=dg.EnvVar("MDP_CELLPROFILER_TASK_DEFINITION"),
+        region=dg.EnvVar("AWS_REGION"),
+    ),
+)

@@ -1,0 +1,19 @@
+"""The Kubernetes code location: each step in its own pod (dagster-k8s `k8s_job_executor`), CellProfiler steps
+as pods of their own through `PipesK8sClient`, all mounting the data-root claim (deploy/helm/values.yaml)."""
+
+import dagster as dg
+from dagster_k8s import k8s_job_executor
+
+from mdp_assets.definitions import service_definitions
+from mdp_assets.defs.engines import KubernetesCellProfilerEngine
+
+defs = service_definitions(
+    cellprofiler=KubernetesCellProfilerEngine(
+        environment="/opt/mdp/.mdp/cellprofiler",
+        image=dg.EnvVar("MDP_IMAGE"),
+        namespace=dg.EnvVar("MDP_K8S_NAMESPACE"),
+        data_volume_claim=dg.EnvVar("MDP_DATA_VOLUME_CLAIM"),
+        data_root=dg.EnvVar("MDP_DATA_ROOT"),
+    ),
+    executor=k8s_job_executor,
+)
