@@ -8,7 +8,7 @@ export MDP_DATA_ROOT ?= $(MDP_HOME)/data
 
 CELLPROFILER_ENV ?= $(MDP_HOME)/cellprofiler
 
-.PHONY: install demo dev test cellprofiler clean-demo
+.PHONY: install demo dev test cellprofiler system-packages stack-start stack-stop clean-demo
 
 install: $(VENV)/.installed
 
@@ -37,9 +37,20 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 cellprofiler:
 	deploy/cellprofiler/build-env.sh $(CELLPROFILER_ENV)
 
-## test: the whole test suite (slow tests included)
-test: install
+## test: the whole test suite (slow tests included; the service tests need Postgres and Chromium)
+test: install system-packages
 	$(BIN)/python -m pytest
+
+## system-packages: Debian's postgresql, chromium and chromium-driver, when missing (as root)
+system-packages:
+	deploy/system-packages.sh
+
+## stack-start / stack-stop: the service on this machine without containers (deploy/README.md)
+stack-start: install
+	deploy/local-stack.sh start
+
+stack-stop:
+	deploy/local-stack.sh stop
 
 clean-demo:
 	rm -rf $(MDP_HOME)

@@ -11,6 +11,7 @@ import yaml
 
 from mdp_assets.defs.storage.resources import MdpStorage
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 NF1_IMAGES = REALDATA / "nf1-plate2-cytodataframe" / "NF1_cellpainting_data_shrunken" / "Plate_2_images"
 NF1_PLATEMAP = REALDATA / "nf1-schwann-metadata" / "0.download_data" / "metadata" / "platemap_NF1_plate2.csv"

@@ -1,0 +1,179 @@
+"""deploy/: the compose file, instance configs, Helm values and ECS task definitions parse, use only pinned
+images, keep secrets out of files, and every environment variable they (or the code locations) read is
+documented in deploy/README.md. The Kubernetes and ECS code locations load, and the CellProfiler pod is
+built by dagster-k8s's own pod builder the way a cluster would receive it."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mdp_assets_tests.conftest import REPOSITORY
+
+DEPLOY = REPOSITORY / "deploy"
+README = (DEPLOY / "README.md").read_text()
+DOCUMENTED = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", README, flags=re.MULTILINE))
+
+
+def _yaml(name: str) -> dict:
+    return yaml.safe_load((DEPLOY / name).read_text())
+
+
+def _env_in_instance(config: dict) -> set[str]:
+    found = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if set(node) == {"env"}:
+                found.add(node["env"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def test_every_variable_the_deployment_reads_is_documented():
+    compose_text = (DEPLOY / "docker-compose.yml").read_text()
+    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", compose_text))
+    compose = yaml.safe_load(compose_text)
+    for service in compose["services"].values():
+        environment = service.get("environment") or {}
+        used |= {name for name in environment if name.isupper()}
+    used |= _env_in_instance(_yaml("dagster.yaml")) | _env_in_instance(_yaml("ecs/dagster.yaml"))
+    helm = _yaml("helm/values.yaml")
+    for deployment in helm["dagster-user-deployments"]["deployments"]:
+        used |= {item["name"] for item in deployment["env"]}
+    for task in (DEPLOY / "ecs").glob("mdp-*.json"):
+        container = json.loads(task.read_text())["containerDefinitions"][0]
+        used |= {item["name"] for item in container["environment"] + container.get("secrets", [])}
+    code = "\n".join(p.read_text() for p in (REPOSITORY / "mdp_assets").rglob("*.py"))
+    used |= set(re.findall(r"EnvVar(?:\.int)?\(\"([A-Z][A-Z0-9_]+)\"\)", code))
+    used -= {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD",
+             "MC_HOST_store"}  # the images' own variables, set from documented ones
+    assert {"DAGSTER_PG_PASSWORD", "MDP_LANDING_BUCKET", "MDP_DATA_VOLUME_CLAIM", "MDP_ECS_CLUSTER"} <= used
+    assert used - DOCUMENTED == set()
+
+
+def test_secrets_only_come_from_the_environment():
+    compose = _yaml("docker-compose.yml")
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if any(word in key for word in ("PASSWORD", "SECRET", "ACCESS_KEY")):
+                assert str(value).startswith("${"), (name, key)
+    for instance in ("dagster.yaml", "ecs/dagster.yaml"):
+        assert _yaml(instance)["storage"]["postgres"]["postgres_db"]["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+        assert _yaml(instance)["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    for task in (DEPLOY / "ecs").glob("mdp-*.json"):
+        container = json.loads(task.read_text())["containerDefinitions"][0]
+        assert not any("PASSWORD" in item["name"] or "SECRET" in item["name"] for item in container["environment"])
+    helm = _yaml("helm/values.yaml")
+    assert "postgresqlPassword" not in helm["postgresql"] and helm["generatePostgresqlPasswordSecret"] is False
+
+
+def test_the_compose_file_wires_the_service_together():
+    compose = _yaml("docker-compose.yml")
+    services = compose["services"]
+    assert set(services) == {"postgres", "objectstore", "buckets", "code", "webserver", "daemon"}
+    assert services["code"]["command"][:3] == ["dagster", "api", "grpc"]
+    assert "mdp_assets.locations.service" in services["code"]["command"]
+    assert services["webserver"]["command"][0] == "dagster-webserver"
+    assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    workspace = _yaml("workspace.yaml")["load_from"][0]["grpc_server"]
+    assert (workspace["host"], workspace["port"]) == ("code", 4000)
+    for name, service in services.items():
+        image = service.get("image", "")
+        if not image.startswith("${"):
+            assert re.search(r":\S*\d", image) and not image.endswith(":latest"), (name, image)
+    for port in services["webserver"]["ports"] + services["objectstore"]["ports"]:
+        assert port.startswith("127.0.0.1:"), port  # nothing listens beyond the machine unless a lab says so
+
+
+def test_the_dockerfile_is_pinned_multi_stage_and_copies_what_exists():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    arguments = dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile, flags=re.MULTILINE))
+    stages = re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE)
+    assert len(stages) >= 2
+    for image in stages:
+        resolved = arguments.get(image.strip("${}"), image)
+        assert re.fullmatch(r"python:3\.\d+\.\d+-slim-bookworm", resolved), resolved
+    for source in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, flags=re.MULTILINE):
+        assert (REPOSITORY / source).exists(), source
+    assert "pip check" in dockerfile and re.search(r"^USER mdp$", dockerfile, flags=re.MULTILINE)
+
+
+def test_the_deploy_instance_uses_the_run_queue_with_per_plate_and_cellprofiler_limits():
+    instance = _yaml("dagster.yaml")
+    assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    assert instance["concurrency"]["pools"]["default_limit"] >= 1
+    helm = _yaml("helm/values.yaml")
+    assert helm["runLauncher"]["type"] == "K8sRunLauncher"
+    assert helm["concurrency"]["runs"]["tagConcurrencyLimits"][0]["key"] == "dagster/partition"
+    assert helm["dagster-user-deployments"]["deployments"][0]["dagsterApiGrpcArgs"] == ["-m", "mdp_assets.locations.kubernetes"]
+
+
+def test_the_ecs_instance_config_matches_the_run_launchers_schema():
+    from dagster_aws.ecs import EcsRunLauncher
+
+    launcher = _yaml("ecs/dagster.yaml")["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_aws.ecs", "EcsRunLauncher")
+    assert set(launcher["config"]) <= set(EcsRunLauncher.config_type())
+
+
+def test_the_cellprofiler_steps_share_a_concurrency_pool():
+    from mdp_assets.definitions import build_definitions
+    from mdp_assets.defs.engines import CELLPROFILER_POOL
+    from mdp_assets.defs.storage.resources import MdpStorage
+
+    defs = build_definitions(MdpStorage(data_root="/nonexistent"))
+    pools = {name: defs.resolve_assets_def(name).op.pool for name in ("illumination_functions", "segmentation_masks", "well_profiles")}
+    assert pools == {"illumination_functions": CELLPROFILER_POOL, "segmentation_masks": CELLPROFILER_POOL, "well_profiles": None}
+
+
+@pytest.mark.parametrize("location", ["service", "kubernetes", "ecs"])
+def test_the_code_locations_load(location):
+    import importlib
+
+    defs = importlib.import_module(f"mdp_assets.locations.{location}").defs
+    job = defs.resolve_job_def("plate_job")
+    assert job.executor_def.name == ("k8s" if location == "kubernetes" else "multi_or_in_process_executor")
+    assert defs.resolve_sensor_def("new_plate_sensor") is not None
+
+
+def test_the_cellprofiler_pod_mounts_the_data_claim_and_runs_the_runner():
+    from dagster_k8s.pipes import build_pod_body
+
+    from mdp_assets.defs.engines import RUNNER, KubernetesCellProfilerEngine
+
+    engine = KubernetesCellProfilerEngine(environment="/opt/mdp/.mdp/cellprofiler", image="registry.example.org/mdp:0.1.0",
+                                          data_volume_claim="mdp-data", data_root="/data", cpus=4, memory="12Gi")
+    pod = build_pod_body("cellprofiler-1", engine.image, engine.command, {"DAGSTER_PIPES_CONTEXT": "x"}, None,
+                         engine.pod_spec()).to_dict()
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "registry.example.org/mdp:0.1.0"
+    assert container["command"] == ["/opt/mdp/.mdp/cellprofiler/bin/python", str(RUNNER)]
+    assert container["volume_mounts"][0]["mount_path"] == "/data"
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "12Gi"}
+    assert pod["spec"]["volumes"][0]["persistent_volume_claim"]["claim_name"] == "mdp-data"
+    assert pod["spec"]["restart_policy"] == "Never"
+    assert {"name": "DAGSTER_PIPES_CONTEXT", "value": "x", "value_from": None} in container["env"]
+
+
+def test_the_ecs_cellprofiler_task_overrides_the_command():
+    from mdp_assets.defs.engines import EcsCellProfilerEngine
+
+    engine = EcsCellProfilerEngine(environment="/opt/mdp/.mdp/cellprofiler", cluster="mdp",
+                                   task_definition="mdp-cellprofiler", subnets=["subnet-1"], security_groups=["sg-1"])
+    params = engine.run_task_params()
+    assert params["overrides"]["containerOverrides"] == [{"name": "cellprofiler", "command": engine.command}]
+    assert params["networkConfiguration"]["awsvpcConfiguration"]["subnets"] == ["subnet-1"]
+    registered = json.loads((DEPLOY / "ecs" / "mdp-cellprofiler.json").read_text())
+    assert registered["family"] == params["taskDefinition"]
+    assert registered["containerDefinitions"][0]["name"] == engine.container_name
