@@ -137,8 +137,12 @@ def test_a_browser_shows_the_level_groups_and_a_plates_provenance(stack, finishe
         assert f"Partition {PLATE} materialized" in text and "object-store" in text
         show = driver.find_elements(By.XPATH, "//*[normalize-space(text())='[Show JSON]']")[-1]
         driver.execute_script("arguments[0].click()", show)
-        dialog = WebDriverWait(driver, 30).until(lambda _: driver.find_element(By.XPATH, "//*[@role='dialog']"))
-        provenance = dialog.text
+
+        def dialog_text() -> str:  # the dialog opens empty and fills once the JSON viewer has rendered
+            return "\n".join(d.text for d in driver.find_elements(By.XPATH, "//*[@role='dialog']"))
+
+        WebDriverWait(driver, 30).until(lambda _: '"code_version"' in dialog_text())
+        provenance = dialog_text()
         driver.save_screenshot(str(ARTIFACTS / "plate-provenance.png"))
     finally:
         driver.quit()
