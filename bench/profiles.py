@@ -76,30 +76,31 @@ def run_mdp_single_cell(source: Path, target: Path) -> None:
     normalize_and_select_parquet(source, target, NEGCON, ProfileParameters(operations=tuple(OPERATIONS)), blocklist=[])
 
 
-def run_pycytominer_single_cell(source: Path, target: Path) -> None:
+def read_for_pycytominer(source: Path):
+    """The plate as pycytominer takes it: one pandas frame, features in float64."""
     import warnings
 
     import pandas as pd
-    from pycytominer import feature_select, normalize
 
     warnings.simplefilter("ignore")
     cells = pd.read_parquet(source)
     features = [c for c in cells.columns if not c.startswith("Metadata_")]
     cells[features] = cells[features].astype(np.float64)
+    return cells, features
+
+
+def run_pycytominer_single_cell(source: Path, target: Path) -> None:
+    from pycytominer import feature_select, normalize
+
+    cells, features = read_for_pycytominer(source)
     normalized = normalize(cells, features=features, samples=NEGCON)
     feature_select(normalized, features=features, operation=OPERATIONS).to_parquet(target, index=False)
 
 
 def run_pycytominer(source: Path, target: Path) -> None:
-    import warnings
-
-    import pandas as pd
     from pycytominer import aggregate, feature_select, normalize
 
-    warnings.simplefilter("ignore")
-    cells = pd.read_parquet(source)
-    features = [c for c in cells.columns if not c.startswith("Metadata_")]
-    cells[features] = cells[features].astype(np.float64)
+    cells, features = read_for_pycytominer(source)
     wells = aggregate(cells, strata=STRATA, features=features)
     wells = wells.merge(cells[STRATA + ["Metadata_treatment"]].drop_duplicates(STRATA), on=STRATA)
     normalized = normalize(wells, features=features, samples=NEGCON)
@@ -114,8 +115,18 @@ def worker(engine: str, source: Path, target: Path) -> None:
     start = time.perf_counter()
     ENGINES[engine](source, target)
     seconds = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_gb": peak_kb / 1024**2}))
+    print(json.dumps({"seconds": seconds, "peak_rss_gb": peak_rss_gb()}))
+
+
+def peak_rss_gb() -> float:
+    """This process's own peak resident memory. Not getrusage's ru_maxrss: Linux carries that across exec,
+    so a worker would report the benchmark parent's peak (the plate writer's) when it is larger."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def measure(engine: str, source: Path, target: Path) -> dict:

@@ -41,6 +41,7 @@ DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of feature values held at once, over al
 # A value read as float64 costs about this many times 8 bytes at the peak: the Arrow buffer it came from, the
 # array, and the temporaries numpy and pandas make (measured with bench/profiles.py).
 COPIES_PER_VALUE = 8
+ROW_GROUP_ROWS = 65_536  # rows per Parquet row group mdp writes: a row-batched pass holds one group at a time
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,12 @@ class ParquetProfiles:
     def row_batches(self, names: Sequence[str], batch_rows: int, with_metadata: bool = False) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
         """Batches of rows: the Arrow batch (Metadata_ columns only when asked) and the named features as float64."""
         columns = [*self.metadata, *names] if with_metadata else list(names)
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=columns):
-            yield batch, _as_float64_matrix([batch.column(n) for n in names], batch.num_rows)
+        parquet = pq.ParquetFile(self.path)
+        # A row group at a time: ParquetFile.iter_batches reads far ahead (3 GB for a 1.6 GB plate), so
+        # memory follows the file's row-group size (mdp writes 65,536 rows per group) and batch_rows.
+        for group in range(parquet.metadata.num_row_groups):
+            for batch in parquet.read_row_group(group, columns=columns).to_batches(max_chunksize=batch_rows):
+                yield batch, _as_float64_matrix([batch.column(n) for n in names], batch.num_rows)
 
     def write_transformed(
         self, target: Path, features: Sequence[str], outputs: Sequence[str],
@@ -97,7 +102,7 @@ class ParquetProfiles:
                 for batch, values in self.row_batches(features, batch_rows, with_metadata=True):
                     result = transform(values)
                     arrays = [batch.column(m) for m in self.metadata] + [pa.array(result[:, i]) for i in range(len(outputs))]
-                    writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+                    writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema), row_group_size=ROW_GROUP_ROWS)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.errors import MdpError
 from mdp_assets.lib import catalog
+from mdp_assets.lib.parquet_profiles import ROW_GROUP_ROWS
 from mdp_assets.lib.checksums import FileRecord, record_files, sha256_file, tree_digest
 from mdp_assets.lib.policy import StoragePolicy
 from mdp_assets.lib.tiers import FilesystemTier
@@ -98,7 +99,8 @@ def staged_output(
 def table_output(storage: MdpStorage, label: str, table: pd.DataFrame, metadata: dict[str, Any] | None = None) -> dg.Output:
     """A DataFrame as `table.parquet` in a staging folder (pandas attrs travel in the Parquet metadata)."""
     with storage.staging_dir(label) as staged:
-        table.to_parquet(staged / TABLE_FILE, index=False)
+        # Row groups of ROW_GROUP_ROWS, so the streaming profile steps read a bounded slice at a time.
+        table.to_parquet(staged / TABLE_FILE, index=False, row_group_size=ROW_GROUP_ROWS)
         return staged_output(staged, metadata, summarize_table(table))
 
 
