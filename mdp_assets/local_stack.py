@@ -163,8 +163,11 @@ class LocalStack:
             self._start_s3(timeout)
             self._write_instance()
             env = self.environment()
+            # On SIGTERM the gRPC server waits for calls in flight (a sensor tick the stopped daemon left
+            # behind) up to this grace period, 60 s by default; stop() allows 30.
             self._spawn("code-server", [_tool("dagster"), "api", "grpc", "-m", "mdp_assets.locations.service",
-                                        "-h", "127.0.0.1", "-p", str(self.ports["code-server"])], env)
+                                        "-h", "127.0.0.1", "-p", str(self.ports["code-server"])],
+                        {**env, "DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD": "10"})
             _wait(lambda: _grpc_ready(self.ports["code-server"]), timeout, "the code server")
             self._spawn("daemon", [_tool("dagster-daemon"), "run", "-w", str(self.workspace)], env)
             self._spawn("webserver", [_tool("dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.ports["webserver"]),
