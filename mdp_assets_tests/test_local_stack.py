@@ -43,6 +43,8 @@ def stack():
         service.stop()
         os.environ.clear()
         os.environ.update(saved)
+        # The processes' logs stay with the screenshots, for a failure to be read after the state is gone.
+        shutil.copytree(state / "logs", ARTIFACTS / "local-stack-logs", dirs_exist_ok=True)
         shutil.rmtree(state, ignore_errors=True)
 
 
