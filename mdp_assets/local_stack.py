@@ -275,12 +275,29 @@ class LocalStack:
             while self.pid(name) is not None and time.monotonic() < deadline:
                 time.sleep(0.2)
             if self.pid(name) is not None:
+                self._record_stragglers(name, pid)
                 _signal_group(pid, signal.SIGKILL)
                 ended[name] = "killed after the grace period"
             else:
                 ended[name] = "stopped"
             self._pid_file(name).unlink(missing_ok=True)
         return ended
+
+
+    def _record_stragglers(self, name: str, group: int) -> None:
+        """Before a kill: which processes of the group were still there, and in what state (logs/stop.log)."""
+        lines = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == group:
+                    command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    wchan = (stat.parent / "wchan").read_text() if (stat.parent / "wchan").exists() else "?"
+                    lines.append(f"  pid {stat.parent.name} state {fields[0]} wchan {wchan}: {command[:200]}")
+            except (OSError, IndexError, ValueError):
+                continue
+        with (self.state / "logs" / "stop.log").open("a") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {name} (group {group}) outlived SIGTERM:\n" + "\n".join(lines) + "\n")
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
