@@ -26,8 +26,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,9 +133,11 @@ class LocalStack:
         log = (self.state / "logs" / f"{name}.log").open("ab")
         if user:
             command = ["runuser", "-u", user, "--", *command]
-        # Its own session, so that a signal reaches it (and its children) and only it.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                   cwd=REPOSITORY, start_new_session=True)
+        # Its own session, so that a signal reaches it (and its children) and only it; and signals not ignored,
+        # so that it stops when told to.
+        with _signals_not_ignored():
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                       cwd=REPOSITORY, start_new_session=True)
         self._pid_file(name).write_text(str(process.pid))
         return process.pid
 
@@ -296,8 +301,35 @@ class LocalStack:
                     lines.append(f"  pid {stat.parent.name} state {fields[0]} wchan {wchan}: {command[:200]}")
             except (OSError, IndexError, ValueError):
                 continue
+        spy = shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy")
+        if Path(spy).exists():  # where each thread of the leader is stuck, when py-spy is installed
+            dump = subprocess.run([str(spy), "dump", "--pid", str(group)], capture_output=True, text=True, timeout=30)
+            lines.append(dump.stdout + dump.stderr)
         with (self.state / "logs" / "stop.log").open("a") as log:
             log.write(f"{time.strftime('%H:%M:%S')} {name} (group {group}) outlived SIGTERM:\n" + "\n".join(lines) + "\n")
+
+
+@contextmanager
+def _signals_not_ignored() -> Iterator[None]:
+    """Children start with SIGINT, SIGTERM, SIGHUP and SIGQUIT at their defaults.
+
+    A shell's `&` (and nohup, and make under them) leaves SIGINT ignored, and an ignored signal stays ignored
+    across exec. Dagster's servers map SIGTERM to SIGINT's handler, so they would ignore SIGTERM too and never
+    stop. A handled signal, unlike an ignored one, is reset to its default by exec: handle them for the
+    moment of the fork."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be changed on the main thread; children then inherit what this process has
+        return
+    saved = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        for sig in signals:
+            if saved[sig] == signal.SIG_IGN:
+                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

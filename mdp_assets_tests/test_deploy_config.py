@@ -177,3 +177,35 @@ def test_the_ecs_cellprofiler_task_overrides_the_command():
     registered = json.loads((DEPLOY / "ecs" / "mdp-cellprofiler.json").read_text())
     assert registered["family"] == params["taskDefinition"]
     assert registered["containerDefinitions"][0]["name"] == engine.container_name
+
+
+def test_stack_processes_do_not_inherit_an_ignored_sigint():
+    """Under `&`, nohup or make, SIGINT arrives ignored; Dagster's servers map SIGTERM to SIGINT's handler, so
+    a child started as it is would never stop on SIGTERM (CI saw exactly that)."""
+    import signal
+    import subprocess
+    import sys
+
+    from mdp_assets.local_stack import _signals_not_ignored
+
+    def ignored(pid: int) -> int:
+        line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("SigIgn:"))
+        return int(line.split()[1], 16)
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        with _signals_not_ignored():
+            reset = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # this process is left as it was
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        assert ignored(plain.pid) & (1 << (signal.SIGINT - 1))
+        assert not ignored(reset.pid) & (1 << (signal.SIGINT - 1))
+        reset.terminate()
+        assert reset.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        for child in (plain, reset):
+            child.kill()
+            child.wait()
