@@ -130,12 +130,11 @@ class LocalStack:
 
     # -- processes --------------------------------------------------------------------------------------
     def _spawn(self, name: str, command: list[str], env: dict[str, str], user: str | None = None) -> int:
-        log = (self.state / "logs" / f"{name}.log").open("ab")
         if user:
             command = ["runuser", "-u", user, "--", *command]
         # Its own session, so that a signal reaches it (and its children) and only it; and signals not ignored,
-        # so that it stops when told to.
-        with _signals_not_ignored():
+        # so that it stops when told to. The child keeps its own copy of the log's descriptor.
+        with (self.state / "logs" / f"{name}.log").open("ab") as log, _signals_not_ignored():
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
                                        cwd=REPOSITORY, start_new_session=True)
         self._pid_file(name).write_text(str(process.pid))
