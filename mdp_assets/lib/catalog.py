@@ -21,9 +21,9 @@ import duckdb
 
 from mdp_assets.errors import MdpError
 from mdp_assets.lib.checksums import sha256_file
+from mdp_assets.lib.provenance import RO_CRATE_FILE as PROVENANCE_FILE
+from mdp_assets.lib.tiers import PARTITION_RECORD
 
-PARTITION_RECORD = "_partition.json"
-PROVENANCE_FILE = "ro-crate-metadata.json"
 UNPARTITIONED = "__all__"
 
 SCHEMA = """
@@ -100,10 +100,14 @@ def rows_for_partition(
 ) -> list[CatalogRow]:
     """Catalog rows for one partition in a local folder."""
     record = json.loads((folder / PARTITION_RECORD).read_text())
-    bookkeeping = [(n, (folder / n).stat().st_size, sha256_file(folder / n))
-                   for n in (PARTITION_RECORD, PROVENANCE_FILE) if (folder / n).exists()]
-    return rows_for_record(record, lambda relpath: (folder / relpath).as_uri(), bookkeeping, tier, level,
+    return rows_for_record(record, lambda relpath: (folder / relpath).as_uri(), bookkeeping_in(folder), tier, level,
                            code_version, data_version, last_moved)
+
+
+def bookkeeping_in(folder: Path) -> list[tuple[str, int, str]]:
+    """(name, bytes, sha256) of the record and provenance files in a local partition folder."""
+    return [(n, (folder / n).stat().st_size, sha256_file(folder / n))
+            for n in (PARTITION_RECORD, PROVENANCE_FILE) if (folder / n).exists()]
 
 
 def rows_for_record(

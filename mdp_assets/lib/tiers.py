@@ -27,9 +27,9 @@ from typing import Any
 
 from mdp_assets.errors import MdpError
 from mdp_assets.lib.checksums import FileRecord, atomic_path, record_files, remove_path, sha256_file
+from mdp_assets.lib.provenance import RO_CRATE_FILE as PROVENANCE_FILE
 
 PARTITION_RECORD = "_partition.json"
-PROVENANCE_FILE = "ro-crate-metadata.json"
 
 
 def _verify(folder: Path, expected: list[FileRecord], where: str) -> None:

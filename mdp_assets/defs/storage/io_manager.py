@@ -29,12 +29,11 @@ from mdp_assets.defs.storage.resources import MdpStorage
 from mdp_assets.errors import MdpError
 from mdp_assets.lib import catalog
 from mdp_assets.lib.parquet_profiles import ROW_GROUP_ROWS
-from mdp_assets.lib.checksums import FileRecord, record_files, sha256_file, tree_digest
+from mdp_assets.lib.checksums import FileRecord, record_files, tree_digest
 from mdp_assets.lib.policy import StoragePolicy
-from mdp_assets.lib.tiers import FilesystemTier
+from mdp_assets.lib.tiers import PARTITION_RECORD, FilesystemTier
 from mdp_assets.lib.provenance import RO_CRATE_FILE, provenance_record, ro_crate, software_versions
 
-PARTITION_RECORD = catalog.PARTITION_RECORD
 TABLE_FILE = "table.parquet"
 UNPARTITIONED = catalog.UNPARTITIONED
 BOOKKEEPING = {PARTITION_RECORD, RO_CRATE_FILE}
@@ -305,7 +304,7 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
         }
         (obj.root / RO_CRATE_FILE).write_text(json.dumps(ro_crate(provenance, record["files"]), indent=1))
         (obj.root / PARTITION_RECORD).write_text(json.dumps(record, indent=1, default=str))
-        bookkeeping = [(n, (obj.root / n).stat().st_size, sha256_file(obj.root / n)) for n in (PARTITION_RECORD, RO_CRATE_FILE)]
+        bookkeeping = catalog.bookkeeping_in(obj.root)
         store.write(obj.root, key, records, move=True,
                     message=f"mdp: {level} of {partition or 'all plates'}, code version {record['code_version']}")
         for stage in policy.stages(level)[1:]:
