@@ -72,6 +72,11 @@ class ParquetProfiles:
             raise MdpError(f"{what}: the table has no rows (an empty plate?)", path=path)
         return cls(Path(path), metadata, features, parquet.metadata.num_rows, schema)
 
+    def positions(self, names: Sequence[str]) -> np.ndarray:
+        """Where the named features are among all of them (to index per-feature statistics)."""
+        position = {name: i for i, name in enumerate(self.features)}
+        return np.array([position[name] for name in names], dtype=int)
+
     def read_metadata(self) -> pd.DataFrame:
         return pq.read_table(self.path, columns=self.metadata).to_pandas()
 
@@ -308,7 +313,7 @@ def _correlated(
 ) -> list[str]:
     if len(features) < 2:
         return []
-    index = np.array([plate.features.index(f) for f in features])
+    index = plate.positions(features)
     center, scale = stats.center[index], stats.scale[index]
     accumulator = PairwiseCorrelation(shift=stats.mean[index], complete=stats.complete[index])
     for _, values in plate.row_batches(features, plate.rows_per_batch(memory_budget, len(features))):
@@ -367,7 +372,7 @@ def normalize_and_select_parquet(
 def _write_normalized(
     plate: ParquetProfiles, target: Path, features: list[str], stats: FeatureStatistics, memory_budget: int
 ) -> None:
-    index = np.array([plate.features.index(f) for f in features], dtype=int)
+    index = plate.positions(features)
     center, scale = stats.center[index], stats.scale[index]
     plate.write_transformed(target, features, features, lambda values: (values - center) / scale,
                             plate.rows_per_batch(memory_budget, len(features)))
