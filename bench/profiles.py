@@ -61,8 +61,8 @@ def write_plate(path: Path, cells: int, features: int, seed: int = 0, chunk: int
 
 
 def run_mdp(source: Path, target: Path) -> None:
-    from mdp_assets.lib.parquet_profiles import aggregate_parquet
-    from mdp_assets.lib.profiles import feature_select, normalize
+    from mdp_assets.science.parquet_profiles import aggregate_parquet
+    from mdp_assets.science.profiles import feature_select, normalize
 
     wells = aggregate_parquet(source, strata=STRATA)
     normalized = normalize(wells, samples=NEGCON)
@@ -70,8 +70,8 @@ def run_mdp(source: Path, target: Path) -> None:
 
 
 def run_mdp_single_cell(source: Path, target: Path) -> None:
-    from mdp_assets.lib.parquet_profiles import normalize_and_select_parquet
-    from mdp_assets.lib.profiles import ProfileParameters
+    from mdp_assets.science.parquet_profiles import normalize_and_select_parquet
+    from mdp_assets.science.profiles import ProfileParameters
 
     normalize_and_select_parquet(source, target, NEGCON, ProfileParameters(operations=tuple(OPERATIONS)), blocklist=[])
 

@@ -26,7 +26,7 @@ import yaml
 
 from mdp_assets.defs.plates.resources import IntakeSettings
 from mdp_assets.defs.plates.sensors import new_plate_sensor
-from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.storage.resource import MdpStorage
 
 CHANNELS = 5
 

@@ -34,7 +34,7 @@ DEFAULT_DATA_ROOT = ".mdp/data"
 
 
 def _storage():
-    from mdp_assets.defs.storage.resources import MdpStorage
+    from mdp_assets.storage.resource import MdpStorage
 
     return MdpStorage(data_root=os.environ.get("MDP_DATA_ROOT", DEFAULT_DATA_ROOT))
 
@@ -58,7 +58,7 @@ def _human_bytes(count: int | None) -> str:
 
 
 def summary_rows(instance: dg.DagsterInstance, defs: dg.Definitions, plates: list[str], storage) -> list[list[str]]:
-    from mdp_assets.instance_status import latest_status
+    from mdp_assets.services.instance_status import latest_status
 
     graph = defs.resolve_asset_graph()
     keys = [k for k in graph.toposorted_asset_keys if k.path[-1] != "storage_costs"]
@@ -80,7 +80,7 @@ def print_summary(instance: dg.DagsterInstance, defs: dg.Definitions, plates: li
 
 
 def _summary_row(status, plate: str, key: dg.AssetKey, storage) -> list[str]:
-    from mdp_assets.defs.storage.io_manager import locate, partition_key
+    from mdp_assets.storage.io_manager import locate, partition_key
 
     if status is None:
         return [plate, key.to_user_string(), "not materialized", "-", "-"]
@@ -105,8 +105,8 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def run_demo(plate_count: int) -> int:
     from mdp_assets.definitions import deployment_definitions
-    from mdp_assets.lib.demo import demo_specs, write_demo_plate
-    from mdp_assets.operations import materialize_stale
+    from mdp_assets.plates.demo import demo_specs, write_demo_plate
+    from mdp_assets.services.operations import materialize_stale
 
     storage = _storage()
     instance = _instance()
@@ -133,7 +133,7 @@ def _report_outcomes(outcomes) -> bool:
 
 def run_reprocess(plates: list[str]) -> int:
     from mdp_assets.definitions import deployment_definitions
-    from mdp_assets.operations import materialize_stale
+    from mdp_assets.services.operations import materialize_stale
 
     instance, storage = _instance(), _storage()
     defs = deployment_definitions(storage)
@@ -142,12 +142,12 @@ def run_reprocess(plates: list[str]) -> int:
 
 
 def run_catalog(query_name: str | None, sql: str | None, rebuild: bool) -> int:
-    from mdp_assets.lib import catalog
+    from mdp_assets.storage import catalog
 
     storage = _storage()
     if rebuild:
         from mdp_assets.definitions import deployment_definitions
-        from mdp_assets.operations import rebuild_catalog
+        from mdp_assets.services.operations import rebuild_catalog
 
         count = rebuild_catalog(_instance(), deployment_definitions(storage), storage)
         print(f"catalog rebuilt: {count} stored files")
@@ -170,13 +170,13 @@ def _cell(value) -> str:
 def run_provenance(plate: str, level: str, as_json: bool) -> int:
     import json
 
-    from mdp_assets.operations import explain_chain, provenance_chain
+    from mdp_assets.services.operations import explain_chain, provenance_chain
 
     chain = provenance_chain(_instance(), plate, level)
     if as_json:
         print(json.dumps(chain, indent=1, default=str))
         return 0
-    from mdp_assets.defs.storage.io_manager import read_stored_table
+    from mdp_assets.storage.io_manager import read_stored_table
 
     raw = next((r for r in chain if r["asset"] == "raw_images"), None)
     table = read_stored_table(_storage(), "raw_images", raw["partition"]) if raw is not None else None
@@ -185,7 +185,7 @@ def run_provenance(plate: str, level: str, as_json: bool) -> int:
 
 
 def run_verify() -> int:
-    from mdp_assets.lib import catalog
+    from mdp_assets.storage import catalog
 
     checked, problems = catalog.verify(_storage().catalog_path)
     for problem in problems:
@@ -205,7 +205,7 @@ def run_summary() -> int:
 
 def run_lifecycle_command(as_of: str | None, dry_run: bool) -> int:
     from mdp_assets.definitions import consumers_of, deployment_definitions
-    from mdp_assets.operations import apply_lifecycle, describe_move
+    from mdp_assets.services.operations import apply_lifecycle, describe_move
 
     storage = _storage()
     consumers = consumers_of(list(deployment_definitions(storage).assets))
@@ -220,7 +220,7 @@ def run_lifecycle_command(as_of: str | None, dry_run: bool) -> int:
 
 
 def run_pin(plate: str, reason: str | None, unpin: bool) -> int:
-    from mdp_assets.lib import catalog
+    from mdp_assets.storage import catalog
 
     storage = _storage()
     if unpin:
@@ -233,7 +233,7 @@ def run_pin(plate: str, reason: str | None, unpin: bool) -> int:
 
 
 def run_demo_plate(barcode: str, seed: int) -> int:
-    from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
+    from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 
     folder = write_demo_plate(_storage().landing_path, DemoPlateSpec(barcode=barcode, seed=seed))
     print(f"demo plate {barcode} written to {folder}")
@@ -241,10 +241,10 @@ def run_demo_plate(barcode: str, seed: int) -> int:
 
 
 def run_loaddata(folder: Path, output: Path, config: Path | None, path_name: str | None) -> int:
-    from mdp_assets.lib.checksums import atomic_path
-    from mdp_assets.lib.harmony import find_index_file, read_harmony_index
-    from mdp_assets.lib.inventory import PlateFolder, inventory_plate
-    from mdp_assets.lib.loaddata import loaddata_from_harmony, loaddata_from_raw_images, read_pe2loaddata_config
+    from mdp_assets.checksums import atomic_path
+    from mdp_assets.plates.harmony import find_index_file, read_harmony_index
+    from mdp_assets.plates.inventory import PlateFolder, inventory_plate
+    from mdp_assets.engines.cellprofiler.loaddata import loaddata_from_harmony, loaddata_from_raw_images, read_pe2loaddata_config
 
     plate = PlateFolder.open(folder)
     index = find_index_file(plate.images_dir)

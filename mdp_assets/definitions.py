@@ -11,7 +11,7 @@ import dagster as dg
 
 from mdp_assets.defs.catalog_checks import build_verify_checks, build_verify_job_and_schedule
 from mdp_assets.defs.embeddings import assets as embeddings_assets
-from mdp_assets.defs.engines import CellProfilerEngine
+from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine
 from mdp_assets.defs.illumination import assets as illumination_assets
 from mdp_assets.defs.jobs import build_jobs
 from mdp_assets.defs.parameters import PipelineParameters, with_code_versions
@@ -22,10 +22,10 @@ from mdp_assets.defs.raw import assets as raw_assets
 from mdp_assets.defs.segmentation import assets as segmentation_assets
 from mdp_assets.defs.single_cell import assets as single_cell_assets
 from mdp_assets.defs.storage import costs as storage_costs_assets
-from mdp_assets.defs.storage.io_manager import PlateLevelIOManager
+from mdp_assets.storage.io_manager import PlateLevelIOManager
 from mdp_assets.defs.storage.lifecycle import build_lifecycle
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib.policy import shipped_policy
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.storage.policy import shipped_policy
 
 ASSET_MODULES = [
     raw_assets,

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.storage.resource import MdpStorage
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -55,7 +55,7 @@ def instance() -> dg.DagsterInstance:
 
 def stored(storage: MdpStorage, asset: str, partition: str | None) -> Path:
     """The folder of a stored partition, in whichever (local) tier the storage policy put it."""
-    from mdp_assets.defs.storage.io_manager import locate, partition_key
+    from mdp_assets.storage.io_manager import locate, partition_key
 
     found = locate(storage, asset, partition)
     assert found is not None, f"{asset} of {partition} is not stored"

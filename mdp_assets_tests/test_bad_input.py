@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from mdp_assets.definitions import build_definitions
-from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 
 SPEC = DemoPlateSpec(barcode="DEMO-BAD", rows="B", columns=(2, 3), sites_per_well=1, image_size=128, cells_per_site=9)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mdp_assets.defs.engines import CellProfilerEngine, summarize_failures
-from mdp_assets.lib.cellprofiler import file_list, read_csv_output, read_sqlite_output, single_cells
+from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, summarize_failures
+from mdp_assets.engines.cellprofiler.outputs import file_list, read_csv_output, read_sqlite_output, single_cells
 from mdp_assets_tests.conftest import REALDATA
 
 EXAMPLE = REALDATA / "cellprofiler-examplehuman"
@@ -121,8 +121,8 @@ def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_
 
     from mdp_assets.definitions import build_definitions
     from mdp_assets.defs.parameters import PipelineParameters
-    from mdp_assets.defs.storage.resources import MdpStorage
-    from mdp_assets.lib.cellprofiler import CellProfilerOutput
+    from mdp_assets.storage.resource import MdpStorage
+    from mdp_assets.engines.cellprofiler.outputs import CellProfilerOutput
     from mdp_assets_tests.conftest import stored
 
     storage = MdpStorage(data_root=str(tmp_path / "data"))
@@ -170,6 +170,6 @@ def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_
 
 def test_the_shipped_illumination_pipeline_is_the_generators_cell_painting_pipeline():
     from mdp_assets.defs.parameters import DEFAULT_ILLUMINATION_PIPELINE
-    from mdp_assets.lib.cellprofiler_pipelines import CELL_PAINTING_CHANNELS, illumination_pipeline
+    from mdp_assets.engines.cellprofiler.pipelines import CELL_PAINTING_CHANNELS, illumination_pipeline
 
     assert DEFAULT_ILLUMINATION_PIPELINE.read_text() == illumination_pipeline(CELL_PAINTING_CHANNELS)

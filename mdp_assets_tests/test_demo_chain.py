@@ -8,10 +8,10 @@ import zarr
 
 from mdp_assets_tests.conftest import stored
 from mdp_assets.definitions import build_definitions
-from mdp_assets.instance_status import stale_assets
-from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
-from mdp_assets.lib.inventory import plate_fingerprint
-from mdp_assets.lib.tiff_metadata import read_tiff_info
+from mdp_assets.services.instance_status import stale_assets
+from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.plates.inventory import plate_fingerprint
+from mdp_assets.plates.tiff_metadata import read_tiff_info
 
 pytestmark = pytest.mark.slow
 

@@ -129,8 +129,8 @@ def test_the_ecs_instance_config_matches_the_run_launchers_schema():
 
 def test_the_cellprofiler_steps_share_a_concurrency_pool():
     from mdp_assets.definitions import build_definitions
-    from mdp_assets.defs.engines import CELLPROFILER_POOL
-    from mdp_assets.defs.storage.resources import MdpStorage
+    from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL
+    from mdp_assets.storage.resource import MdpStorage
 
     defs = build_definitions(MdpStorage(data_root="/nonexistent"))
     pools = {name: defs.resolve_assets_def(name).op.pool for name in ("illumination_functions", "segmentation_masks", "well_profiles")}
@@ -150,7 +150,7 @@ def test_the_code_locations_load(location):
 def test_the_cellprofiler_pod_mounts_the_data_claim_and_runs_the_runner():
     from dagster_k8s.pipes import build_pod_body
 
-    from mdp_assets.defs.engines import RUNNER, KubernetesCellProfilerEngine
+    from mdp_assets.engines.cellprofiler.engine import RUNNER, KubernetesCellProfilerEngine
 
     engine = KubernetesCellProfilerEngine(environment="/opt/mdp/.mdp/cellprofiler", image="registry.example.org/mdp:0.1.0",
                                           data_volume_claim="mdp-data", data_root="/data", cpus=4, memory="12Gi")
@@ -167,7 +167,7 @@ def test_the_cellprofiler_pod_mounts_the_data_claim_and_runs_the_runner():
 
 
 def test_the_ecs_cellprofiler_task_overrides_the_command():
-    from mdp_assets.defs.engines import EcsCellProfilerEngine
+    from mdp_assets.engines.cellprofiler.engine import EcsCellProfilerEngine
 
     engine = EcsCellProfilerEngine(environment="/opt/mdp/.mdp/cellprofiler", cluster="mdp",
                                    task_definition="mdp-cellprofiler", subnets=["subnet-1"], security_groups=["sg-1"])
@@ -186,7 +186,7 @@ def test_stack_processes_do_not_inherit_an_ignored_sigint():
     import subprocess
     import sys
 
-    from mdp_assets.local_stack import _signals_not_ignored
+    from tools.local_stack import _signals_not_ignored
 
     def ignored(pid: int) -> int:
         line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("SigIgn:"))

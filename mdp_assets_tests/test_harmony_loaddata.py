@@ -5,9 +5,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from mdp_assets.lib.harmony import find_index_file, read_harmony_index
-from mdp_assets.lib.inventory import PlateFolder, inventory_plate
-from mdp_assets.lib.loaddata import loaddata_from_harmony, loaddata_from_raw_images, read_pe2loaddata_config
+from mdp_assets.plates.harmony import find_index_file, read_harmony_index
+from mdp_assets.plates.inventory import PlateFolder, inventory_plate
+from mdp_assets.engines.cellprofiler.loaddata import loaddata_from_harmony, loaddata_from_raw_images, read_pe2loaddata_config
 from mdp_assets_tests.conftest import REALDATA, write_manifest
 
 PE2LOADDATA = REALDATA / "pe2loaddata-phenix"

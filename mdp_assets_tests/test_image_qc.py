@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mdp_assets.lib.image_qc import QcThresholds, percent_maximal, power_log_log_slope
-from mdp_assets.lib.tiff_metadata import read_plane
+from mdp_assets.science.image_qc import QcThresholds, percent_maximal, power_log_log_slope
+from mdp_assets.plates.tiff_metadata import read_plane
 from mdp_assets_tests.conftest import NF1_IMAGES, REALDATA
 
 EXAMPLE_HUMAN = REALDATA / "cellprofiler-examplehuman" / "ExampleHuman" / "images"

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.defs.storage.io_manager import BOOKKEEPING, PlateLevelIOManager, StagedFiles, StoredPartition
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.storage.io_manager import BOOKKEEPING, PlateLevelIOManager, StagedFiles, StoredPartition
 from mdp_assets.errors import MdpError
-from mdp_assets.lib.checksums import record_files, tree_digest
+from mdp_assets.checksums import record_files, tree_digest
 
 plates = dg.DynamicPartitionsDefinition(name="plates")
 

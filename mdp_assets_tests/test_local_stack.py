@@ -14,8 +14,8 @@ import dagster as dg
 import psycopg2
 import pytest
 
-from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
-from mdp_assets.local_stack import DATA_BUCKET, LANDING_BUCKET, LANDING_PREFIX, LocalStack, free_port
+from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
+from tools.local_stack import DATA_BUCKET, LANDING_BUCKET, LANDING_PREFIX, LocalStack, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 import pytest
 
 from mdp_assets.errors import MdpError
-from mdp_assets.lib.manifest import load_manifest
+from mdp_assets.plates.manifest import load_manifest
 from mdp_assets_tests.conftest import write_manifest
 
 VALID = dict(barcode="BR001", origin="internal", platemap="platemap.csv", naming_scheme="phenix", expected_image_count=10)

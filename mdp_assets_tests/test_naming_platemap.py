@@ -1,8 +1,8 @@
 import pytest
 
 from mdp_assets.errors import MdpError
-from mdp_assets.lib.naming import NamingScheme, normalize_well
-from mdp_assets.lib.platemap import read_platemap
+from mdp_assets.plates.naming import NamingScheme, normalize_well
+from mdp_assets.plates.platemap import read_platemap
 from mdp_assets_tests.conftest import NF1_IMAGES, NF1_PLATEMAP, REALDATA
 
 

@@ -14,12 +14,12 @@ from pycytominer import feature_select as py_feature_select
 from pycytominer import normalize as py_normalize
 
 from mdp_assets.errors import MdpError
-from mdp_assets.lib.cellprofiler import features_from_cellprofiler, read_sqlite_output
-from mdp_assets.lib.embeddings import pca_embedding, pca_embedding_parquet
-from mdp_assets.lib.naming import normalize_well
-from mdp_assets.lib.parquet_profiles import PairwiseCorrelation, normalize_and_select_parquet
-from mdp_assets.lib.platemap import read_platemap
-from mdp_assets.lib.profiles import ProfileParameters, annotate, normalize_and_select
+from mdp_assets.engines.cellprofiler.outputs import features_from_cellprofiler, read_sqlite_output
+from mdp_assets.science.embeddings import pca_embedding, pca_embedding_parquet
+from mdp_assets.plates.naming import normalize_well
+from mdp_assets.science.parquet_profiles import PairwiseCorrelation, normalize_and_select_parquet
+from mdp_assets.plates.platemap import read_platemap
+from mdp_assets.science.profiles import ProfileParameters, annotate, normalize_and_select
 from mdp_assets_tests.conftest import REALDATA
 from mdp_assets_tests.test_profiles_vs_pycytominer import OPERATIONS, plates
 

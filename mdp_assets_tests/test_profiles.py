@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from mdp_assets.errors import MdpError
-from mdp_assets.lib.embeddings import pca_embedding
-from mdp_assets.lib.profiles import aggregate, feature_select, normalize, standard_blocklist
+from mdp_assets.science.embeddings import pca_embedding
+from mdp_assets.science.profiles import aggregate, feature_select, normalize, standard_blocklist
 
 
 def _cells() -> pd.DataFrame:

@@ -13,8 +13,8 @@ from pycytominer import feature_select as py_feature_select
 from pycytominer import normalize as py_normalize
 
 from mdp_assets.errors import MdpError
-from mdp_assets.lib import parquet_profiles
-from mdp_assets.lib import profiles as mdp
+from mdp_assets.science import parquet_profiles
+from mdp_assets.science import profiles as mdp
 from mdp_assets_tests.conftest import REALDATA
 
 TESTDATA = REALDATA / "pycytominer-testdata" / "tests" / "test_data" / "minimal_wheel_build_tests"

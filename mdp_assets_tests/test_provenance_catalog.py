@@ -13,11 +13,11 @@ from mdp_assets_tests.conftest import stored
 from mdp_assets.cli import main
 from mdp_assets.definitions import build_definitions
 from mdp_assets.defs.parameters import PipelineParameters, SegmentationSettings
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.instance_status import stale_reasons
-from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
-from mdp_assets.lib.provenance import RO_CRATE_CONTEXT, RO_CRATE_FILE
-from mdp_assets.operations import materialize_stale, plate_levels, rebuild_catalog
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.services.instance_status import stale_reasons
+from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.storage.provenance import RO_CRATE_CONTEXT, RO_CRATE_FILE
+from mdp_assets.services.operations import materialize_stale, plate_levels, rebuild_catalog
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from mdp_assets_tests.conftest import stored
 from mdp_assets.definitions import build_definitions
-from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pandas as pd
 from mdp_assets.definitions import build_definitions
 from mdp_assets.defs.plates.resources import IntakeSettings
 from mdp_assets.defs.plates.sensors import new_plate_sensor
-from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.storage.resource import MdpStorage
 from mdp_assets_tests.conftest import stored, NF1_IMAGES, NF1_PLATEMAP
 
 

@@ -14,14 +14,14 @@ import yaml
 
 from mdp_assets.definitions import build_definitions
 from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.defs.storage.io_manager import PlateLevelIOManager, table_output
-from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.storage.io_manager import PlateLevelIOManager, table_output
+from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.errors import MdpError
-from mdp_assets.lib import tiers
-from mdp_assets.lib.checksums import record_files
-from mdp_assets.lib.demo import DemoPlateSpec, write_demo_plate
-from mdp_assets.lib.policy import load_policy, shipped_policy
-from mdp_assets.operations import materialize_stale, run_lifecycle
+from mdp_assets.storage import tiers
+from mdp_assets.checksums import record_files
+from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.storage.policy import load_policy, shipped_policy
+from mdp_assets.services.operations import materialize_stale, run_lifecycle
 from mdp_assets_tests.conftest import stored
 
 plates = dg.DynamicPartitionsDefinition(name="plates")
@@ -47,7 +47,7 @@ def _toy(name, origin="internal", patient=False, released=False, payload=b"", co
                                                     "released": released})
         if payload:
             (output.value.root / "blob.bin").write_bytes(payload)
-            from mdp_assets.defs.storage.io_manager import staged_output
+            from mdp_assets.storage.io_manager import staged_output
 
             return staged_output(output.value.root, dict(output.metadata), output.value.table_summary)
         return output
@@ -181,7 +181,7 @@ def test_corrupted_copy_keeps_the_source_and_raises(tmp_path, instance, monkeypa
 
 
 def test_active_and_pinned_plates_stay_in_the_fast_tier(tmp_path, instance):
-    from mdp_assets.lib import catalog
+    from mdp_assets.storage import catalog
 
     storage = _aging_storage(tmp_path)
     assert _materialize(storage, instance, _toy("aging"), "P1").success

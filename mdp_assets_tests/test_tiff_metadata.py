@@ -3,7 +3,7 @@ import shutil
 import pytest
 
 from mdp_assets.errors import MdpError
-from mdp_assets.lib.tiff_metadata import read_plane, read_tiff_info
+from mdp_assets.plates.tiff_metadata import read_plane, read_tiff_info
 from mdp_assets_tests.conftest import NF1_IMAGES, OME_SAMPLES
 
 

@@ -8,8 +8,8 @@ from collections import defaultdict
 
 import dagster as dg
 
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib import catalog
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.storage import catalog
 
 CHECK_NAME = "stored_files_intact"
 

@@ -11,13 +11,13 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from mdp_assets.defs.engines import CELLPROFILER_VERSION
+from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_VERSION
 from mdp_assets.errors import MdpError
-from mdp_assets.lib.illumination import IlluminationParameters
-from mdp_assets.lib.image_qc import QcThresholds
-from mdp_assets.lib.profiles import ProfileParameters
-from mdp_assets.lib.segmentation import SegmentationParameters
-from mdp_assets.lib.versions import BUILTIN_ENGINE_REVISION, step_version
+from mdp_assets.science.illumination import IlluminationParameters
+from mdp_assets.science.image_qc import QcThresholds
+from mdp_assets.science.profiles import ProfileParameters
+from mdp_assets.science.segmentation import SegmentationParameters
+from mdp_assets.versions import BUILTIN_ENGINE_REVISION, step_version
 
 
 # The settings a deployment can change, as Dagster config. Their defaults are the lib's own, defined once there.

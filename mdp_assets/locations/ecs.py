@@ -4,7 +4,7 @@ steps as tasks of their own through `PipesECSClient`, with the data root on EFS 
 import dagster as dg
 
 from mdp_assets.definitions import service_definitions
-from mdp_assets.defs.engines import EcsCellProfilerEngine
+from mdp_assets.engines.cellprofiler.engine import EcsCellProfilerEngine
 
 defs = service_definitions(
     cellprofiler=EcsCellProfilerEngine(

@@ -5,7 +5,7 @@ import dagster as dg
 from dagster_k8s import k8s_job_executor
 
 from mdp_assets.definitions import service_definitions
-from mdp_assets.defs.engines import KubernetesCellProfilerEngine
+from mdp_assets.engines.cellprofiler.engine import KubernetesCellProfilerEngine
 
 defs = service_definitions(
     cellprofiler=KubernetesCellProfilerEngine(

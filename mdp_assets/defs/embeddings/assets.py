@@ -5,10 +5,10 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.lib.embeddings import pca_embedding, pca_embedding_parquet
+from mdp_assets.science.embeddings import pca_embedding, pca_embedding_parquet
 from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.defs.storage.io_manager import TABLE_FILE, StoredPartition, parquet_output, table_output
-from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.storage.io_manager import TABLE_FILE, StoredPartition, parquet_output, table_output
+from mdp_assets.storage.resource import MdpStorage
 
 
 METHOD = "PCA per plate (covariance eigenvectors, NaN -> 0, sign fixed by the largest loading)"

@@ -7,15 +7,15 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output, table_output
-from mdp_assets.defs.storage.resources import MdpStorage
+from mdp_assets.storage.io_manager import StoredPartition, staged_output, table_output
+from mdp_assets.storage.resource import MdpStorage
 from pathlib import Path
 
-from mdp_assets.defs.engines import CELLPROFILER_POOL, CellProfilerEngine
+from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.defs.segmentation.cellprofiler import run_illumination
-from mdp_assets.lib.illumination import write_corrected_images, write_illumination_functions
-from mdp_assets.lib.image_qc import measure_plate_quality, passing_sites
+from mdp_assets.engines.cellprofiler.run import run_illumination
+from mdp_assets.science.illumination import write_corrected_images, write_illumination_functions
+from mdp_assets.science.image_qc import measure_plate_quality, passing_sites
 
 GROUP = "qc_and_illumination"
 

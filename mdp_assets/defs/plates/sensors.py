@@ -7,8 +7,8 @@ import dagster as dg
 from mdp_assets.defs.jobs import PLATE_JOB
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.plates.resources import IntakeSettings
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib.intake import IntakeCursor, evaluate_landing_zone
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.plates.intake import IntakeCursor, evaluate_landing_zone
 
 
 @dg.sensor(

@@ -6,11 +6,11 @@ import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.defs.storage.io_manager import TABLE_FILE, StoredPartition, parquet_output, table_output
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib.plate_context import PERTURBATION, PlateContext
-from mdp_assets.lib.parquet_profiles import aggregate_parquet, normalize_and_select_parquet
-from mdp_assets.lib.profiles import (
+from mdp_assets.storage.io_manager import TABLE_FILE, StoredPartition, parquet_output, table_output
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.plates.registry import PERTURBATION, PlateContext
+from mdp_assets.science.parquet_profiles import aggregate_parquet, normalize_and_select_parquet
+from mdp_assets.science.profiles import (
     consensus,
     infer_features,
     metadata_columns,

@@ -5,10 +5,10 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.defs.storage.io_manager import table_output
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib.inventory import inventory_plate, plate_fingerprint
-from mdp_assets.lib.plate_context import annotate_images
+from mdp_assets.storage.io_manager import table_output
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.plates.inventory import inventory_plate, plate_fingerprint
+from mdp_assets.plates.registry import annotate_images
 
 
 @dg.asset(

@@ -5,16 +5,16 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib.image_qc import empty_or_failed_wells
-from mdp_assets.lib.plate_context import PlateContext
+from mdp_assets.storage.io_manager import StoredPartition, staged_output
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.science.image_qc import empty_or_failed_wells
+from mdp_assets.plates.registry import PlateContext
 from pathlib import Path
 
-from mdp_assets.defs.engines import CELLPROFILER_POOL, CellProfilerEngine
+from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.defs.segmentation.cellprofiler import run_analysis
-from mdp_assets.lib.segmentation import write_masks
+from mdp_assets.engines.cellprofiler.run import run_analysis
+from mdp_assets.science.segmentation import write_masks
 
 
 @dg.asset(

@@ -5,14 +5,14 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.defs.storage.io_manager import StoredPartition, staged_output, table_output
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib.crops import write_crop_store
-from mdp_assets.defs.segmentation.cellprofiler import OBJECT_TABLES, cellprofiler_features
-from mdp_assets.lib.features import plate_features
-from mdp_assets.lib.inventory import site_acquisition_metadata
-from mdp_assets.lib.plate_context import PlateContext
-from mdp_assets.lib.profiles import metadata_first
+from mdp_assets.storage.io_manager import StoredPartition, staged_output, table_output
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.science.crops import write_crop_store
+from mdp_assets.engines.cellprofiler.run import OBJECT_TABLES, cellprofiler_features
+from mdp_assets.science.features import plate_features
+from mdp_assets.plates.inventory import site_acquisition_metadata
+from mdp_assets.plates.registry import PlateContext
+from mdp_assets.science.profiles import metadata_first
 from mdp_assets.defs.parameters import PipelineParameters
 
 GROUP = "single_cell"

@@ -6,10 +6,10 @@ from datetime import datetime, timezone
 import dagster as dg
 import pandas as pd
 
-from mdp_assets.defs.storage.io_manager import staged_output, summarize_table
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.lib import catalog
-from mdp_assets.lib.costs import current_costs, plot, projection
+from mdp_assets.storage.io_manager import staged_output, summarize_table
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.storage import catalog
+from mdp_assets.storage.costs import current_costs, plot, projection
 
 STORAGE_COSTS = dg.AssetKey("storage_costs")
 

@@ -4,8 +4,8 @@ import dagster as dg
 from pydantic import Field
 
 from mdp_assets.defs.jobs import PLATE_JOB
-from mdp_assets.defs.storage.resources import MdpStorage
-from mdp_assets.operations import apply_lifecycle, describe_move, release_consumed
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.services.operations import apply_lifecycle, describe_move, release_consumed
 
 
 class LifecycleConfig(dg.Config):

@@ -1,0 +1,124 @@
+"""Single-cell measurements with CellProfiler's names (the built-in engine).
+
+Column names follow CellProfiler / pycytominer: `<Compartment>_<FeatureGroup>_<Feature>[_<Channel>]`,
+for example `Nuclei_AreaShape_Area` or `Cells_Intensity_MeanIntensity_DNA`. The compartments are
+Nuclei, Cells and Cytoplasm; objects are matched by ObjectNumber (a cell carries its nucleus' label).
+Lengths are in pixels and intensities in CellProfiler's [0, 1] scale, as CellProfiler reports them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from skimage import measure
+
+from mdp_assets.science.image_store import read_stack
+from mdp_assets.science.segmentation import cytoplasm_labels
+
+COMPARTMENTS = ("Nuclei", "Cells", "Cytoplasm")
+
+_SHAPE_PROPERTIES = {
+    "area": "Area",
+    "perimeter": "Perimeter",
+    "eccentricity": "Eccentricity",
+    "solidity": "Solidity",
+    "extent": "Extent",
+    "major_axis_length": "MajorAxisLength",
+    "minor_axis_length": "MinorAxisLength",
+    "euler_number": "EulerNumber",
+    "equivalent_diameter_area": "EquivalentDiameter",
+    "feret_diameter_max": "MaxFeretDiameter",
+    "area_convex": "ConvexArea",
+}
+
+
+def _std_intensity(mask: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+    return np.std(intensity[mask], axis=0)
+
+
+def _median_intensity(mask: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+    return np.median(intensity[mask], axis=0)
+
+
+def _lower_quartile(mask: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+    return np.percentile(intensity[mask], 25, axis=0)
+
+
+def _upper_quartile(mask: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+    return np.percentile(intensity[mask], 75, axis=0)
+
+
+def measure_compartment(
+    labels: np.ndarray, channels: dict[str, np.ndarray], compartment: str, object_numbers: np.ndarray
+) -> pd.DataFrame:
+    """AreaShape, Location and Intensity features of one compartment, one row per object number.
+
+    Objects absent from `labels` (for example a cytoplasm swallowed by its nucleus) get NaN features.
+    """
+    names = list(channels)
+    stack = np.stack([channels[n] for n in names], axis=-1).astype(np.float32)
+    table = measure.regionprops_table(
+        labels,
+        intensity_image=stack,
+        properties=["label", "centroid", "bbox", "orientation", *_SHAPE_PROPERTIES,
+                    "intensity_mean", "intensity_min", "intensity_max"],
+        extra_properties=[_std_intensity, _median_intensity, _lower_quartile, _upper_quartile],
+    )
+    frame = pd.DataFrame(table).set_index("label")
+    out = pd.DataFrame(index=frame.index)
+    for prop, name in _SHAPE_PROPERTIES.items():
+        out[f"{compartment}_AreaShape_{name}"] = frame[prop].astype(float)
+    area, perimeter = frame["area"].astype(float), frame["perimeter"].astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[f"{compartment}_AreaShape_FormFactor"] = np.where(perimeter > 0, 4 * np.pi * area / perimeter**2, np.nan)
+    # CellProfiler reports orientation in degrees, counter-clockwise from the x axis.
+    out[f"{compartment}_AreaShape_Orientation"] = np.degrees(frame["orientation"].astype(float))
+    out[f"{compartment}_AreaShape_Center_X"] = frame["centroid-1"]
+    out[f"{compartment}_AreaShape_Center_Y"] = frame["centroid-0"]
+    out[f"{compartment}_AreaShape_BoundingBoxMinimum_X"] = frame["bbox-1"]
+    out[f"{compartment}_AreaShape_BoundingBoxMinimum_Y"] = frame["bbox-0"]
+    out[f"{compartment}_AreaShape_BoundingBoxMaximum_X"] = frame["bbox-3"]
+    out[f"{compartment}_AreaShape_BoundingBoxMaximum_Y"] = frame["bbox-2"]
+    out[f"{compartment}_Location_Center_X"] = frame["centroid-1"]
+    out[f"{compartment}_Location_Center_Y"] = frame["centroid-0"]
+    for index, channel in enumerate(names):
+        mean = frame[f"intensity_mean-{index}"].astype(float)
+        prefix = f"{compartment}_Intensity"
+        out[f"{prefix}_IntegratedIntensity_{channel}"] = mean * area
+        out[f"{prefix}_MeanIntensity_{channel}"] = mean
+        out[f"{prefix}_StdIntensity_{channel}"] = frame[f"_std_intensity-{index}"]
+        out[f"{prefix}_MinIntensity_{channel}"] = frame[f"intensity_min-{index}"]
+        out[f"{prefix}_MaxIntensity_{channel}"] = frame[f"intensity_max-{index}"]
+        out[f"{prefix}_MedianIntensity_{channel}"] = frame[f"_median_intensity-{index}"]
+        out[f"{prefix}_LowerQuartileIntensity_{channel}"] = frame[f"_lower_quartile-{index}"]
+        out[f"{prefix}_UpperQuartileIntensity_{channel}"] = frame[f"_upper_quartile-{index}"]
+    return out.reindex(object_numbers)
+
+
+def measure_site(nuclei: np.ndarray, cells: np.ndarray, channels: dict[str, np.ndarray]) -> pd.DataFrame:
+    """All compartments of one site; one row per cell, `Metadata_ObjectNumber` first."""
+    object_numbers = np.unique(cells[cells > 0])
+    if object_numbers.size == 0:
+        return pd.DataFrame({"Metadata_ObjectNumber": pd.Series(dtype="int64")})
+    compartments = {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": cytoplasm_labels(nuclei, cells)}
+    parts = [measure_compartment(labels, channels, name, object_numbers) for name, labels in compartments.items()]
+    table = pd.concat(parts, axis=1)
+    table.index.name = "Metadata_ObjectNumber"
+    return table.reset_index()
+
+
+def plate_features(masks: pd.DataFrame, masks_dir: Path, corrected_dir: Path) -> pd.DataFrame:
+    """Measure every segmented site; rows carry Metadata_Well, Metadata_Site and Metadata_ObjectNumber."""
+    tables = []
+    for site in masks.itertuples(index=False):
+        labels, _ = read_stack(masks_dir / site.file_name)
+        stack, names = read_stack(corrected_dir / site.corrected_file_name)
+        measured = measure_site(labels[0], labels[1], {name: stack[i] for i, name in enumerate(names)})
+        measured.insert(0, "Metadata_Site", int(site.Metadata_Site))
+        measured.insert(0, "Metadata_Well", site.Metadata_Well)
+        tables.append(measured)
+    if not tables:
+        return pd.DataFrame(columns=["Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"])
+    return pd.concat(tables, ignore_index=True)

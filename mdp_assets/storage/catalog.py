@@ -1,0 +1,303 @@
+"""The catalog: a DuckDB database of every stored file of every level in every tier.
+
+One row per file: plate, level, asset key, partition, tier, uri, relpath, bytes, sha256, created,
+last moved, code version, data version, and the result of the last verification. The IO manager replaces
+a partition's rows whenever it stores the partition; `rebuild` makes the same rows from scratch by
+scanning the tiers' partition records and asking the Dagster event log for code and data versions.
+DuckDB lets one process write at a time, so every connection retries briefly while another holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from mdp_assets.errors import MdpError
+from mdp_assets.checksums import sha256_file
+from mdp_assets.storage.provenance import RO_CRATE_FILE as PROVENANCE_FILE
+from mdp_assets.storage.tiers import PARTITION_RECORD
+
+UNPARTITIONED = "__all__"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS stored_files (
+    plate VARCHAR,
+    level VARCHAR,
+    asset_key VARCHAR NOT NULL,
+    partition VARCHAR NOT NULL,
+    tier VARCHAR NOT NULL,
+    uri VARCHAR NOT NULL,
+    relpath VARCHAR NOT NULL,
+    bytes BIGINT NOT NULL,
+    sha256 VARCHAR NOT NULL,
+    created TIMESTAMPTZ,
+    last_moved TIMESTAMPTZ,
+    code_version VARCHAR,
+    data_version VARCHAR,
+    status VARCHAR NOT NULL DEFAULT 'ok',
+    checked_at TIMESTAMPTZ,
+    PRIMARY KEY (asset_key, partition, relpath)
+)
+"""
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    plate: str | None
+    level: str | None
+    asset_key: str
+    partition: str
+    tier: str
+    uri: str
+    relpath: str
+    bytes: int
+    sha256: str
+    created: datetime | None
+    last_moved: datetime | None
+    code_version: str | None
+    data_version: str | None
+
+
+COLUMNS = [f.name for f in fields(CatalogRow)]
+
+
+@contextmanager
+def connect(path: Path, read_only: bool = False, wait_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    if read_only and not path.exists():
+        raise MdpError("no catalog yet: materialize something first, or run `mdp catalog --rebuild`", path=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            connection = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise MdpError(f"catalog is busy or unreadable: {exc}", path=path) from exc
+            time.sleep(0.2)
+    try:
+        if not read_only:
+            connection.execute(SCHEMA)
+        yield connection
+    finally:
+        connection.close()
+
+
+def rows_for_partition(
+    folder: Path,
+    tier: str,
+    level: str | None,
+    code_version: str | None,
+    data_version: str | None,
+    last_moved: datetime | None = None,
+) -> list[CatalogRow]:
+    """Catalog rows for one partition in a local folder."""
+    record = json.loads((folder / PARTITION_RECORD).read_text())
+    return rows_for_record(record, lambda relpath: (folder / relpath).as_uri(), bookkeeping_in(folder), tier, level,
+                           code_version, data_version, last_moved)
+
+
+def bookkeeping_in(folder: Path) -> list[tuple[str, int, str]]:
+    """(name, bytes, sha256) of the record and provenance files in a local partition folder."""
+    return [(n, (folder / n).stat().st_size, sha256_file(folder / n))
+            for n in (PARTITION_RECORD, PROVENANCE_FILE) if (folder / n).exists()]
+
+
+def rows_for_record(
+    record: dict,
+    uri_of: Callable[[str], str],
+    bookkeeping: list[tuple[str, int, str]],
+    tier: str,
+    level: str | None,
+    code_version: str | None,
+    data_version: str | None,
+    last_moved: datetime | None = None,
+) -> list[CatalogRow]:
+    """Catalog rows for one stored partition: its data files from the partition record, and the record and
+    provenance files themselves (`bookkeeping`, checksummed by the caller: a record cannot hold its own)."""
+    partition = record["partition"] or UNPARTITIONED
+    created = datetime.fromisoformat(record["written_at"])
+    moves = record.get("moves") or []
+    if last_moved is None and moves:
+        last_moved = datetime.fromisoformat(moves[-1]["when"])
+    files = [f for f in record["files"] if not record.get("released_at")]
+    files += [{"relpath": n, "bytes": b, "sha256": s} for n, b, s in bookkeeping]
+    return [
+        CatalogRow(
+            plate=record["partition"],
+            level=level,
+            asset_key=record["asset"],
+            partition=partition,
+            tier=tier,
+            uri=uri_of(f["relpath"]),
+            relpath=f["relpath"],
+            bytes=int(f["bytes"]),
+            sha256=f["sha256"],
+            created=created,
+            last_moved=last_moved,
+            code_version=code_version,
+            data_version=data_version,
+        )
+        for f in files
+    ]
+
+
+def _insert(con: duckdb.DuckDBPyConnection, rows: list[CatalogRow]) -> None:
+    if rows:
+        con.executemany(
+            f"INSERT INTO stored_files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+            [astuple(r) for r in rows],
+        )
+
+
+def bookkeeping_of(store, key: str) -> list[tuple[str, int, str]]:
+    """(name, bytes, sha256) of a stored partition's record and provenance files, as they are now."""
+    found = [(name, store.file_sha256(key, name)) for name in (PARTITION_RECORD, PROVENANCE_FILE)]
+    return [(name, *size_and_digest) for name, size_and_digest in found if size_and_digest is not None]
+
+
+def replace_partition(path: Path, asset_key: str, partition: str, rows: Iterable[CatalogRow]) -> None:
+    rows = list(rows)
+    with connect(path) as con:
+        con.execute("BEGIN")
+        con.execute("DELETE FROM stored_files WHERE asset_key = ? AND partition = ?", [asset_key, partition])
+        _insert(con, rows)
+        con.execute("COMMIT")
+
+
+VersionLookup = Callable[[str, str | None], tuple[str | None, str | None, str | None]]
+
+
+def rebuild(path: Path, stores: list, versions: VersionLookup) -> int:
+    """Rebuild the catalog from scratch by scanning every tier store's partition records;
+    `versions(asset, partition)` gives (level, code version, data version) from the event log."""
+    rows: list[CatalogRow] = []
+    for store in stores:
+        for key in store.partition_keys():
+            record = store.read_record(key)
+            if record is None:
+                continue
+            level, code_version, data_version = versions(record["asset"], record["partition"])
+            rows.extend(rows_for_record(record, lambda relpath, k=key: store.uri(k, relpath), bookkeeping_of(store, key),
+                                        store.name, level, code_version, data_version))
+    with connect(path) as con:
+        con.execute("BEGIN")
+        con.execute("DELETE FROM stored_files")
+        _insert(con, rows)
+        con.execute("COMMIT")
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    asset_key: str
+    partition: str
+    uri: str
+    status: str  # missing | corrupt
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.uri} ({self.asset_key} of {self.partition})"
+
+
+def verify(path: Path) -> tuple[int, list[FileProblem]]:
+    """Re-read every cataloged file and compare its sha256; flag each row ok, missing or corrupt."""
+    from urllib.parse import unquote, urlparse
+
+    with connect(path) as con:
+        rows = con.execute("SELECT asset_key, partition, relpath, uri, sha256 FROM stored_files").fetchall()
+        problems, statuses = [], []
+        now = datetime.now(timezone.utc)
+        for asset_key, partition, relpath, uri, expected in rows:
+            local = Path(unquote(urlparse(uri).path))
+            if not local.exists():
+                status = "missing"
+            elif sha256_file(local) != expected:
+                status = "corrupt"
+            else:
+                status = "ok"
+            if status != "ok":
+                problems.append(FileProblem(asset_key, partition, uri, status))
+            statuses.append((status, now, asset_key, partition, relpath))
+        con.executemany(
+            "UPDATE stored_files SET status = ?, checked_at = ? WHERE asset_key = ? AND partition = ? AND relpath = ?",
+            statuses,
+        )
+    return len(rows), problems
+
+
+CANNED_QUERIES = {
+    "by-tier-and-level": "SELECT tier, level, count(*) AS files, sum(bytes) AS bytes FROM stored_files "
+    "GROUP BY ALL ORDER BY tier, level",
+    "by-plate": "SELECT plate, count(DISTINCT asset_key) AS levels, count(*) AS files, sum(bytes) AS bytes "
+    "FROM stored_files GROUP BY ALL ORDER BY plate",
+    "problems": "SELECT asset_key, partition, uri, status, checked_at FROM stored_files WHERE status <> 'ok' ORDER BY 1, 2",
+    "totals": "SELECT count(*) AS files, sum(bytes) AS bytes FROM stored_files",
+}
+
+
+def tier_bytes(path: Path, tier: str) -> int:
+    if not path.exists():
+        return 0
+    with connect(path, read_only=True) as con:
+        return int(con.execute("SELECT coalesce(sum(bytes), 0) FROM stored_files WHERE tier = ?", [tier]).fetchone()[0])
+
+
+def record_move(path: Path, asset_key: str, partition: str, rows: Iterable[CatalogRow], move: dict) -> None:
+    """Replace a partition's rows after a lifecycle move and log the move (from, to, when, checksum)."""
+    replace_partition(path, asset_key, partition, rows)
+    with connect(path) as con:
+        con.execute(MOVES_SCHEMA)
+        con.execute("INSERT INTO moves VALUES (?, ?, ?, ?, ?, ?)",
+                    [asset_key, partition, move["from"], move["to"], move["when"], move["sha256"]])
+
+
+MOVES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS moves (
+    asset_key VARCHAR, partition VARCHAR, from_tier VARCHAR, to_tier VARCHAR, moved_at TIMESTAMPTZ, sha256 VARCHAR
+)
+"""
+
+
+PINS_SCHEMA = "CREATE TABLE IF NOT EXISTS pinned_plates (plate VARCHAR PRIMARY KEY, pinned_at TIMESTAMPTZ, reason VARCHAR)"
+
+
+def pin(path: Path, plate: str, reason: str) -> None:
+    with connect(path) as con:
+        con.execute(PINS_SCHEMA)
+        con.execute("INSERT OR REPLACE INTO pinned_plates VALUES (?, ?, ?)", [plate, datetime.now(timezone.utc), reason])
+
+
+def unpin(path: Path, plate: str) -> None:
+    with connect(path) as con:
+        con.execute(PINS_SCHEMA)
+        con.execute("DELETE FROM pinned_plates WHERE plate = ?", [plate])
+
+
+def pinned(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    with connect(path) as con:
+        con.execute(PINS_SCHEMA)
+        return {row[0] for row in con.execute("SELECT plate FROM pinned_plates").fetchall()}
+
+
+def last_materialized(path: Path) -> dict[str, datetime]:
+    """Per plate, when any of its levels was last written (what "active" means for the lifecycle)."""
+    if not path.exists():
+        return {}
+    with connect(path, read_only=True) as con:
+        rows = con.execute("SELECT plate, max(created) FROM stored_files WHERE plate IS NOT NULL GROUP BY plate").fetchall()
+    return {plate: created for plate, created in rows}
+
+
+def query(path: Path, sql: str) -> tuple[list[str], list[tuple]]:
+    with connect(path, read_only=True) as con:
+        result = con.execute(sql)
+        return [d[0] for d in result.description], result.fetchall()

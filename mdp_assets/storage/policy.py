@@ -1,0 +1,187 @@
+"""The storage policy: which tier each level lives in, for how long, who may see it, and what it costs.
+
+It encodes the playbook: tiers with their backend, access, longevity, version control, usage speed, size
+limits and prices (the playbook's Table 1; prices are configuration), a lifecycle per level in stages
+(short, mid, long term, as in its Figure 1), and which access classes each origin may be written to.
+Identifiable patient data are never public and collaborator data stay private unless released: these two
+rules hold whatever a policy says, and a policy that contradicts them is rejected when it loads.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mdp_assets.errors import MdpError
+from mdp_assets.plates.manifest import Origin
+
+Access = Literal["private", "public"]
+Backend = Literal["filesystem", "s3", "git", "ephemeral"]
+ORIGINS: tuple[str, ...] = ("internal", "collaborator-academic", "collaborator-industry", "public")
+COLLABORATOR_ORIGINS = ("collaborator-academic", "collaborator-industry")
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    per_file_bytes: float | None = None
+    per_dataset_bytes: float | None = None
+    total_bytes: float | None = None
+
+
+class Cost(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    per_gb_month: float = 0.0
+    one_time_per_tb: float = 0.0
+    per_1000_requests: float = 0.0
+
+
+class Tier(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    backend: Backend
+    path: str | None = Field(None, description="filesystem/git/ephemeral: folder, relative to the data root")
+    bucket: str | None = Field(None, description="s3: bucket")
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    access: Access
+    longevity: Literal["none", "low", "intermediate", "high"]
+    version_control: bool = False
+    usage_speed: Literal["instant", "download", "none"]
+    limits: Limits = Field(default_factory=Limits)
+    cost: Cost = Field(default_factory=Cost)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> Tier:
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError("an s3 tier needs a bucket")
+        if self.backend in ("filesystem", "git", "ephemeral") and not self.path:
+            raise ValueError(f"a {self.backend} tier needs a path")
+        return self
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tier: str
+    days: float | None = Field(None, gt=0, description="how long a partition stays here; None: for good")
+
+
+class StoragePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    tiers: dict[str, Tier]
+    levels: dict[str, list[Stage]]
+    origins: dict[str, list[Access]]
+    released_collaborator_access: list[Access] = Field(default_factory=lambda: ["private", "public"])
+    identifiable_patient_data_access: list[Access] = Field(default_factory=lambda: ["private"])
+    active_days: float = Field(30, ge=0, description="a plate materialized this recently stays in its fast tier")
+
+    @model_validator(mode="after")
+    def _rules(self) -> StoragePolicy:
+        problems = []
+        if "public" in self.identifiable_patient_data_access:
+            problems.append("rule 'identifiable patient data are never shared': "
+                            "identifiable_patient_data_access must not include 'public'")
+        for origin in COLLABORATOR_ORIGINS:
+            if "public" in self.origins.get(origin, []):
+                problems.append(f"rule 'collaborator data stay private unless released': origins.{origin} "
+                                "must not include 'public' (released plates use released_collaborator_access)")
+        missing = [o for o in ORIGINS if o not in self.origins]
+        if missing:
+            problems.append(f"origins lacks {missing}")
+        unknown = sorted(set(self.origins) - set(ORIGINS))
+        if unknown:
+            problems.append(f"origins has unknown origins {unknown}")
+        for level, stages in self.levels.items():
+            if not stages:
+                problems.append(f"levels.{level} has no stages")
+            for index, stage in enumerate(stages):
+                if stage.tier not in self.tiers:
+                    problems.append(f"levels.{level} stage {index + 1} names unknown tier {stage.tier!r}")
+                elif self.tiers[stage.tier].backend == "ephemeral" and len(stages) > 1:
+                    problems.append(f"levels.{level}: an ephemeral tier must be the level's only stage")
+                if stage.days is None and index < len(stages) - 1:
+                    problems.append(f"levels.{level} stage {index + 1} lasts for good but is followed by another")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- questions the IO manager and the lifecycle ask -----------------------------------------
+    def stages(self, level: str) -> list[Stage]:
+        if level not in self.levels:
+            raise MdpError(f"storage policy {self.name!r} has no lifecycle for level {level!r}")
+        return self.levels[level]
+
+    def allowed_access(self, origin: str, identifiable_patient_data: bool, released: bool) -> set[str]:
+        allowed = set(self.origins[origin])
+        if origin in COLLABORATOR_ORIGINS and released:
+            allowed |= set(self.released_collaborator_access)
+        if identifiable_patient_data:
+            allowed &= set(self.identifiable_patient_data_access) - {"public"}
+        return allowed
+
+    def check_origin(self, tier: str, origin: str, identifiable_patient_data: bool, released: bool, what: str) -> None:
+        access = self.tiers[tier].access
+        allowed = self.allowed_access(origin, identifiable_patient_data, released)
+        if access not in allowed:
+            why = "it holds identifiable patient data" if identifiable_patient_data and access == "public" else (
+                f"its origin is {origin!r}" + ("" if released or origin not in COLLABORATOR_ORIGINS else " and it is not released"))
+            raise MdpError(f"{what} may not be written to tier {tier!r} ({access}): {why}; allowed access: {sorted(allowed) or 'none'}")
+
+    def check_limits(self, tier: str, file_sizes: list[int], tier_used_bytes: Callable[[], int], what: str) -> None:
+        """Per-file, per-dataset and total limits; `tier_used_bytes` is asked only when the tier has a total limit."""
+        limits = self.tiers[tier].limits
+        largest, total = max(file_sizes, default=0), sum(file_sizes)
+        if limits.per_file_bytes is not None and largest > limits.per_file_bytes:
+            raise MdpError(f"{what}: a file of {largest} bytes exceeds tier {tier!r}'s per-file limit of "
+                           f"{limits.per_file_bytes:.0f} bytes")
+        if limits.per_dataset_bytes is not None and total > limits.per_dataset_bytes:
+            raise MdpError(f"{what}: {total} bytes exceed tier {tier!r}'s per-dataset limit of {limits.per_dataset_bytes:.0f}")
+        if limits.total_bytes is not None:
+            used = tier_used_bytes()
+            if used + total > limits.total_bytes:
+                raise MdpError(f"{what}: tier {tier!r} would hold {used + total} bytes, over its total limit "
+                               f"of {limits.total_bytes:.0f}")
+
+
+def _describe(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in item['loc']) or 'policy'}: {item['msg'].removeprefix('Value error, ')}"
+        for item in error.errors()
+    )
+
+
+def load_policy(path: Path) -> StoragePolicy:
+    """The validated policy in `path`. Every write and read asks for it, so a parsed policy is reused until
+    the file changes (same path, modification time and size); a file that fails validation is never cached."""
+    try:
+        status = path.stat()
+    except OSError as exc:
+        raise MdpError(f"storage policy cannot be read: {exc}", path=path) from exc
+    return _load_policy(path.resolve(), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_policy(path: Path, mtime_ns: int, size: int) -> StoragePolicy:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise MdpError(f"storage policy cannot be read: {exc}", path=path) from exc
+    try:
+        return StoragePolicy.model_validate(data)
+    except ValidationError as exc:
+        raise MdpError(f"invalid storage policy: {_describe(exc)}", path=path) from None
+
+
+def shipped_policy(name: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("mdp_assets").joinpath(f"policies/{name}.yaml")))
+
+
+__all__ = ["StoragePolicy", "Tier", "Stage", "load_policy", "shipped_policy", "Origin"]

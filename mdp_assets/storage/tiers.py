@@ -1,0 +1,298 @@
+"""Storage tiers: where a stored partition physically lives.
+
+Every backend stores a partition (a folder of files plus `_partition.json`) under a key
+`<asset>/<partition>`, writes it so that it is complete or absent, verifies every file's sha256, and
+can hand back a local folder to read. `_partition.json` is always written last and removed first, so it
+marks a complete partition on every backend.
+
+- filesystem: a folder (internal drive, external drive, HPC mount); one rename makes a partition visible.
+- s3: an S3-compatible bucket (AWS or any endpoint_url); every object is uploaded with its SHA-256, which
+  the store verifies; reads are downloaded into a local cache and checked again.
+- git: a git repository; a partition is committed with a message naming plate, level and code version.
+  Pushing is the repository's own business (its remote and hooks).
+- ephemeral: "immediate deletion": a folder whose data files are released (deleted) once every level
+  that reads them is made; the partition record and provenance stay.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mdp_assets.errors import MdpError
+from mdp_assets.checksums import FileRecord, atomic_path, record_files, remove_path, sha256_file
+from mdp_assets.storage.provenance import RO_CRATE_FILE as PROVENANCE_FILE
+
+PARTITION_RECORD = "_partition.json"
+
+
+def _verify(folder: Path, expected: list[FileRecord], where: str) -> None:
+    found = {r.relpath: r for r in record_files(folder)}
+    bad = [r.relpath for r in expected if found.get(r.relpath) != r]
+    if bad:
+        raise MdpError(f"checksum mismatch after writing to {where}: {bad[:5]}", path=folder)
+
+
+class FilesystemTier:
+    kind = "filesystem"
+
+    def __init__(self, name: str, root: Path):
+        self.name, self.root = name, root
+
+    def folder(self, key: str) -> Path:
+        return self.root / key
+
+    def uri(self, key: str, relpath: str = "") -> str:
+        return (self.folder(key) / relpath).as_uri() if relpath else self.folder(key).as_uri()
+
+    def read_record(self, key: str) -> dict[str, Any] | None:
+        path = self.folder(key) / PARTITION_RECORD
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write(
+        self, source: Path, key: str, data_files: list[FileRecord], move: bool, message: str = "",
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """Store the folder `source` (data files plus bookkeeping) as `key`, complete or not at all.
+
+        With `move` the source may be renamed into place (a staging folder on the same filesystem);
+        otherwise it is copied and every data file's checksum is verified before the partition appears.
+        `record` replaces the source's partition record (a lifecycle move records itself there)."""
+        final = self.folder(key)
+        with atomic_path(final) as partial:
+            renamed = False
+            if move:
+                try:
+                    source.rename(partial)
+                    renamed = True
+                except OSError:
+                    pass
+            if not renamed:
+                shutil.copytree(source, partial, ignore=shutil.ignore_patterns(PARTITION_RECORD))
+                _verify(partial, data_files, f"tier {self.name!r}")
+                if record is None:
+                    shutil.copy2(source / PARTITION_RECORD, partial / PARTITION_RECORD)
+                if move:
+                    shutil.rmtree(source)
+            if record is not None:
+                (partial / PARTITION_RECORD).write_text(json.dumps(record, indent=1, default=str))
+        self._committed(key, message)
+
+    def _committed(self, key: str, message: str) -> None:
+        """Hook for backends that must do more once a partition is in place."""
+
+    def local_folder(self, key: str, cache_root: Path) -> Path:
+        return self.folder(key)
+
+    def delete(self, key: str, message: str = "") -> None:
+        folder = self.folder(key)
+        if (folder / PARTITION_RECORD).exists():
+            (folder / PARTITION_RECORD).unlink()  # uncommit first: a half-deleted partition is never "present"
+        remove_path(folder)
+
+    def partition_keys(self) -> Iterator[str]:
+        if self.root.is_dir():
+            for record in sorted(self.root.rglob(PARTITION_RECORD)):
+                relative = record.parent.relative_to(self.root)
+                if not any(part.startswith(".") for part in relative.parts):
+                    yield relative.as_posix()
+
+    def file_sha256(self, key: str, relpath: str) -> tuple[int, str] | None:
+        path = self.folder(key) / relpath
+        return (path.stat().st_size, sha256_file(path)) if path.is_file() else None
+
+    def clean_partials(self) -> list[Path]:
+        """Remove half-written copies left by a killed process (names start with '.' and hold 'partial')."""
+        removed = []
+        if self.root.is_dir():
+            for path in self.root.rglob(".*partial-*"):
+                remove_path(path)
+                removed.append(path)
+        return removed
+
+
+class GitTier(FilesystemTier):
+    kind = "git"
+
+    def _git(self, *args: str) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.root / ".git").exists():
+            subprocess.run(["git", "init", "-q", str(self.root)], check=True, capture_output=True)
+        command = ["git", "-C", str(self.root), "-c", "user.name=mdp", "-c", "user.email=mdp@localhost", *args]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise MdpError(f"git {' '.join(args[:2])} failed: {result.stderr.strip() or result.stdout.strip()}", path=self.root)
+        return result.stdout
+
+    def _committed(self, key: str, message: str) -> None:
+        self._git("add", "-A", "--", key)
+        if self._git("status", "--porcelain", "--", key).strip():
+            self._git("commit", "-q", "-m", message or f"mdp: store {key}", "--", key)
+
+    def delete(self, key: str, message: str = "") -> None:
+        super().delete(key)
+        self._git("add", "-A", "--", key)
+        if self._git("status", "--porcelain", "--", key).strip():
+            self._git("commit", "-q", "-m", message or f"mdp: remove {key}", "--", key)
+
+    def log(self, key: str) -> list[str]:
+        return [line for line in self._git("log", "--format=%s", "--", key).splitlines() if line]
+
+
+class EphemeralTier(FilesystemTier):
+    kind = "ephemeral"
+
+    def release(self, key: str, when: str) -> int:
+        """Delete a partition's data, keeping its record and provenance; returns the bytes freed."""
+        folder = self.folder(key)
+        record = self.read_record(key)
+        if record is None or record.get("released_at"):
+            return 0
+        freed = 0
+        for item in record["files"]:
+            path = folder / item["relpath"]
+            if path.exists():
+                freed += path.stat().st_size
+                path.unlink()
+        for directory in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+            if not any(directory.iterdir()):
+                directory.rmdir()
+        record["released_at"] = when
+        with atomic_path(folder / PARTITION_RECORD) as partial:
+            partial.write_text(json.dumps(record, indent=1, default=str))
+        return freed
+
+
+class S3Tier:
+    kind = "s3"
+
+    def __init__(self, name: str, client: Any, bucket: str, prefix: str):
+        self.name, self.client, self.bucket = name, client, bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+    def _key(self, key: str, relpath: str) -> str:
+        return f"{self.prefix}{key}/{relpath}"
+
+    def uri(self, key: str, relpath: str = "") -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}" + (f"/{relpath}" if relpath else "")
+
+    def read_record(self, key: str) -> dict[str, Any] | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key, PARTITION_RECORD))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return json.loads(body)
+
+    def _upload(self, path: Path, object_key: str, sha256_hex: str) -> None:
+        checksum = base64.b64encode(binascii.unhexlify(sha256_hex)).decode()
+        with open(path, "rb") as handle:
+            # The store recomputes the SHA-256 and refuses the object if it differs.
+            self.client.put_object(Bucket=self.bucket, Key=object_key, Body=handle, ChecksumSHA256=checksum)
+
+    def write(
+        self, source: Path, key: str, data_files: list[FileRecord], move: bool, message: str = "",
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        local = {r.relpath: r for r in record_files(source)}
+        bad = [r.relpath for r in data_files if local.get(r.relpath) != r]
+        if bad:
+            raise MdpError(f"source differs from its record before upload: {bad[:5]}", path=source)
+        for relpath, item in sorted(local.items()):
+            if relpath != PARTITION_RECORD:
+                self._upload(source / relpath, self._key(key, relpath), item.sha256)
+        for item in data_files:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key, item.relpath))
+            if int(head["ContentLength"]) != item.bytes:
+                raise MdpError(f"{self.uri(key, item.relpath)} holds {head['ContentLength']} bytes, expected {item.bytes}")
+        if record is None:
+            self._upload(source / PARTITION_RECORD, self._key(key, PARTITION_RECORD), local[PARTITION_RECORD].sha256)
+        else:
+            body = json.dumps(record, indent=1, default=str).encode()
+            import hashlib
+
+            checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key, PARTITION_RECORD), Body=body, ChecksumSHA256=checksum)
+        if move:
+            shutil.rmtree(source)
+
+    def local_folder(self, key: str, cache_root: Path) -> Path:
+        """Download a partition into the local cache (reused while its checksums still match)."""
+        record = self.read_record(key)
+        if record is None:
+            raise MdpError(f"no partition at {self.uri(key)}")
+        folder = cache_root / self.name / key
+        wanted = [FileRecord(**f) for f in record["files"]]
+        if folder.is_dir():
+            cached = {r.relpath: r for r in record_files(folder)}
+            if all(cached.get(r.relpath) == r for r in wanted):
+                return folder
+        with atomic_path(folder) as partial:
+            partial.mkdir(parents=True)
+            for item in wanted:
+                target = partial / item.relpath
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.client.download_file(self.bucket, self._key(key, item.relpath), str(target))
+            _verify(partial, wanted, self.uri(key))
+            if self._exists(key, PROVENANCE_FILE):  # provenance travels with the data
+                self.client.download_file(self.bucket, self._key(key, PROVENANCE_FILE), str(partial / PROVENANCE_FILE))
+        return folder
+
+    def _exists(self, key: str, relpath: str) -> bool:
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(key, relpath), MaxKeys=1)
+        return any(item["Key"] == self._key(key, relpath) for item in listed.get("Contents", []))
+
+    def delete(self, key: str, message: str = "") -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key, PARTITION_RECORD))
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}{key}/"):
+            for item in page.get("Contents", []):
+                self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+
+    def partition_keys(self) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith("/" + PARTITION_RECORD):
+                    yield item["Key"][len(self.prefix): -len("/" + PARTITION_RECORD)]
+
+    def file_sha256(self, key: str, relpath: str) -> tuple[int, str] | None:
+        import hashlib
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key, relpath))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return len(body), hashlib.sha256(body).hexdigest()
+
+    def clean_partials(self, older_than_s: float = 3600) -> list[str]:
+        """Delete objects of partitions that never got their _partition.json (a killed upload), once they
+        are older than `older_than_s` (so an upload in progress is left alone)."""
+        from datetime import datetime, timezone
+
+        by_key: dict[str, list[dict]] = {}
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                relative = item["Key"][len(self.prefix):]
+                parts = relative.split("/")
+                if len(parts) > 2:  # <asset>/<partition>/<file...>
+                    by_key.setdefault("/".join(parts[:2]), []).append(item)
+        now = datetime.now(timezone.utc)
+        removed = []
+        for key, items in by_key.items():
+            names = {i["Key"].rsplit("/", 1)[1] for i in items}
+            if PARTITION_RECORD in names or any((now - i["LastModified"]).total_seconds() < older_than_s for i in items):
+                continue
+            for item in items:
+                self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+                removed.append(item["Key"])
+        return removed
+
+
+TierStore = FilesystemTier | S3Tier
