@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MDP_HOME ?= $(CURDIR)/.mdp
+# The deployment every command, the UI and the tests build from (its paths resolve against its own folder).
+export MDP_CONFIG ?= $(CURDIR)/mdp.yaml
 export DAGSTER_HOME ?= $(MDP_HOME)/dagster_home
-export MDP_DATA_ROOT ?= $(MDP_HOME)/data
 
 CELLPROFILER_ENV ?= $(MDP_HOME)/cellprofiler
 
@@ -20,9 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml mdp.yaml | install
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	$(BIN)/mdp config instance > $@
 
 ## demo: demo plates through every level on the embedded default (no servers), then a summary
 demo: install $(DAGSTER_HOME)/dagster.yaml

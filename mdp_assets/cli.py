@@ -1,251 +1,260 @@
-"""`mdp`: the data manager's command line.
+"""`mdp`: the data manager's command line, thin commands over the services the assets use.
 
-  mdp demo [--plates N]   write demo plates into the landing zone and materialize every level (skips
-                          what is already materialized and unchanged), then print the summary
-  mdp summary             the summary table: plate, level, rows or files, bytes, where stored
-  mdp demo-plate BARCODE  write one more demo plate into the landing zone (the sensor picks it up)
-  mdp reprocess [PLATE..] materialize exactly the stale levels (changed code or parameters, changed inputs)
+Every command reads the deployment's configuration (`MDP_CONFIG`, see `mdp config show`) and its Dagster
+instance. Commands that make, move or delete data submit runs to the instance (the run queue applies, the
+runs appear in the UI) and wait for them unless told `--no-wait`; the others read.
+
+  mdp config show [--json]       the resolved configuration and where each value came from
+  mdp config instance            the dagster.yaml that matches the configuration's run queue
+  mdp demo [--plates N]          demo plates into the landing zone, registered, every level made; then the summary
+  mdp demo-plate BARCODE         one more demo plate in the landing zone (the intake sensor picks it up)
+  mdp register PLATE|FOLDER      validate a plate folder in the landing zone and register it
+  mdp run PLATE [--levels L ..]  make a plate's stale levels (or the levels named), showing progress
+  mdp reprocess [PLATE ..]       make exactly the stale levels of every plate (or those named), then the consensus
+  mdp summary                    plate, level, rows or files, bytes, where stored
   mdp catalog [--query NAME | --sql SQL | --rebuild]
-                          what is stored where: bytes by tier and level, by plate, problems, or free SQL
   mdp provenance PLATE LEVEL [--json]
-                          how a level of a plate was made, back to the raw image files
-  mdp verify              re-read every stored file; exit 1 naming any missing or corrupt one
+  mdp verify                     re-read every stored file in its tier; exit 1 naming any missing or corrupt one
   mdp lifecycle [--as-of ISO] [--dry-run]
-                          move partitions that are due to their next tier (what lifecycle_job does daily)
   mdp pin PLATE [--reason TEXT] / mdp unpin PLATE
-                          keep a plate in its fast tier whatever its age
   mdp loaddata FOLDER -o OUT.csv [--pe2loaddata-config CONFIG.yml] [--path-name P]
-                          a CellProfiler LoadData CSV for a plate folder (pe2loaddata's layout for
-                          Phenix plates with a Harmony index and a pe2loaddata configuration)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
+import json
 import sys
 from pathlib import Path
 
 import dagster as dg
+import yaml
 
+from mdp_assets.checksums import atomic_path
+from mdp_assets.config import Deployment, load_deployment
+from mdp_assets.definitions import build_definitions
+from mdp_assets.engines.cellprofiler.loaddata import (
+    loaddata_from_harmony,
+    loaddata_from_raw_images,
+    read_pe2loaddata_config,
+)
 from mdp_assets.errors import MdpError
-
-DEFAULT_DATA_ROOT = ".mdp/data"
-
-
-def _storage():
-    from mdp_assets.storage.resource import MdpStorage
-
-    return MdpStorage(data_root=os.environ.get("MDP_DATA_ROOT", DEFAULT_DATA_ROOT))
-
-
-def _instance() -> dg.DagsterInstance:
-    if not os.environ.get("DAGSTER_HOME"):
-        raise MdpError("DAGSTER_HOME is not set; run through `make demo` or export DAGSTER_HOME=$PWD/.mdp/dagster_home")
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.get()
+from mdp_assets.plates.demo import DemoPlateSpec, demo_specs, write_demo_plate
+from mdp_assets.plates.harmony import find_index_file, read_harmony_index
+from mdp_assets.plates.inventory import PlateFolder, inventory_plate
+from mdp_assets.services import runs
+from mdp_assets.services.catalog import rebuild_catalog, verify_stored_files
+from mdp_assets.services.instance import instance_config
+from mdp_assets.services.lifecycle import apply_lifecycle, describe_move, release_consumed
+from mdp_assets.services.provenance import explain_chain, provenance_chain
+from mdp_assets.services.registration import add_partitions, register_plate
+from mdp_assets.services.reprocess import CONSENSUS_JOB, PlateWork, consensus_reason, consumers_of, plan_plate
+from mdp_assets.services.summary import format_table, summary_table
+from mdp_assets.storage import catalog
+from mdp_assets.storage.resource import MdpStorage
 
 
-def _human_bytes(count: int | None) -> str:
-    if count is None:
-        return "-"
-    size = float(count)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(count)
+class Platform:
+    """What every command works on: the deployment, its storage, its definitions and its instance."""
 
+    def __init__(self, deployment: Deployment):
+        self.deployment = deployment
+        self.storage = MdpStorage.from_deployment(deployment)
+        self._defs: dg.Definitions | None = None
+        self._instance: dg.DagsterInstance | None = None
 
-def summary_rows(instance: dg.DagsterInstance, defs: dg.Definitions, plates: list[str], storage) -> list[list[str]]:
-    from mdp_assets.services.instance_status import latest_status
+    @property
+    def defs(self) -> dg.Definitions:
+        if self._defs is None:
+            self._defs = build_definitions(self.deployment, storage=self.storage)
+        return self._defs
 
-    graph = defs.resolve_asset_graph()
-    keys = [k for k in graph.toposorted_asset_keys if k.path[-1] != "storage_costs"]
-    rows = []
-    for plate in plates:
-        for key in keys:
-            if graph.get(key).partitions_def is None:
+    @property
+    def instance(self) -> dg.DagsterInstance:
+        if self._instance is None:
+            self._instance = runs.instance_for(self.deployment)
+        return self._instance
+
+    def plates(self, named: list[str]) -> list[str]:
+        known = sorted(self.instance.get_dynamic_partitions("plates"))
+        unknown = sorted(set(named) - set(known))
+        if unknown:
+            raise MdpError(f"unknown plate(s) {unknown}; registered plates: {known or 'none'}")
+        return named or known
+
+    def daemon(self, wait: bool):
+        """While waiting for runs, a daemon must serve the run queue (started here if none is running)."""
+        return runs.daemon_if_needed(self.deployment, self.instance, print) if wait else contextlib.nullcontext()
+
+    def submit_and_wait(self, requests: list[runs.RunRequest], command: str, wait: bool) -> list[runs.RunOutcome]:
+        run_ids = []
+        for request in requests:
+            run_id = runs.submit(self.deployment, request, command)
+            print(f"submitted {request.job} for {request.plate or 'all plates'}: run {run_id}")
+            run_ids.append(run_id)
+        if not wait or not run_ids:
+            return []
+        outcomes = runs.wait(self.instance, run_ids, print)
+        for outcome in outcomes:
+            if outcome.success:
+                print(f"run {outcome.run_id} ({outcome.job} {outcome.plate or 'all plates'}) succeeded")
                 continue
-            rows.append(_summary_row(latest_status(instance, key, plate), plate, key, storage))
-    for key in keys:
-        if graph.get(key).partitions_def is None:
-            rows.append(_summary_row(latest_status(instance, key, None), "(all plates)", key, storage))
-    return rows
+            print(f"mdp: run {outcome.run_id} ({outcome.job} {outcome.plate or 'all plates'}) ended {outcome.status}:",
+                  file=sys.stderr)
+            for error in outcome.errors:
+                print(f"  {error}", file=sys.stderr)
+        return outcomes
 
 
-def print_summary(instance: dg.DagsterInstance, defs: dg.Definitions, plates: list[str], storage) -> None:
-    print(format_table(["plate", "level", "rows or files", "bytes", "where stored"],
-                       summary_rows(instance, defs, plates, storage)))
+def make_levels(platform: Platform, works: list[PlateWork], command: str, wait: bool) -> int:
+    """Submit a run per plate with work to do; when waiting, then the consensus if it became stale."""
+    with platform.daemon(wait):
+        return _make_levels(platform, works, command, wait)
 
 
-def _summary_row(status, plate: str, key: dg.AssetKey, storage) -> list[str]:
-    from mdp_assets.storage.io_manager import locate, partition_key
-
-    if status is None:
-        return [plate, key.to_user_string(), "not materialized", "-", "-"]
-    rows = status.value("rows")
-    count = f"{rows} rows" if rows is not None else f"{status.value('files')} files"
-    partition = None if plate == "(all plates)" else plate
-    found = locate(storage, key.path[-1], partition)
-    if found is None:
-        where = "missing from every tier of its lifecycle (mdp verify)"
-    elif found[1].get("released_at"):
-        where = f"{found[0]}: released (transient level; provenance kept)"
-    else:
-        where = f"{found[0]}: {storage.tier(found[0]).uri(partition_key(key, partition))}"
-    return [plate, key.to_user_string(), count, _human_bytes(status.value("bytes")), where]
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-def run_demo(plate_count: int) -> int:
-    from mdp_assets.definitions import deployment_definitions
-    from mdp_assets.plates.demo import demo_specs, write_demo_plate
-    from mdp_assets.services.operations import materialize_stale
-
-    storage = _storage()
-    instance = _instance()
-    defs = deployment_definitions(storage)
-    plates = []
-    for spec in demo_specs(plate_count):
-        folder = write_demo_plate(storage.landing_path, spec)
-        plates.append(spec.barcode)
-        print(f"demo plate {spec.barcode}: {folder}")
-    instance.add_dynamic_partitions("plates", [p for p in plates if not instance.has_dynamic_partition("plates", p)])
-    if not _report_outcomes(materialize_stale(instance, defs, storage, plates)):
+def _make_levels(platform: Platform, works: list[PlateWork], command: str, wait: bool) -> int:
+    for work in works:
+        if not work.levels:
+            print(f"{work.plate}: every level is materialized and unchanged; nothing to do")
+        else:
+            print(f"{work.plate}: {len(work.levels)} level(s) to make: " +
+                  "; ".join(f"{level} ({work.reasons.get(level, '')})" for level in work.levels))
+    outcomes = platform.submit_and_wait([w.request() for w in works if w.levels], command, wait)
+    if not wait:
+        print("not waiting: follow the runs in the UI (Runs), then `mdp reprocess` for the consensus")
+        return 0
+    if not all(o.success for o in outcomes):
         return 1
-    print()
-    print_summary(instance, defs, plates, storage)
+    consumers = consumers_of(platform.defs.assets or [])
+    made = [o.plate for o in outcomes if o.plate]
+    for line in release_consumed(platform.instance, platform.storage, consumers, plates=made) if made else []:
+        print(line)
+    reason = consensus_reason(platform.instance, platform.defs)
+    if reason:
+        print(f"consensus_profiles: {reason}")
+        outcomes = platform.submit_and_wait([runs.RunRequest(CONSENSUS_JOB)], command, wait)
+        return 0 if all(o.success for o in outcomes) else 1
     return 0
 
 
-def _report_outcomes(outcomes) -> bool:
-    failed = [o for o in outcomes if not o.success]
-    for outcome in failed:
-        print(f"{outcome.plate}: the run failed; see `make dev` (run {outcome.run_id})", file=sys.stderr)
-    return not failed
+def run_demo(platform: Platform, plate_count: int, wait: bool) -> int:
+    plates = []
+    for spec in demo_specs(plate_count):
+        folder = write_demo_plate(platform.storage.landing_path, spec)
+        register_plate(platform.storage, spec.barcode)
+        plates.append(spec.barcode)
+        print(f"demo plate {spec.barcode}: {folder}")
+    add_partitions(platform.instance, plates)
+    works = [plan_plate(platform.instance, platform.defs, platform.storage, plate) for plate in plates]
+    status = make_levels(platform, works, "demo", wait)
+    if status == 0 and wait:
+        print()
+        print(summary_table(platform.instance, platform.defs, plates, platform.storage))
+    return status
 
 
-def run_reprocess(plates: list[str]) -> int:
-    from mdp_assets.definitions import deployment_definitions
-    from mdp_assets.services.operations import materialize_stale
+def run_register(platform: Platform, target: str) -> int:
+    barcode = Path(target).name if "/" in target else target
+    landing = platform.storage.landing_path
+    if "/" in target and Path(target).resolve().parent != landing.resolve():
+        raise MdpError(f"{target} is not a plate folder in the landing zone {landing}; copy it there first")
+    plate = register_plate(platform.storage, barcode)
+    add_partitions(platform.instance, [barcode])
+    print(f"plate {barcode} registered ({plate.manifest.origin}, {len(plate.platemap)} platemap wells); "
+          f"`mdp run {barcode}` makes its levels")
+    return 0
 
-    instance, storage = _instance(), _storage()
-    defs = deployment_definitions(storage)
-    plates = plates or sorted(instance.get_dynamic_partitions("plates"))
-    return 0 if _report_outcomes(materialize_stale(instance, defs, storage, plates)) else 1
+
+def run_run(platform: Platform, plate: str, levels: list[str] | None, wait: bool) -> int:
+    platform.plates([plate])
+    work = plan_plate(platform.instance, platform.defs, platform.storage, plate, levels)
+    return make_levels(platform, [work], "run", wait)
 
 
-def run_catalog(query_name: str | None, sql: str | None, rebuild: bool) -> int:
-    from mdp_assets.storage import catalog
+def run_reprocess(platform: Platform, plates: list[str], wait: bool) -> int:
+    works = [plan_plate(platform.instance, platform.defs, platform.storage, p) for p in platform.plates(plates)]
+    return make_levels(platform, works, "reprocess", wait)
 
-    storage = _storage()
+
+def run_catalog(platform: Platform, query_name: str | None, sql: str | None, rebuild: bool) -> int:
+    path = platform.storage.catalog_path
     if rebuild:
-        from mdp_assets.definitions import deployment_definitions
-        from mdp_assets.services.operations import rebuild_catalog
-
-        count = rebuild_catalog(_instance(), deployment_definitions(storage), storage)
-        print(f"catalog rebuilt: {count} stored files")
+        print(f"catalog rebuilt: {rebuild_catalog(platform.instance, platform.storage)} stored files")
     names = [query_name] if query_name else ([] if sql else ["by-tier-and-level", "totals"])
     for name in names:
         if name not in catalog.CANNED_QUERIES:
             raise MdpError(f"unknown query {name!r}; known: {sorted(catalog.CANNED_QUERIES)}")
-        columns, rows = catalog.query(storage.catalog_path, catalog.CANNED_QUERIES[name])
+        columns, rows = catalog.query(path, catalog.CANNED_QUERIES[name])
         print(f"\n{name}:\n" + format_table(columns, [[_cell(v) for v in r] for r in rows]))
     if sql:
-        columns, rows = catalog.query(storage.catalog_path, sql)
+        columns, rows = catalog.query(path, sql)
         print(format_table(columns, [[_cell(v) for v in r] for r in rows]))
     return 0
 
 
-def _cell(value) -> str:
+def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def run_provenance(plate: str, level: str, as_json: bool) -> int:
-    import json
-
-    from mdp_assets.services.operations import explain_chain, provenance_chain
-
-    chain = provenance_chain(_instance(), plate, level)
+def run_provenance(platform: Platform, plate: str, level: str, as_json: bool) -> int:
+    chain = provenance_chain(platform.instance, plate, level)
     if as_json:
         print(json.dumps(chain, indent=1, default=str))
         return 0
-    from mdp_assets.storage.io_manager import read_stored_table
-
     raw = next((r for r in chain if r["asset"] == "raw_images"), None)
-    table = read_stored_table(_storage(), "raw_images", raw["partition"]) if raw is not None else None
+    table = platform.storage.store().read("raw_images", raw["partition"]).read_table() if raw is not None else None
     print(explain_chain(chain, table))
     return 0
 
 
-def run_verify() -> int:
-    from mdp_assets.storage import catalog
-
-    checked, problems = catalog.verify(_storage().catalog_path)
+def run_verify(platform: Platform) -> int:
+    checked, problems = verify_stored_files(platform.storage)
     for problem in problems:
         print(f"mdp verify: {problem}", file=sys.stderr)
-    print(f"{checked} stored files verified; {len(problems)} missing or corrupt")
+    print(f"{checked} stored files verified; {len(problems)} missing, corrupt or uncommitted")
     return 1 if problems else 0
 
 
-def run_summary() -> int:
-    from mdp_assets.definitions import deployment_definitions
-
-    instance, storage = _instance(), _storage()
-    defs = deployment_definitions(storage)
-    print_summary(instance, defs, sorted(instance.get_dynamic_partitions("plates")), storage)
-    return 0
-
-
-def run_lifecycle_command(as_of: str | None, dry_run: bool) -> int:
-    from mdp_assets.definitions import consumers_of, deployment_definitions
-    from mdp_assets.services.operations import apply_lifecycle, describe_move
-
-    storage = _storage()
-    consumers = consumers_of(list(deployment_definitions(storage).assets))
-    report = apply_lifecycle(_instance(), storage, consumers, as_of, dry_run)
-    for line in [*report.released, *report.notes]:
-        print(line)
-    for move in report.moves:
-        print(describe_move(move))
-    for failure in report.failures:
-        print(f"mdp lifecycle: {failure}", file=sys.stderr)
-    return 1 if report.failures else 0
+def run_lifecycle(platform: Platform, as_of: str | None, dry_run: bool, wait: bool) -> int:
+    if dry_run:
+        report = apply_lifecycle(platform.instance, platform.storage, consumers_of(platform.defs.assets or []), as_of, True)
+        for line in report.notes:
+            print(line)
+        return 0
+    config = {"ops": {"lifecycle_step": {"config": {"as_of": as_of, "dry_run": False}}}}
+    with platform.daemon(wait):
+        outcomes = platform.submit_and_wait([runs.RunRequest("lifecycle_job", run_config=json.dumps(config))],
+                                            "lifecycle", wait)
+    for outcome in outcomes:
+        for record in platform.instance.all_logs(outcome.run_id):
+            if record.is_dagster_event and record.dagster_event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
+                observation = record.dagster_event.event_specific_data.asset_observation
+                meta = {k: getattr(v, "value", v) for k, v in observation.metadata.items()}
+                print(describe_move({"asset": observation.asset_key.to_user_string(), "partition": observation.partition,
+                                     "from": meta.get("moved_from"), "to": meta.get("tier"),
+                                     "sha256": meta.get("sha256")}))
+    return 0 if all(o.success for o in outcomes) else 1
 
 
-def run_pin(plate: str, reason: str | None, unpin: bool) -> int:
-    from mdp_assets.storage import catalog
-
-    storage = _storage()
+def run_pin(platform: Platform, plate: str, reason: str | None, unpin: bool) -> int:
+    path = platform.storage.catalog_path
     if unpin:
-        catalog.unpin(storage.catalog_path, plate)
+        catalog.unpin(path, plate)
         print(f"{plate} unpinned: the lifecycle may move it again")
     else:
-        catalog.pin(storage.catalog_path, plate, reason or "")
+        catalog.pin(path, plate, reason or "")
         print(f"{plate} pinned: it stays in its fast tier")
     return 0
 
 
-def run_demo_plate(barcode: str, seed: int) -> int:
-    from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
-
-    folder = write_demo_plate(_storage().landing_path, DemoPlateSpec(barcode=barcode, seed=seed))
+def run_demo_plate(platform: Platform, barcode: str, seed: int) -> int:
+    folder = write_demo_plate(platform.storage.landing_path, DemoPlateSpec(barcode=barcode, seed=seed))
     print(f"demo plate {barcode} written to {folder}")
     return 0
 
 
 def run_loaddata(folder: Path, output: Path, config: Path | None, path_name: str | None) -> int:
-    from mdp_assets.checksums import atomic_path
-    from mdp_assets.plates.harmony import find_index_file, read_harmony_index
-    from mdp_assets.plates.inventory import PlateFolder, inventory_plate
-    from mdp_assets.engines.cellprofiler.loaddata import loaddata_from_harmony, loaddata_from_raw_images, read_pe2loaddata_config
-
     plate = PlateFolder.open(folder)
     index = find_index_file(plate.images_dir)
     if config is not None:
@@ -263,32 +272,56 @@ def run_loaddata(folder: Path, output: Path, config: Path | None, path_name: str
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mdp", description="The microscopy data playbook, on Dagster.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="demo plates through every level, then a summary")
+def run_config(deployment: Deployment, what: str, as_json: bool) -> int:
+    if what == "instance":
+        print(yaml.safe_dump(instance_config(deployment), sort_keys=False), end="")
+        return 0
+    rows = deployment.describe()
+    if as_json:
+        print(json.dumps({"file": str(deployment.path) if deployment.path else None,
+                          "values": {k: {"value": v, "source": s} for k, v, s in rows}}, indent=1, default=str))
+        return 0
+    print(f"configuration: {deployment.path or 'built-in defaults (no MDP_CONFIG, no ~/.mdp/mdp.yaml)'}")
+    print(format_table(["key", "value", "from"], [[k, json.dumps(v) if not isinstance(v, str) else v, s]
+                                                  for k, v, s in rows]))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    main_parser = argparse.ArgumentParser(prog="mdp", description="The microscopy data playbook, on Dagster.")
+    main_parser.add_argument("--config", type=Path, help="the deployment's mdp.yaml (default: $MDP_CONFIG)")
+    commands = main_parser.add_subparsers(dest="command", required=True)
+    config = commands.add_parser("config", help="the deployment's configuration")
+    config.add_argument("what", choices=["show", "instance"])
+    config.add_argument("--json", action="store_true")
+
+    def waiting(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--no-wait", dest="wait", action="store_false", help="submit the runs and return")
+        return sub
+
+    demo = waiting(commands.add_parser("demo", help="demo plates through every level, then a summary"))
     demo.add_argument("--plates", type=int, default=2, help="how many demo plates (default 2)")
     commands.add_parser("summary", help="plate, level, rows or files, bytes, where stored")
     demo_plate = commands.add_parser("demo-plate", help="write one demo plate into the landing zone")
     demo_plate.add_argument("barcode")
     demo_plate.add_argument("--seed", type=int, default=99)
-    loaddata = commands.add_parser("loaddata", help="a CellProfiler LoadData CSV for a plate folder")
-    loaddata.add_argument("folder", type=Path)
-    loaddata.add_argument("-o", "--output", type=Path, required=True)
-    loaddata.add_argument("--pe2loaddata-config", type=Path, help="pe2loaddata config.yml (channels, metadata)")
-    loaddata.add_argument("--path-name", help="PathName_ value to write (default: the images folder)")
-    reprocess = commands.add_parser("reprocess", help="materialize exactly the stale levels")
+    register = commands.add_parser("register", help="validate and register a plate folder of the landing zone")
+    register.add_argument("plate", help="the plate's barcode, or its folder in the landing zone")
+    run = waiting(commands.add_parser("run", help="make a plate's stale levels, or the levels named"))
+    run.add_argument("plate")
+    run.add_argument("--levels", nargs="+", help="make these levels whatever their state")
+    reprocess = waiting(commands.add_parser("reprocess", help="make exactly the stale levels"))
     reprocess.add_argument("plates", nargs="*", help="plates (default: every registered plate)")
     catalog_cmd = commands.add_parser("catalog", help="what is stored where (DuckDB)")
     catalog_cmd.add_argument("--query", help="by-tier-and-level, by-plate, problems or totals")
-    catalog_cmd.add_argument("--sql", help="free SQL over the table stored_files")
+    catalog_cmd.add_argument("--sql", help="SQL over the table stored_files")
     catalog_cmd.add_argument("--rebuild", action="store_true", help="rebuild from the event log and the tiers first")
     provenance = commands.add_parser("provenance", help="how a level of a plate was made")
     provenance.add_argument("plate")
     provenance.add_argument("level")
     provenance.add_argument("--json", action="store_true")
     commands.add_parser("verify", help="re-read every stored file and compare checksums")
-    lifecycle = commands.add_parser("lifecycle", help="move partitions that are due to their next tier")
+    lifecycle = waiting(commands.add_parser("lifecycle", help="move partitions that are due to their next tier"))
     lifecycle.add_argument("--as-of", help="judge ages as of this ISO time (plan ahead with --dry-run)")
     lifecycle.add_argument("--dry-run", action="store_true")
     pin = commands.add_parser("pin", help="keep a plate in its fast tier")
@@ -296,27 +329,39 @@ def main(argv: list[str] | None = None) -> int:
     pin.add_argument("--reason")
     unpin = commands.add_parser("unpin", help="let the lifecycle move a plate again")
     unpin.add_argument("plate")
-    args = parser.parse_args(argv)
+    loaddata = commands.add_parser("loaddata", help="a CellProfiler LoadData CSV for a plate folder")
+    loaddata.add_argument("folder", type=Path)
+    loaddata.add_argument("-o", "--output", type=Path, required=True)
+    loaddata.add_argument("--pe2loaddata-config", type=Path, help="pe2loaddata config.yml (channels, metadata)")
+    loaddata.add_argument("--path-name", help="PathName_ value to write (default: the images folder)")
+    return main_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            return run_demo(args.plates)
-        if args.command == "demo-plate":
-            return run_demo_plate(args.barcode, args.seed)
+        deployment = load_deployment(args.config)
+        if args.command == "config":
+            return run_config(deployment, args.what, args.json)
         if args.command == "loaddata":
             return run_loaddata(args.folder, args.output, args.pe2loaddata_config, args.path_name)
-        if args.command == "reprocess":
-            return run_reprocess(args.plates)
-        if args.command == "catalog":
-            return run_catalog(args.query, args.sql, args.rebuild)
-        if args.command == "provenance":
-            return run_provenance(args.plate, args.level, args.json)
-        if args.command == "verify":
-            return run_verify()
-        if args.command == "lifecycle":
-            return run_lifecycle_command(args.as_of, args.dry_run)
-        if args.command in ("pin", "unpin"):
-            return run_pin(args.plate, getattr(args, "reason", None), args.command == "unpin")
-        return run_summary()
+        platform = Platform(deployment)
+        commands = {
+            "demo": lambda: run_demo(platform, args.plates, args.wait),
+            "demo-plate": lambda: run_demo_plate(platform, args.barcode, args.seed),
+            "register": lambda: run_register(platform, args.plate),
+            "run": lambda: run_run(platform, args.plate, args.levels, args.wait),
+            "reprocess": lambda: run_reprocess(platform, args.plates, args.wait),
+            "summary": lambda: (print(summary_table(platform.instance, platform.defs,
+                                                    platform.plates([]), platform.storage)), 0)[1],
+            "catalog": lambda: run_catalog(platform, args.query, args.sql, args.rebuild),
+            "provenance": lambda: run_provenance(platform, args.plate, args.level, args.json),
+            "verify": lambda: run_verify(platform),
+            "lifecycle": lambda: run_lifecycle(platform, args.as_of, args.dry_run, args.wait),
+            "pin": lambda: run_pin(platform, args.plate, args.reason, False),
+            "unpin": lambda: run_pin(platform, args.plate, None, True),
+        }
+        return commands[args.command]()
     except MdpError as exc:
         print(f"mdp: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from mdp_assets.config import Deployment, load_deployment
+from mdp_assets.storage.partitions import partition_key
 from mdp_assets.storage.resource import MdpStorage
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -42,9 +44,36 @@ def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
+def make_deployment(folder: Path, **sections) -> Deployment:
+    """A deployment whose mdp.yaml is in `folder` (data in folder/data, the instance in folder/dagster_home),
+    the built-in engine, and the sections given (merged over those)."""
+    config = {"data_root": "data", "dagster_home": "dagster_home", "engine": {"kind": "builtin"},
+              "execution": {"executor": "in_process"}}
+    for name, value in sections.items():
+        config[name] = {**config.get(name, {}), **value} if isinstance(value, dict) else value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "mdp.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return load_deployment(path)
+
+
+def defs_for(storage: MdpStorage, **kwargs) -> dg.Definitions:
+    """The definitions of the test deployment a storage belongs to (its mdp.yaml is beside the data root)."""
+    from mdp_assets.definitions import build_definitions
+
+    folder = Path(storage.data_root).parent
+    deployment = load_deployment(folder / "mdp.yaml") if (folder / "mdp.yaml").exists() else make_deployment(folder)
+    return build_definitions(deployment, storage=storage, **kwargs)
+
+
 @pytest.fixture
-def storage(tmp_path: Path) -> MdpStorage:
-    return MdpStorage(data_root=str(tmp_path / "data"))
+def deployment(tmp_path: Path) -> Deployment:
+    return make_deployment(tmp_path)
+
+
+@pytest.fixture
+def storage(deployment: Deployment) -> MdpStorage:
+    return MdpStorage.from_deployment(deployment)
 
 
 @pytest.fixture
@@ -55,11 +84,9 @@ def instance() -> dg.DagsterInstance:
 
 def stored(storage: MdpStorage, asset: str, partition: str | None) -> Path:
     """The folder of a stored partition, in whichever (local) tier the storage policy put it."""
-    from mdp_assets.storage.io_manager import locate, partition_key
-
-    found = locate(storage, asset, partition)
+    found = storage.store().locate(asset, partition)
     assert found is not None, f"{asset} of {partition} is not stored"
-    return storage.tier(found[0]).folder(partition_key(dg.AssetKey(asset), partition))
+    return storage.tier(found.tier).folder(partition_key(asset, partition))
 
 
 def write_manifest(folder: Path, **fields) -> Path:

@@ -5,14 +5,14 @@ import shutil
 import dagster as dg
 import pytest
 
-from mdp_assets.definitions import build_definitions
+from mdp_assets_tests.conftest import defs_for
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 
 SPEC = DemoPlateSpec(barcode="DEMO-BAD", rows="B", columns=(2, 3), sites_per_well=1, image_size=128, cells_per_site=9)
 
 
 def _materialize_raw(storage, instance, plate):
-    defs = build_definitions(storage)
+    defs = defs_for(storage)
     instance.add_dynamic_partitions("plates", [plate])
     return defs.resolve_job_def("plate_job").execute_in_process(
         instance=instance, partition_key=plate, op_selection=["raw_images"], raise_on_error=False

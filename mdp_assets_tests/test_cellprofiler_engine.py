@@ -11,7 +11,7 @@ import pytest
 
 from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, summarize_failures
 from mdp_assets.engines.cellprofiler.outputs import file_list, read_csv_output, read_sqlite_output, single_cells
-from mdp_assets_tests.conftest import REALDATA
+from mdp_assets_tests.conftest import defs_for, REALDATA
 
 EXAMPLE = REALDATA / "cellprofiler-examplehuman"
 PIPELINE = EXAMPLE / "ExampleHuman" / "ExampleHuman.cppipe"
@@ -119,8 +119,7 @@ def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_
     the object tables in the partition equal CellProfiler's reference, and single_cell_features has 289 cells."""
     import yaml
 
-    from mdp_assets.definitions import build_definitions
-    from mdp_assets.defs.parameters import PipelineParameters
+        from mdp_assets.config import StepSettings
     from mdp_assets.storage.resource import MdpStorage
     from mdp_assets.engines.cellprofiler.outputs import CellProfilerOutput
     from mdp_assets_tests.conftest import stored
@@ -136,7 +135,7 @@ def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_
         "naming_pattern": r"^AS_09125_050116030001_(?P<well>[A-P]\d{2})f(?P<site>\d{2})d(?P<channel>\d)\.tif$",
         "channels": {"0": "DNA", "1": "PH3", "2": "cellbody"}, "expected_image_count": 3, "treatment_column": "treatment",
     }))
-    defs = build_definitions(storage, cellprofiler=engine,
+    defs = defs_for(storage, cellprofiler=engine,
                              parameters=PipelineParameters(engine="cellprofiler", analysis_pipeline=str(PIPELINE)))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("plates", ["AS_09125"])

@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 import zarr
 
-from mdp_assets_tests.conftest import stored
-from mdp_assets.definitions import build_definitions
+from mdp_assets_tests.conftest import defs_for, stored
 from mdp_assets.services.instance_status import stale_assets
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 from mdp_assets.plates.inventory import plate_fingerprint
@@ -31,7 +30,7 @@ def _stored(storage, asset, plate="DEMO-T1"):
 
 
 def test_every_level_of_a_demo_plate(storage, instance):
-    defs = build_definitions(storage)
+    defs = defs_for(storage)
     result = _run_plate(defs, instance, storage, "DEMO-T1", 1)
     materialized = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     assert len(materialized) == 11
@@ -91,7 +90,7 @@ def test_every_level_of_a_demo_plate(storage, instance):
 
 
 def test_rerun_detection_and_consensus(storage, instance):
-    defs = build_definitions(storage)
+    defs = defs_for(storage)
     _run_plate(defs, instance, storage, "DEMO-T1", 1)
     graph = defs.resolve_asset_graph()
     keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def is not None]

@@ -8,7 +8,7 @@ import time
 import dagster as dg
 import pytest
 
-from mdp_assets.defs.plates.resources import IntakeSettings
+from mdp_assets.config import IntakeSettings
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets_tests.conftest import NF1_IMAGES, NF1_PLATEMAP, write_manifest
 

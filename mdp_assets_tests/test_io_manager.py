@@ -6,9 +6,11 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from mdp_assets.defs.parameters import PipelineParameters
+from mdp_assets.config import StepSettings
 from mdp_assets.storage.resource import MdpStorage
-from mdp_assets.storage.io_manager import BOOKKEEPING, PlateLevelIOManager, StagedFiles, StoredPartition
+from mdp_assets.storage.io_manager import PlateLevelIOManager
+from mdp_assets.storage.partitions import StagedFiles, StoredPartition
+from mdp_assets.storage.store import BOOKKEEPING
 from mdp_assets.errors import MdpError
 from mdp_assets.checksums import record_files, tree_digest
 
@@ -51,7 +53,7 @@ def test_table_and_files_round_trip_with_true_checksums(storage, instance):
 
     instance.add_dynamic_partitions("plates", ["P1"])
     result = dg.materialize([table_level, files_level, reader], partition_key="P1", instance=instance,
-                            resources={"storage": storage, "io_manager": PlateLevelIOManager(storage=storage, parameters=PipelineParameters())})
+                            resources={"storage": storage, "io_manager": PlateLevelIOManager(storage=storage, settings=StepSettings())})
     assert result.success
     for event in result.get_asset_materialization_events():
         meta = {k: v.value for k, v in event.materialization.metadata.items()}
@@ -76,7 +78,7 @@ def test_failed_step_leaves_nothing_and_keeps_the_previous_partition(storage, in
             return StagedFiles(staged)
 
     instance.add_dynamic_partitions("plates", ["P1"])
-    resources = {"storage": storage, "io_manager": PlateLevelIOManager(storage=storage, parameters=PipelineParameters())}
+    resources = {"storage": storage, "io_manager": PlateLevelIOManager(storage=storage, settings=StepSettings())}
     assert dg.materialize([flaky], partition_key="P1", instance=instance, resources=resources).success
     attempt["fail"] = True
     result = dg.materialize([flaky], partition_key="P1", instance=instance, resources=resources, raise_on_error=False)
@@ -88,6 +90,6 @@ def test_failed_step_leaves_nothing_and_keeps_the_previous_partition(storage, in
 
 
 def test_reading_a_missing_partition_is_a_clear_error(storage):
-    manager = PlateLevelIOManager(storage=storage, parameters=PipelineParameters())
+    manager = PlateLevelIOManager(storage=storage, settings=StepSettings())
     with pytest.raises(MdpError, match="reader for P9 is not materialized in any tier"):
         manager.load_partition(dg.AssetKey("reader"), "P9")

@@ -4,8 +4,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from mdp_assets.definitions import build_definitions
-from mdp_assets_tests.conftest import stored
+from mdp_assets_tests.conftest import defs_for, stored
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +12,7 @@ NULL_WELLS = {"B07", "D07", "F07", "H12"}
 
 
 def _materialize(storage, instance, plate, *names):
-    defs = build_definitions(storage)
+    defs = defs_for(storage)
     instance.add_dynamic_partitions("plates", [plate])
     job = defs.resolve_job_def("plate_job")
     result = job.execute_in_process(

@@ -9,9 +9,8 @@ import pytest
 import rocrate
 from pyld import jsonld
 
-from mdp_assets_tests.conftest import stored
+from mdp_assets_tests.conftest import defs_for, stored
 from mdp_assets.cli import main
-from mdp_assets.definitions import build_definitions
 from mdp_assets.defs.parameters import PipelineParameters, SegmentationSettings
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.services.instance_status import stale_reasons
@@ -34,7 +33,7 @@ def two_plates(tmp_path):
                                                              sites_per_well=1, image_size=128, cells_per_site=9))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("plates", PLATES)
-        defs = build_definitions(storage)
+        defs = defs_for(storage)
         assert all(o.success for o in materialize_stale(instance, defs, storage, PLATES, report=lambda _: None))
         yield storage, instance, defs
 
@@ -47,7 +46,7 @@ def _count(instance, asset, plate):
 def test_parameter_change_marks_levels_below_stale_and_reprocessing_touches_only_them(two_plates):
     storage, instance, defs = two_plates
     changed = PipelineParameters(segmentation=SegmentationSettings(nuclei_min_area=40))
-    defs_changed = build_definitions(storage, parameters=changed)
+    defs_changed = defs_for(storage, parameters=changed)
     for plate in PLATES:
         assert stale_reasons(instance, defs, plate_levels(defs), plate) == {}
         reasons = {k.to_user_string(): v for k, v in stale_reasons(instance, defs_changed, plate_levels(defs_changed), plate).items()}
@@ -71,10 +70,10 @@ def test_parameter_change_marks_levels_below_stale_and_reprocessing_touches_only
 
 def test_opt_in_automation_requests_exactly_the_stale_partitions(two_plates):
     storage, instance, _ = two_plates
-    before = dg.evaluate_automation_conditions(defs=build_definitions(storage, reprocess_automatically=True),
+    before = dg.evaluate_automation_conditions(defs=defs_for(storage, reprocess_automatically=True),
                                                instance=instance)
     assert before.total_requested == 0
-    changed = build_definitions(storage, reprocess_automatically=True,
+    changed = defs_for(storage, reprocess_automatically=True,
                                 parameters=PipelineParameters(segmentation=SegmentationSettings(nuclei_min_area=40)))
     after = dg.evaluate_automation_conditions(defs=changed, instance=instance, cursor=before.cursor)
     requested = {k.to_user_string(): after.get_requested_partitions(k)

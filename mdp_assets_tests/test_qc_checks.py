@@ -6,8 +6,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from mdp_assets_tests.conftest import stored
-from mdp_assets.definitions import build_definitions
+from mdp_assets_tests.conftest import defs_for, stored
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 
 pytestmark = pytest.mark.slow
@@ -23,7 +22,7 @@ def test_blurred_image_fails_its_check_and_its_site_is_excluded(storage, instanc
     smeared = ndimage.gaussian_filter(pixels.astype(float), 6).astype(np.uint16)
     tifffile.imwrite(blurred, smeared, description=description.encode(), metadata=None)
 
-    defs = build_definitions(storage)
+    defs = defs_for(storage)
     instance.add_dynamic_partitions("plates", [SPEC.barcode])
     result = defs.resolve_job_def("plate_job").execute_in_process(
         instance=instance, partition_key=SPEC.barcode,

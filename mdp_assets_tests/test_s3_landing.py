@@ -7,11 +7,10 @@ import boto3
 import dagster as dg
 import pandas as pd
 
-from mdp_assets.definitions import build_definitions
-from mdp_assets.defs.plates.resources import IntakeSettings
+from mdp_assets.config import IntakeSettings
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.storage.resource import MdpStorage
-from mdp_assets_tests.conftest import stored, NF1_IMAGES, NF1_PLATEMAP
+from mdp_assets_tests.conftest import defs_for, stored, NF1_IMAGES, NF1_PLATEMAP
 
 
 def _bucket_state(client, bucket):
@@ -51,7 +50,7 @@ def test_plate_under_an_s3_prefix_flows_in(tmp_path, s3_endpoint, s3_credentials
     assert _bucket_state(client, bucket) == before, "the bucket is never written"
 
     instance.add_dynamic_partitions("plates", ["Plate_2"])
-    defs = build_definitions(storage)
+    defs = defs_for(storage)
     result = defs.resolve_job_def("plate_job").execute_in_process(
         instance=instance, partition_key="Plate_2", op_selection=["raw_images"])
     assert result.success

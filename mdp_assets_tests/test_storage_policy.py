@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mdp_assets.definitions import build_definitions
-from mdp_assets.defs.parameters import PipelineParameters
+from mdp_assets.config import StepSettings
 from mdp_assets.storage.io_manager import PlateLevelIOManager, table_output
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.errors import MdpError
@@ -22,7 +21,8 @@ from mdp_assets.checksums import record_files
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 from mdp_assets.storage.policy import load_policy, shipped_policy
 from mdp_assets.services.operations import materialize_stale, run_lifecycle
-from mdp_assets_tests.conftest import stored
+from mdp_assets.definitions import build_definitions
+from mdp_assets_tests.conftest import defs_for, stored
 
 plates = dg.DynamicPartitionsDefinition(name="plates")
 ORIGINS = {"internal": ["private", "public"], "collaborator-academic": ["private"],
@@ -57,7 +57,7 @@ def _toy(name, origin="internal", patient=False, released=False, payload=b"", co
 
 def _materialize(storage, instance, asset, partition="P1"):
     instance.add_dynamic_partitions("plates", [partition])
-    resources = {"storage": storage, "io_manager": PlateLevelIOManager(storage=storage, parameters=PipelineParameters())}
+    resources = {"storage": storage, "io_manager": PlateLevelIOManager(storage=storage, settings=StepSettings())}
     return dg.materialize([asset], partition_key=partition, instance=instance, resources=resources, raise_on_error=False)
 
 
@@ -208,7 +208,7 @@ def test_s3_tier_written_read_back_and_moved_to_a_drive(tmp_path, instance, s3_e
     write_demo_plate(storage.landing_path, DemoPlateSpec(barcode="S3P", rows="B", columns=(2, 3, 4, 5),
                                                          sites_per_well=1, image_size=128, cells_per_site=9))
     instance.add_dynamic_partitions("plates", ["S3P"])
-    defs = build_definitions(storage)
+    defs = defs_for(storage)
     result = defs.resolve_job_def("plate_job").execute_in_process(
         instance=instance, partition_key="S3P", op_selection=["raw_images", "image_qc"])
     assert result.success  # image_qc read raw_images back from S3
@@ -236,7 +236,7 @@ def test_storage_costs_price_exactly_what_is_stored(tmp_path, instance):
     write_demo_plate(storage.landing_path, DemoPlateSpec(barcode="COST", rows="BC", columns=(2, 3, 4, 5),
                                                          sites_per_well=1, image_size=128, cells_per_site=9))
     instance.add_dynamic_partitions("plates", ["COST"])
-    defs = build_definitions(storage)
+    defs = defs_for(storage)
     assert all(o.success for o in materialize_stale(instance, defs, storage, ["COST"], report=lambda _: None))
     assert sorted(p.name for p in stored(storage, "corrected_images", "COST").iterdir()) == [
         "_partition.json", "ro-crate-metadata.json"], "the transient level is gone once its readers are made"

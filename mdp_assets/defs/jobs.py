@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-CONSENSUS = dg.AssetKey("consensus_profiles")
+from mdp_assets.services.reprocess import CONSENSUS, CONSENSUS_JOB, PLATE_JOB
+
 STORAGE_COSTS = dg.AssetKey("storage_costs")
-PLATE_JOB = "plate_job"
 
 
 def build_jobs(excluded_checks: dg.AssetChecksDefinition) -> list:
@@ -16,7 +16,7 @@ def build_jobs(excluded_checks: dg.AssetChecksDefinition) -> list:
         description="Every level of one plate, raw images to embeddings.",
     )
     consensus_job = dg.define_asset_job(
-        "consensus_job",
+        CONSENSUS_JOB,
         selection=dg.AssetSelection.assets(CONSENSUS) - dg.AssetSelection.checks(excluded_checks),
         description="Consensus profiles across every plate.",
     )

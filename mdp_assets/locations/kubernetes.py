@@ -4,16 +4,19 @@ as pods of their own through `PipesK8sClient`, all mounting the data-root claim 
 import dagster as dg
 from dagster_k8s import k8s_job_executor
 
-from mdp_assets.definitions import service_definitions
+from mdp_assets.config import load_deployment
+from mdp_assets.definitions import build_definitions
 from mdp_assets.engines.cellprofiler.engine import KubernetesCellProfilerEngine
 
-defs = service_definitions(
-    cellprofiler=KubernetesCellProfilerEngine(
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    deployment = load_deployment()
+    engine = KubernetesCellProfilerEngine(
         environment="/opt/mdp/.mdp/cellprofiler",
         image=dg.EnvVar("MDP_IMAGE"),
         namespace=dg.EnvVar("MDP_K8S_NAMESPACE"),
         data_volume_claim=dg.EnvVar("MDP_DATA_VOLUME_CLAIM"),
-        data_root=dg.EnvVar("MDP_DATA_ROOT"),
-    ),
-    executor=k8s_job_executor,
-)
+        data_root=str(deployment.data_root),
+    )
+    return build_definitions(deployment, cellprofiler=engine, executor=k8s_job_executor)

@@ -1,6 +1,13 @@
 """The service code location: Postgres instance, S3 landing zone, every level in the object store, every step
-in the run worker's process (docker compose and deploy/local-stack.sh)."""
+in the run worker's process (docker compose and deploy/local-stack.sh). The deployment is the `mdp.yaml`
+that `MDP_CONFIG` names (deploy/mdp.yaml)."""
 
-from mdp_assets.definitions import service_definitions
+import dagster as dg
 
-defs = service_definitions()
+from mdp_assets.config import load_deployment
+from mdp_assets.definitions import build_definitions
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_deployment())

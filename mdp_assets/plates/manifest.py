@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mdp_assets.errors import MdpError
+from mdp_assets.safe_yaml import load_yaml
 
 MANIFEST_NAME = "plate.yaml"
+MAX_MANIFEST_BYTES = 256 * 1024  # a manifest is a page of YAML; anything larger is a mistake or an attack
 
 Origin = Literal["internal", "collaborator-academic", "collaborator-industry", "public"]
 NamingSchemeName = Literal["phenix", "imagexpress", "nf1", "regex"]
@@ -56,6 +57,9 @@ class PlateManifest(BaseModel):
     treatment_column: str | None = Field(None, description="platemap column naming the perturbation")
     negative_control: NegativeControl | None = None
     images_subdir: str = Field(".", description="folder of the images, relative to the plate folder")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="this plate's overrides of the deployment's settings (a documented subset)"
+    )
 
     @field_validator("barcode")
     @classmethod
@@ -106,15 +110,14 @@ def _describe(error: ValidationError) -> str:
 def load_manifest(path: Path) -> PlateManifest:
     """Read and validate a plate manifest; every problem is an MdpError naming the file."""
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise MdpError(f"plate manifest is over {MAX_MANIFEST_BYTES} bytes; refusing to read it", path=path)
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise MdpError("plate manifest not found", path=path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MdpError(f"plate manifest cannot be read: {exc}", path=path) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MdpError(f"plate manifest is not valid YAML: {exc}", path=path) from exc
+    data = load_yaml(text, path, "plate manifest", MAX_MANIFEST_BYTES)
     if not isinstance(data, dict):
         raise MdpError("plate manifest must be a YAML mapping of fields", path=path)
     try:

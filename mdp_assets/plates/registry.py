@@ -1,31 +1,70 @@
-"""What every level of a plate needs to know about it, carried with `raw_images`.
+"""The registered plate: what every level knows about a plate, fixed when the plate is registered.
 
-The manifest and the platemap annotations enter at `raw_images` and travel in its Parquet file
-(pandas `attrs`, stored in the Parquet schema metadata), so later levels never reach back to the
-landing zone: the plate can be processed again after its landing folder has been archived.
+Registration (the intake sensor, `mdp register` or `mdp demo`) validates the plate folder and writes one
+record per plate into the registry (`<data_root>/plates/<barcode>.json`, atomically): the manifest as it
+was, the platemap's annotations, where the plate came from, and when. Every level then loads the same
+typed `Plate` from there, never from the landing zone again, so a plate can be processed after its
+landing folder is archived, and an edit to the landing `plate.yaml` cannot change what a plate is.
+The plate's origin in particular is part of the record: changing it is an explicit, recorded act
+(`reclassify`), never a side effect of editing a file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mdp_assets.checksums import atomic_path
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.inventory import PlateFolder
-from mdp_assets.plates.manifest import PlateManifest
+from mdp_assets.plates.manifest import Origin, PlateManifest
 from mdp_assets.plates.platemap import metadata_name, read_platemap
 
-ATTRS_KEY = "mdp_plate"
 PERTURBATION = "Metadata_Perturbation"
 ORIGIN = "Metadata_Origin"
+RECORD_VERSION = 1
+PARTITIONS = "plates"  # the Dagster dynamic partitions: one per registered plate
 
 
 @dataclass(frozen=True)
-class PlateContext:
+class PlateAccess:
+    """What the storage policy needs to know about a plate to decide where its data may go."""
+
+    plate: str
+    origin: str
+    identifiable_patient_data: bool
+    released: bool
+
+
+@dataclass(frozen=True)
+class Plate:
+    """A registered plate: its manifest, its platemap annotations (one row per well, Metadata_ columns)."""
+
     manifest: PlateManifest
-    annotation_columns: tuple[str, ...]
+    platemap: pd.DataFrame = field(compare=False)
+    registered_at: str = ""
+    landing: str = ""
+    reclassifications: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def barcode(self) -> str:
+        return self.manifest.barcode
+
+    @property
+    def access(self) -> PlateAccess:
+        return PlateAccess(self.barcode, self.manifest.origin, self.manifest.identifiable_patient_data,
+                           self.manifest.released)
+
+    @property
+    def annotation_columns(self) -> list[str]:
+        """Every per-well Metadata_ column the plate's rows carry, besides plate and well."""
+        columns = [c for c in self.platemap.columns if c != "Metadata_Well"] + [ORIGIN]
+        return columns + ([PERTURBATION] if self.manifest.treatment_column else [])
 
     @property
     def negative_control_query(self) -> str | None:
@@ -34,44 +73,134 @@ class PlateContext:
             return None
         return f"`{metadata_name(control.column)}` == {control.value!r}"
 
+    def well_metadata(self, wells: list[str] | None = None) -> pd.DataFrame:
+        """One row per well: Metadata_Plate, Metadata_Well, every platemap annotation, origin, perturbation.
+        With `wells`, every one of them gets a row (annotations empty where the platemap has none)."""
+        table = self.platemap.copy()
+        if wells is not None:
+            table = pd.DataFrame({"Metadata_Well": sorted(set(wells))}).merge(table, on="Metadata_Well", how="left")
+        table.insert(0, "Metadata_Plate", self.barcode)
+        table[ORIGIN] = self.manifest.origin
+        if self.manifest.treatment_column:
+            table[PERTURBATION] = table[metadata_name(self.manifest.treatment_column)]
+        return table.reset_index(drop=True)
+
+    def annotate(self, images: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+        """Join the plate's well metadata onto a per-image (or per-site) table with Metadata_Well.
+        Returns the annotated table and the wells that have rows but no platemap entry."""
+        wells = self.well_metadata(list(images["Metadata_Well"].unique()))
+        wells = wells.drop(columns=[c for c in wells.columns if c in images.columns and c != "Metadata_Well"])
+        annotated = images.merge(wells, on="Metadata_Well", how="left", validate="many_to_one")
+        unannotated = sorted(set(images["Metadata_Well"]) - set(self.platemap["Metadata_Well"]))
+        return annotated, unannotated
+
+    # -- the record on disk -------------------------------------------------------------------------
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "record_version": RECORD_VERSION,
+            "barcode": self.barcode,
+            "registered_at": self.registered_at,
+            "landing": self.landing,
+            "manifest": self.manifest.model_dump(mode="json"),
+            "platemap": {"columns": list(self.platemap.columns), "rows": self.platemap.to_numpy().tolist()},
+            "reclassifications": list(self.reclassifications),
+        }
+
     @classmethod
-    def of(cls, raw_images: pd.DataFrame) -> PlateContext:
-        stored: dict[str, Any] | None = raw_images.attrs.get(ATTRS_KEY)
-        if not stored:
-            raise MdpError("raw_images carries no plate context (written by an older mdp?); re-materialize it")
-        return cls(PlateManifest.model_validate(stored["manifest"]), tuple(stored["annotation_columns"]))
-
-    def well_metadata(self, raw_images: pd.DataFrame) -> pd.DataFrame:
-        """One row per well: Metadata_Plate, Metadata_Well and every platemap annotation."""
-        columns = ["Metadata_Plate", "Metadata_Well", *self.annotation_columns]
-        return raw_images[columns].drop_duplicates("Metadata_Well").reset_index(drop=True)
+    def from_record(cls, record: dict[str, Any], where: Path | None = None) -> Plate:
+        try:
+            platemap = pd.DataFrame(record["platemap"]["rows"], columns=record["platemap"]["columns"], dtype=str)
+            return cls(PlateManifest.model_validate(record["manifest"]), platemap, record.get("registered_at", ""),
+                       record.get("landing", ""), tuple(record.get("reclassifications", ())))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MdpError(f"plate registration record is damaged: {exc}", path=where) from None
 
 
-def annotate_images(images: pd.DataFrame, plate: PlateFolder) -> tuple[pd.DataFrame, list[str]]:
-    """Join the platemap onto the image inventory and attach the plate context.
-
-    Returns the annotated table and the wells that have images but no platemap row.
-    """
-    manifest = plate.manifest
-    platemap = read_platemap(plate.platemap_path, manifest.platemap_well_column)
+def plate_from_folder(folder: PlateFolder, landing: str) -> Plate:
+    """A Plate read and checked from its folder: the platemap must have every column the manifest names."""
+    manifest = folder.manifest
+    platemap = read_platemap(folder.platemap_path, manifest.platemap_well_column)
     for needed in (manifest.treatment_column, manifest.negative_control and manifest.negative_control.column):
         if needed and metadata_name(needed) not in platemap.columns:
             raise MdpError(
                 f"manifest names platemap column {needed!r}, which the platemap lacks "
                 f"(it has {[c.removeprefix('Metadata_') for c in platemap.columns]})",
-                path=plate.platemap_path,
+                path=folder.platemap_path,
             )
-    platemap = platemap.drop(columns=[c for c in platemap.columns if c in images.columns and c != "Metadata_Well"])
-    annotated = images.merge(platemap, on="Metadata_Well", how="left", validate="many_to_one")
-    annotated[ORIGIN] = manifest.origin
-    if manifest.treatment_column:
-        annotated[PERTURBATION] = annotated[metadata_name(manifest.treatment_column)]
-    annotation_columns = [c for c in platemap.columns if c != "Metadata_Well"] + [ORIGIN]
-    if manifest.treatment_column:
-        annotation_columns.append(PERTURBATION)
-    unannotated = sorted(set(images["Metadata_Well"]) - set(platemap["Metadata_Well"]))
-    annotated.attrs[ATTRS_KEY] = {
-        "manifest": manifest.model_dump(mode="json"),
-        "annotation_columns": annotation_columns,
-    }
-    return annotated, unannotated
+    return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing)
+
+
+class PlateRegistry:
+    """The registered plates, one JSON record each under `root`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _path(self, barcode: str) -> Path:
+        return self.root / f"{barcode}.json"
+
+    def get(self, barcode: str) -> Plate | None:
+        path = self._path(barcode)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MdpError(f"plate registration record cannot be read: {exc}", path=path) from None
+        return Plate.from_record(record, path)
+
+    def load(self, barcode: str) -> Plate:
+        plate = self.get(barcode)
+        if plate is None:
+            known = self.barcodes()
+            raise MdpError(f"plate {barcode!r} is not registered (registered: {known[:20]}"
+                           f"{' ...' if len(known) > 20 else ''}); `mdp register FOLDER` registers a plate")
+        return plate
+
+    def barcodes(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*.json")) if self.root.is_dir() else []
+
+    def register(self, plate: Plate) -> Plate:
+        """Record a plate. A plate registered before keeps its origin: a different one is refused here
+        (reclassify instead); the rest of its record is replaced by the new registration."""
+        known = self.get(plate.barcode)
+        if known is not None:
+            check_same_access(known, plate.manifest, self._path(plate.barcode))
+            plate = Plate(plate.manifest, plate.platemap, plate.registered_at, plate.landing, known.reclassifications)
+        self.write(plate)
+        return plate
+
+    def write(self, plate: Plate) -> None:
+        with atomic_path(self._path(plate.barcode)) as partial:
+            partial.write_text(json.dumps(plate.to_record(), indent=1, default=str))
+
+    def reclassify(self, barcode: str, origin: Origin, identifiable_patient_data: bool, released: bool,
+                   reason: str, who: str) -> tuple[Plate, Plate]:
+        """Change a registered plate's access class, recorded with when, who and why; returns (before, after)."""
+        if not reason.strip():
+            raise MdpError(f"reclassifying plate {barcode} needs a reason")
+        before = self.load(barcode)
+        values = {**before.manifest.model_dump(), "origin": origin,
+                  "identifiable_patient_data": identifiable_patient_data, "released": released}
+        try:
+            manifest = PlateManifest.model_validate(values)
+        except ValueError as exc:
+            raise MdpError(f"plate {barcode} cannot be reclassified so: {exc}") from None
+        change = {"when": datetime.now(timezone.utc).isoformat(), "who": who, "reason": reason,
+                  "from": before.access.__dict__, "to": {**before.access.__dict__, "origin": origin,
+                  "identifiable_patient_data": identifiable_patient_data, "released": released}}
+        after = Plate(manifest, before.platemap, before.registered_at, before.landing,
+                      (*before.reclassifications, change))
+        self.write(after)
+        return before, after
+
+
+def check_same_access(registered: Plate, manifest: PlateManifest, where: Path | None = None) -> None:
+    """The landing manifest must still say what the plate was registered as (origin, patient data, release)."""
+    changed = [f"{name}: registered {getattr(registered.manifest, name)!r}, now {getattr(manifest, name)!r}"
+               for name in ("origin", "identifiable_patient_data", "released")
+               if getattr(registered.manifest, name) != getattr(manifest, name)]
+    if changed:
+        raise MdpError(f"plate {registered.barcode}: its access class changed since registration ({'; '.join(changed)}); "
+                       "editing plate.yaml does not reclassify a plate: use `mdp reclassify PLATE --origin ... "
+                       "--reason ...`", path=where)

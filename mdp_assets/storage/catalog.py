@@ -206,29 +206,26 @@ class FileProblem:
         return f"{self.status}: {self.uri} ({self.asset_key} of {self.partition})"
 
 
-def verify(path: Path) -> tuple[int, list[FileProblem]]:
-    """Re-read every cataloged file and compare its sha256; flag each row ok, missing or corrupt."""
-    from urllib.parse import unquote, urlparse
+FileCheck = Callable[[str, str, str, str, str], str]
 
+
+def verify(path: Path, check: FileCheck) -> tuple[int, list[FileProblem]]:
+    """Check every cataloged file with `check(tier, asset_key, partition, relpath, sha256)`, which re-reads it
+    wherever its tier keeps it and says ok, missing, corrupt or uncommitted; record each row's status.
+    The catalog is not held while files are read, so runs can write to it meanwhile."""
+    with connect(path, read_only=True) as con:
+        rows = con.execute("SELECT tier, asset_key, partition, relpath, uri, sha256 FROM stored_files").fetchall()
+    problems, statuses = [], []
+    now = datetime.now(timezone.utc)
+    for tier, asset_key, partition, relpath, uri, expected in rows:
+        status = check(tier, asset_key, partition, relpath, expected)
+        if status != "ok":
+            problems.append(FileProblem(asset_key, partition, uri, status))
+        statuses.append((status, now, asset_key, partition, relpath, expected))
     with connect(path) as con:
-        rows = con.execute("SELECT asset_key, partition, relpath, uri, sha256 FROM stored_files").fetchall()
-        problems, statuses = [], []
-        now = datetime.now(timezone.utc)
-        for asset_key, partition, relpath, uri, expected in rows:
-            local = Path(unquote(urlparse(uri).path))
-            if not local.exists():
-                status = "missing"
-            elif sha256_file(local) != expected:
-                status = "corrupt"
-            else:
-                status = "ok"
-            if status != "ok":
-                problems.append(FileProblem(asset_key, partition, uri, status))
-            statuses.append((status, now, asset_key, partition, relpath))
-        con.executemany(
-            "UPDATE stored_files SET status = ?, checked_at = ? WHERE asset_key = ? AND partition = ? AND relpath = ?",
-            statuses,
-        )
+        # Only rows still describing the file that was checked (a run may have replaced it meanwhile).
+        con.executemany("UPDATE stored_files SET status = ?, checked_at = ? "
+                        "WHERE asset_key = ? AND partition = ? AND relpath = ? AND sha256 = ?", statuses)
     return len(rows), problems
 
 

@@ -1,99 +1,134 @@
-"""Where mdp keeps things: the data root (tiers, staging) and the landing zone for new plates."""
+"""`MdpStorage`: where a deployment keeps things, as one Dagster resource built from its `mdp.yaml`.
 
+It knows the data root (local tiers, staging, the read cache, the catalog and the plate registry), the
+storage policy and the store behind each of its tiers, and the landing zone where plates arrive.
+S3 credentials are read, when a store is opened, from the environment variables the configuration names.
+"""
 
+from __future__ import annotations
+
+import functools
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import pandas as pd
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from dagster_aws.s3 import S3Resource
-
+from mdp_assets.config import SHIPPED_POLICIES, Deployment
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.inventory import PlateFolder
 from mdp_assets.plates.landing import FolderLanding, LandingZone, S3Landing
-from mdp_assets.storage.policy import StoragePolicy, load_policy, shipped_policy
+from mdp_assets.plates.registry import Plate, PlateRegistry
+from mdp_assets.storage.partitions import table_output
+from mdp_assets.storage.policy import StoragePolicy, load_policy
+from mdp_assets.storage.store import PartitionStore
 from mdp_assets.storage.tiers import EphemeralTier, FilesystemTier, GitTier, S3Tier, TierStore
 
 
 class MdpStorage(dg.ConfigurableResource):
-    """The local data root: tiers live in `<data_root>/<tier>`, plates arrive in the landing zone."""
+    """The deployment's storage: tiers live under the data root or in buckets, plates arrive in the landing zone."""
 
-    data_root: str = Field(description="folder holding every tier and the staging area")
-    landing_zone: str | None = Field(
-        default=None, description="folder of incoming plate folders; default <data_root>/landing"
-    )
-    landing_s3_bucket: str | None = Field(
-        default=None, description="when set, plates arrive under s3://<bucket>/<landing_s3_prefix><plate>/"
-    )
+    data_root: str = Field(description="folder holding every local tier, staging, the catalog and the plate registry")
+    policy_file: str = Field(str(SHIPPED_POLICIES / "local.yaml"), description="the storage policy (YAML)")
+    landing_folder: str | None = Field(None, description="folder of incoming plate folders; default <data_root>/landing")
+    landing_s3_bucket: str | None = Field(None, description="plates arrive under s3://<bucket>/<prefix><plate>/")
     landing_s3_prefix: str = ""
-    s3_endpoint_url: str | None = Field(default=None, description="any S3-compatible store; None for AWS")
+    s3_endpoint_url: str | None = Field(None, description="any S3-compatible store; None for AWS")
     s3_region: str | None = None
-    policy_file: str | None = Field(
-        default=None, description="storage policy YAML; default: the shipped local policy (policies/local.yaml)"
-    )
+    s3_access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    s3_secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
 
-    def policy(self) -> StoragePolicy:
-        return load_policy(Path(self.policy_file) if self.policy_file else shipped_policy("local"))
+    @classmethod
+    def from_deployment(cls, deployment: Deployment) -> MdpStorage:
+        settings = deployment.config.storage
+        return cls(
+            data_root=str(deployment.data_root),
+            policy_file=str(deployment.policy_path()),
+            landing_folder=settings.landing.folder,
+            landing_s3_bucket=settings.landing.s3_bucket,
+            landing_s3_prefix=settings.landing.s3_prefix,
+            s3_endpoint_url=settings.s3.endpoint_url,
+            s3_region=settings.s3.region,
+            s3_access_key_id_env=settings.s3.access_key_id_env,
+            s3_secret_access_key_env=settings.s3.secret_access_key_env,
+        )
 
-    def tier(self, name: str, policy: StoragePolicy | None = None) -> TierStore:
-        """The store behind a tier of the policy (S3 credentials come from the usual AWS variables)."""
-        policy = policy or self.policy()
-        if name not in policy.tiers:
-            raise MdpError(f"storage policy {policy.name!r} has no tier {name!r}")
-        spec = policy.tiers[name]
-        if spec.backend == "s3":
-            endpoint = spec.endpoint_url or self.s3_endpoint_url or None
-            client = S3Resource(endpoint_url=endpoint, region_name=spec.region or self.s3_region or None).get_client()
-            return S3Tier(name, client, spec.bucket or "", spec.prefix)
-        root = Path(spec.path or name)
-        root = root if root.is_absolute() else self.root / root
-        return {"filesystem": FilesystemTier, "git": GitTier, "ephemeral": EphemeralTier}[spec.backend](name, root)
+    # -- places -------------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.data_root).expanduser().resolve()
 
     @property
     def cache_root(self) -> Path:
         return self.root / ".cache"
 
     @property
-    def root(self) -> Path:
-        return Path(self.data_root).expanduser().resolve()
-
-    @property
-    def landing_path(self) -> Path:
-        return Path(self.landing_zone).expanduser().resolve() if self.landing_zone else self.root / "landing"
-
-    @property
     def catalog_path(self) -> Path:
         return self.root / "catalog.duckdb"
 
+    @property
+    def landing_path(self) -> Path:
+        return Path(self.landing_folder).expanduser().resolve() if self.landing_folder else self.root / "landing"
+
+    # -- the policy and its tiers -------------------------------------------------------------------
+    def policy(self) -> StoragePolicy:
+        return load_policy(Path(self.policy_file))
+
+    def s3_client(self, endpoint_url: str | None = None, region: str | None = None) -> Any:
+        """One client per endpoint, region and credentials in this process (clients are thread-safe)."""
+        return _s3_client(endpoint_url or self.s3_endpoint_url or None, region or self.s3_region or None,
+                          os.environ.get(self.s3_access_key_id_env), os.environ.get(self.s3_secret_access_key_env))
+
+    def tier(self, name: str, policy: StoragePolicy | None = None) -> TierStore:
+        """The store behind a tier of the policy."""
+        policy = policy or self.policy()
+        if name not in policy.tiers:
+            raise MdpError(f"storage policy {policy.name!r} has no tier {name!r}")
+        spec = policy.tiers[name]
+        if spec.backend == "s3":
+            return S3Tier(name, self.s3_client(spec.endpoint_url, spec.region), spec.bucket or "", spec.prefix)
+        root = Path(spec.path or name)
+        root = root if root.is_absolute() else self.root / root
+        return {"filesystem": FilesystemTier, "git": GitTier, "ephemeral": EphemeralTier}[spec.backend](name, root)
+
+    def store(self) -> PartitionStore:
+        policy = self.policy()
+        return PartitionStore(policy, lambda name: self.tier(name, policy), self.catalog_path, self.cache_root)
+
+    # -- plates -------------------------------------------------------------------------------------
+    def registry(self) -> PlateRegistry:
+        return PlateRegistry(self.root / "plates")
+
+    def plate(self, barcode: str) -> Plate:
+        return self.registry().load(barcode)
 
     def landing(self) -> LandingZone:
-        """The landing zone: the local folder, or the S3 prefix (credentials from the usual AWS variables)."""
+        """The landing zone: the local folder, or the S3 prefix."""
         if not self.landing_s3_bucket:
             return FolderLanding(self.landing_path)
-        # An empty endpoint or region (as an environment variable can only be) means AWS's defaults.
-        client = S3Resource(endpoint_url=self.s3_endpoint_url or None, region_name=self.s3_region or None).get_client()
-        return S3Landing(client, self.landing_s3_bucket, self.landing_s3_prefix, self.root / "landing-mirror")
+        return S3Landing(self.s3_client(), self.landing_s3_bucket, self.landing_s3_prefix, self.root / "landing-mirror")
 
     def plate_folder(self, barcode: str) -> PlateFolder:
         folder = PlateFolder.open(self.landing().open_plate(barcode))
         if folder.barcode != barcode:
-            raise MdpError(
-                f"manifest barcode {folder.barcode!r} does not match its folder name {barcode!r}",
-                path=folder.root / "plate.yaml",
-            )
+            raise MdpError(f"manifest barcode {folder.barcode!r} does not match its folder name {barcode!r}",
+                           path=folder.root / "plate.yaml")
         return folder
 
+    # -- staging --------------------------------------------------------------------------------------
     @contextmanager
     def staging_dir(self, label: str) -> Iterator[Path]:
         """A fresh folder on the data root's filesystem for an asset to fill.
 
         On success the IO manager takes it over (moved into its tier in one rename); on error it is removed,
-        so a failed step leaves nothing half-written behind.
-        """
+        so a failed step leaves nothing half-written behind."""
         path = self.root / ".staging" / f"{label}-{uuid.uuid4().hex[:12]}"
         path.mkdir(parents=True)
         try:
@@ -101,3 +136,14 @@ class MdpStorage(dg.ConfigurableResource):
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+
+    def table_output(self, label: str, table: pd.DataFrame, metadata: dict[str, Any] | None = None) -> dg.Output:
+        """A DataFrame as `table.parquet` in a new staging folder, as the Output of `label`."""
+        with self.staging_dir(label) as staged:
+            return table_output(staged, table, metadata)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client(endpoint_url: str | None, region: str | None, key_id: str | None, secret: str | None) -> Any:
+    return S3Resource(endpoint_url=endpoint_url, region_name=region, aws_access_key_id=key_id,
+                      aws_secret_access_key=secret).get_client()

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,11 @@ class FilesystemTier:
         path = self.folder(key) / relpath
         return (path.stat().st_size, sha256_file(path)) if path.is_file() else None
 
+    def check_file(self, key: str, relpath: str, sha256: str) -> str:
+        """ok, missing or corrupt: the file as it is now against the checksum it was stored with."""
+        found = self.file_sha256(key, relpath)
+        return "missing" if found is None else "ok" if found[1] == sha256 else "corrupt"
+
     def clean_partials(self) -> list[Path]:
         """Remove half-written copies left by a killed process (names start with '.' and hold 'partial')."""
         removed = []
@@ -140,6 +147,13 @@ class GitTier(FilesystemTier):
         self._git("add", "-A", "--", key)
         if self._git("status", "--porcelain", "--", key).strip():
             self._git("commit", "-q", "-m", message or f"mdp: remove {key}", "--", key)
+
+    def check_file(self, key: str, relpath: str, sha256: str) -> str:
+        """As for a folder, and the file must be committed as it is (else "uncommitted")."""
+        status = super().check_file(key, relpath, sha256)
+        if status == "ok" and self._git("status", "--porcelain", "--", f"{key}/{relpath}").strip():
+            return "uncommitted"
+        return status
 
     def log(self, key: str) -> list[str]:
         return [line for line in self._git("log", "--format=%s", "--", key).splitlines() if line]
@@ -214,8 +228,6 @@ class S3Tier:
             self._upload(source / PARTITION_RECORD, self._key(key, PARTITION_RECORD), local[PARTITION_RECORD].sha256)
         else:
             body = json.dumps(record, indent=1, default=str).encode()
-            import hashlib
-
             checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
             self.client.put_object(Bucket=self.bucket, Key=self._key(key, PARTITION_RECORD), Body=body, ChecksumSHA256=checksum)
         if move:
@@ -262,19 +274,24 @@ class S3Tier:
                     yield item["Key"][len(self.prefix): -len("/" + PARTITION_RECORD)]
 
     def file_sha256(self, key: str, relpath: str) -> tuple[int, str] | None:
-        import hashlib
-
+        """Size and sha256 of an object, hashed as it streams (never the whole object in memory)."""
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key, relpath))["Body"].read()
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key, relpath))["Body"]
         except self.client.exceptions.NoSuchKey:
             return None
-        return len(body), hashlib.sha256(body).hexdigest()
+        digest, size = hashlib.sha256(), 0
+        for chunk in body.iter_chunks(chunk_size=1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+        return size, digest.hexdigest()
+
+    def check_file(self, key: str, relpath: str, sha256: str) -> str:
+        found = self.file_sha256(key, relpath)
+        return "missing" if found is None else "ok" if found[1] == sha256 else "corrupt"
 
     def clean_partials(self, older_than_s: float = 3600) -> list[str]:
         """Delete objects of partitions that never got their _partition.json (a killed upload), once they
         are older than `older_than_s` (so an upload in progress is left alone)."""
-        from datetime import datetime, timezone
-
         by_key: dict[str, list[dict]] = {}
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):

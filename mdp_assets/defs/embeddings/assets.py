@@ -1,15 +1,13 @@
 """Level 7, embeddings: a deterministic representation of profiles (PCA fitted per plate)."""
 
-
 import dagster as dg
 import pandas as pd
 
+from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.science.embeddings import pca_embedding, pca_embedding_parquet
-from mdp_assets.defs.parameters import PipelineParameters
-from mdp_assets.storage.io_manager import TABLE_FILE, StoredPartition, parquet_output, table_output
+from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, parquet_output
 from mdp_assets.storage.resource import MdpStorage
-
 
 METHOD = "PCA per plate (covariance eigenvectors, NaN -> 0, sign fixed by the largest loading)"
 
@@ -26,13 +24,12 @@ def _metadata(ratios: list[float]) -> dict[str, object]:
     "single-cell profiles (Embedding_PC1..), deterministic; Metadata_ columns carried.",
 )
 def single_cell_embeddings(
-    single_cell_profiles: StoredPartition, parameters: PipelineParameters, storage: MdpStorage
+    single_cell_profiles: StoredPartition, settings: StepSettings, storage: MdpStorage
 ) -> dg.Output:
     # Streamed from the stored Parquet a batch of rows at a time: a full plate of cells never sits in memory.
     with storage.staging_dir("single_cell_embeddings") as staged:
-        ratios = pca_embedding_parquet(
-            single_cell_profiles.path(TABLE_FILE), staged / TABLE_FILE, parameters.embedding_components
-        )
+        ratios = pca_embedding_parquet(single_cell_profiles.path(TABLE_FILE), staged / TABLE_FILE,
+                                       settings.embeddings.components)
         return parquet_output(staged, _metadata(ratios))
 
 
@@ -42,6 +39,6 @@ def single_cell_embeddings(
     kinds={"parquet", "numpy"},
     description="Well embeddings: the first principal components (8 by default) of the plate's well profiles.",
 )
-def well_embeddings(well_profiles: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage) -> dg.Output:
-    embedding = pca_embedding(well_profiles, parameters.embedding_components)
-    return table_output(storage, "well_embeddings", embedding.table, _metadata(embedding.explained_variance_ratio))
+def well_embeddings(well_profiles: pd.DataFrame, settings: StepSettings, storage: MdpStorage) -> dg.Output:
+    embedding = pca_embedding(well_profiles, settings.embeddings.components)
+    return storage.table_output("well_embeddings", embedding.table, _metadata(embedding.explained_variance_ratio))

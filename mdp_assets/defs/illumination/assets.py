@@ -1,21 +1,19 @@
 """Level 2, QC'd and illumination-corrected images: image QC, flat-field functions, corrected images."""
 
-
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
+from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.storage.io_manager import StoredPartition, staged_output, table_output
-from mdp_assets.storage.resource import MdpStorage
-from pathlib import Path
-
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
-from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.engines.cellprofiler.run import run_illumination
 from mdp_assets.science.illumination import write_corrected_images, write_illumination_functions
 from mdp_assets.science.image_qc import measure_plate_quality, passing_sites
+from mdp_assets.storage.partitions import StoredPartition, staged_output
+from mdp_assets.storage.resource import MdpStorage
 
 GROUP = "qc_and_illumination"
 
@@ -32,30 +30,24 @@ GROUP = "qc_and_illumination"
     description="Per image: focus (ImageQuality_PowerLogLogSlope) and saturation (ImageQuality_PercentMaximal) "
     "as CellProfiler's MeasureImageQuality defines them, and a pass flag. Failing sites are excluded below.",
 )
-def image_qc(
-    context: dg.AssetExecutionContext, raw_images: pd.DataFrame, parameters: PipelineParameters, storage: MdpStorage
-):
-    thresholds = parameters.qc_thresholds()
-    minimum = parameters.image_qc.min_pass_fraction
+def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settings: StepSettings, storage: MdpStorage):
+    plate = storage.plate(context.partition_key)
+    qc = settings.for_plate(plate.manifest.settings, plate.barcode).qc
+    thresholds = qc.thresholds()
     table = measure_plate_quality(raw_images, thresholds)
     fraction = float(table["qc_pass"].mean())
     failed = table.loc[~table["qc_pass"], "file_name"].tolist()
-    yield table_output(
-        storage,
-        "image_qc",
-        table,
-        {
-            "images": len(table),
-            "pass_fraction": fraction,
-            "failed_images": len(failed),
-            "thresholds": thresholds.__dict__,
-        },
-    )
+    yield storage.table_output("image_qc", table, {
+        "images": len(table),
+        "pass_fraction": fraction,
+        "failed_images": len(failed),
+        "thresholds": thresholds.__dict__,
+    })
     yield dg.AssetCheckResult(
         check_name="qc_pass_fraction",
-        passed=fraction >= minimum,
+        passed=fraction >= qc.min_pass_fraction,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"pass_fraction": fraction, "minimum": minimum, "failed": ", ".join(failed[:50]) or "none"},
+        metadata={"pass_fraction": fraction, "minimum": qc.min_pass_fraction, "failed": ", ".join(failed[:50]) or "none"},
     )
     for check, flag, measure in [
         ("no_blurred_images", "qc_blurred", "ImageQuality_PowerLogLogSlope"),
@@ -90,21 +82,24 @@ def illumination_functions(
     raw_images: pd.DataFrame,
     image_qc: pd.DataFrame,
     storage: MdpStorage,
-    parameters: PipelineParameters,
+    settings: StepSettings,
     cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
-    if parameters.uses_cellprofiler():
-        context.log.info(f"engine: CellProfiler, pipeline {parameters.illumination_pipeline}")
-        with storage.staging_dir("illumination_functions") as staged:
-            metadata = run_illumination(context, cellprofiler, Path(parameters.illumination_pipeline), storage,
-                                        raw_images, image_qc, staged)
-            (staged / "illumination.json").write_text(json.dumps(metadata))
-            return staged_output(staged, metadata)
-    settings = parameters.illumination_parameters()
+    plate = storage.plate(context.partition_key)
+    settings = settings.for_plate(plate.manifest.settings, plate.barcode)
     with storage.staging_dir("illumination_functions") as staged:
-        used = write_illumination_functions(raw_images, passing_sites(image_qc), staged, settings)
-        (staged / "illumination.json").write_text(json.dumps({"images_per_channel": used, **settings.__dict__}))
-        return staged_output(staged, {"engine": "builtin", "channels": len(used), "images_per_channel": used})
+        if settings.uses_cellprofiler():
+            pipeline = Path(settings.cellprofiler.illumination_pipeline)
+            context.log.info(f"engine: CellProfiler, pipeline {pipeline}")
+            metadata = run_illumination(context, cellprofiler, pipeline, storage.root / ".work", raw_images, image_qc,
+                                        staged)
+        else:
+            parameters = settings.illumination.parameters()
+            used = write_illumination_functions(raw_images, passing_sites(image_qc), staged, parameters)
+            metadata = {"engine": "builtin", "channels": len(used), "images_per_channel": used,
+                        **parameters.__dict__}
+        (staged / "illumination.json").write_text(json.dumps(metadata))
+        return staged_output(staged, metadata)
 
 
 @dg.asset(

@@ -1,5 +1,8 @@
-"""One partition per plate barcode, added when a plate arrives (by the intake sensor or `mdp demo`)."""
+"""One partition per plate barcode, added when a plate is registered (by the intake sensor, `mdp register` or
+`mdp demo`)."""
 
 import dagster as dg
 
-plates_partitions = dg.DynamicPartitionsDefinition(name="plates")
+from mdp_assets.plates.registry import PARTITIONS
+
+plates_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS)

@@ -4,11 +4,12 @@ import time
 
 import dagster as dg
 
-from mdp_assets.defs.jobs import PLATE_JOB
+from mdp_assets.config import IntakeSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.defs.plates.resources import IntakeSettings
-from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.plates.intake import IntakeCursor, evaluate_landing_zone
+from mdp_assets.services.registration import register_ready_plate
+from mdp_assets.services.reprocess import PLATE_JOB
+from mdp_assets.storage.resource import MdpStorage
 
 
 @dg.sensor(
@@ -31,7 +32,15 @@ def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, i
         max_plates_validated=intake.max_plates_validated_per_tick,
         fetch=landing.fetch,
     )
-    ready = [d for d in decisions if d.status == "ready"]
+    ready = []
+    for decision in [d for d in decisions if d.status == "ready"]:
+        problem = register_ready_plate(storage, decision.plate)
+        if problem is None:
+            ready.append(decision)
+        else:
+            context.log.warning(f"plate {decision.plate} rejected: {problem}")
+            cursor.registered.pop(decision.plate, None)
+            cursor.rejected[decision.plate] = (decision.fingerprint, problem)
     for decision in decisions:
         if decision.status == "rejected":
             context.log.warning(f"plate {decision.plate} rejected: {decision.reason}")

@@ -1,20 +1,18 @@
 """Level 3, masks: nuclei and cell label images per site."""
 
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
+from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.storage.io_manager import StoredPartition, staged_output
-from mdp_assets.storage.resource import MdpStorage
-from mdp_assets.science.image_qc import empty_or_failed_wells
-from mdp_assets.plates.registry import PlateContext
-from pathlib import Path
-
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
-from mdp_assets.defs.parameters import PipelineParameters
 from mdp_assets.engines.cellprofiler.run import run_analysis
+from mdp_assets.science.image_qc import empty_or_failed_wells
 from mdp_assets.science.segmentation import write_masks
+from mdp_assets.storage.partitions import StoredPartition, staged_output
+from mdp_assets.storage.resource import MdpStorage
 
 
 @dg.asset(
@@ -34,26 +32,29 @@ def segmentation_masks(
     illumination_functions: StoredPartition,
     corrected_images: StoredPartition,
     storage: MdpStorage,
-    parameters: PipelineParameters,
+    settings: StepSettings,
     cellprofiler: CellProfilerEngine,
 ):
-    manifest = PlateContext.of(raw_images).manifest
-    if parameters.uses_cellprofiler():
-        context.log.info(f"engine: CellProfiler, pipeline {parameters.analysis_pipeline}")
-        with storage.staging_dir("segmentation_masks") as staged:
-            metadata = run_analysis(context, cellprofiler, Path(parameters.analysis_pipeline), storage, raw_images,
-                                    image_qc, illumination_functions, staged)
+    plate = storage.plate(context.partition_key)
+    settings = settings.for_plate(plate.manifest.settings, plate.barcode)
+    with storage.staging_dir("segmentation_masks") as staged:
+        if settings.uses_cellprofiler():
+            pipeline = Path(settings.cellprofiler.analysis_pipeline)
+            context.log.info(f"engine: CellProfiler, pipeline {pipeline}")
+            metadata = run_analysis(context, cellprofiler, pipeline, storage.root / ".work", raw_images, image_qc,
+                                    illumination_functions.root, staged)
             sites = pd.read_parquet(staged / "sites.parquet")
-            problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)
-            yield staged_output(staged, metadata)
-    else:
-        if not cellprofiler.available():
-            context.log.info(f"engine: built-in (no CellProfiler environment at {cellprofiler.environment}; "
-                             "`make cellprofiler` builds one)")
         else:
-            context.log.info("engine: built-in (chosen by the deployment's PipelineParameters.engine)")
-        with storage.staging_dir("segmentation_masks") as staged:
-            problems = yield from _builtin(raw_images, corrected_images, manifest, parameters, staged)
+            context.log.info("engine: built-in" + ("" if cellprofiler.available() else
+                             f" (no CellProfiler environment at {cellprofiler.environment}; `make cellprofiler`)"))
+            sites = write_masks(pd.read_parquet(corrected_images.path("sites.parquet")), corrected_images.root, staged,
+                                plate.manifest.nuclei_channel, plate.manifest.cell_channel,
+                                settings.segmentation.parameters())
+            sites.to_parquet(staged / "sites.parquet", index=False)
+            nuclei = int(sites["Count_Nuclei"].sum()) if len(sites) else 0
+            metadata = {"engine": "builtin", "sites": len(sites), "nuclei": nuclei}
+        problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)
+        yield staged_output(staged, metadata)
     yield dg.AssetCheckResult(
         check_name="no_empty_or_failed_wells",
         passed=not problems,
@@ -61,19 +62,3 @@ def segmentation_masks(
         metadata={"wells": len(problems),
                   "problems": dg.MetadataValue.md("\n".join(f"- {w}: {why}" for w, why in problems.items()) or "none")},
     )
-
-
-def _builtin(raw_images, corrected_images, manifest, parameters: PipelineParameters, staged):
-    """The built-in engine: segment every corrected site; yields the output, returns wells with problems."""
-    sites = write_masks(
-        pd.read_parquet(corrected_images.path("sites.parquet")),
-        corrected_images.root,
-        staged,
-        manifest.nuclei_channel,
-        manifest.cell_channel,
-        parameters.segmentation_parameters(),
-    )
-    sites.to_parquet(staged / "sites.parquet", index=False)
-    nuclei = int(sites["Count_Nuclei"].sum()) if len(sites) else 0
-    yield staged_output(staged, {"engine": "builtin", "sites": len(sites), "nuclei": nuclei})
-    return empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)

@@ -1,19 +1,17 @@
 """Level 4, single cells: CellProfiler-named features per cell, and an isolated image of every cell."""
 
-
 import dagster as dg
 import pandas as pd
 
+from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.storage.io_manager import StoredPartition, staged_output, table_output
-from mdp_assets.storage.resource import MdpStorage
-from mdp_assets.science.crops import write_crop_store
 from mdp_assets.engines.cellprofiler.run import OBJECT_TABLES, cellprofiler_features
-from mdp_assets.science.features import plate_features
 from mdp_assets.plates.inventory import site_acquisition_metadata
-from mdp_assets.plates.registry import PlateContext
+from mdp_assets.science.crops import write_crop_store
+from mdp_assets.science.features import plate_features
 from mdp_assets.science.profiles import metadata_first
-from mdp_assets.defs.parameters import PipelineParameters
+from mdp_assets.storage.partitions import StoredPartition, staged_output
+from mdp_assets.storage.resource import MdpStorage
 
 GROUP = "single_cell"
 
@@ -26,9 +24,13 @@ GROUP = "single_cell"
     "CellProfiler's names, and Metadata_ columns for plate, well, site, object, platemap and acquisition.",
 )
 def single_cell_features(
-    raw_images: pd.DataFrame, segmentation_masks: StoredPartition, corrected_images: StoredPartition, storage: MdpStorage
+    context: dg.AssetExecutionContext,
+    raw_images: pd.DataFrame,
+    segmentation_masks: StoredPartition,
+    corrected_images: StoredPartition,
+    storage: MdpStorage,
 ) -> dg.Output:
-    plate = PlateContext.of(raw_images)
+    plate = storage.plate(context.partition_key)
     tables = segmentation_masks.root / OBJECT_TABLES
     extra = {}
     if tables.is_dir():  # CellProfiler segmented and measured the cells
@@ -41,27 +43,21 @@ def single_cell_features(
         measured = plate_features(
             pd.read_parquet(segmentation_masks.path("sites.parquet")), segmentation_masks.root, corrected_images.root
         )
-    wells, sites = plate.well_metadata(raw_images), site_acquisition_metadata(raw_images)
+    wells = plate.well_metadata(list(raw_images["Metadata_Well"].unique()))
+    sites = site_acquisition_metadata(raw_images)
     # mdp's plate, platemap and acquisition metadata win over whatever the engine wrote under the same name.
     keys = {"Metadata_Well", "Metadata_Site"}
     measured = measured.drop(columns=[c for c in [*wells.columns, *sites.columns] if c in measured.columns and c not in keys])
-    table = (
-        measured.merge(wells, on="Metadata_Well", how="left")
-        .merge(sites, on=["Metadata_Well", "Metadata_Site"], how="left")
-    )
+    table = measured.merge(wells, on="Metadata_Well", how="left").merge(sites, on=["Metadata_Well", "Metadata_Site"],
+                                                                          how="left")
     table = metadata_first(table)
-    return table_output(
-        storage,
-        "single_cell_features",
-        table,
-        {
-            "cells": len(table),
-            "features": sum(not c.startswith("Metadata_") for c in table.columns),
-            "wells": int(table["Metadata_Well"].nunique()) if len(table) else 0,
-            "engine": engine,
-            **extra,
-        },
-    )
+    return storage.table_output("single_cell_features", table, {
+        "cells": len(table),
+        "features": sum(not c.startswith("Metadata_") for c in table.columns),
+        "wells": int(table["Metadata_Well"].nunique()) if len(table) else 0,
+        "engine": engine,
+        **extra,
+    })
 
 
 @dg.asset(
@@ -72,13 +68,16 @@ def single_cell_features(
     "channel around each nucleus, in one chunked zarr store per plate with an index.parquet of Metadata_ rows.",
 )
 def single_cell_crops(
+    context: dg.AssetExecutionContext,
     raw_images: pd.DataFrame,
     single_cell_features: pd.DataFrame,
     segmentation_masks: StoredPartition,
     corrected_images: StoredPartition,
     storage: MdpStorage,
-    parameters: PipelineParameters,
+    settings: StepSettings,
 ) -> dg.Output:
+    plate = storage.plate(context.partition_key)
+    size = settings.for_plate(plate.manifest.settings, plate.barcode).crops.size
     channels = sorted(raw_images["Metadata_Channel"].unique())
     with storage.staging_dir("single_cell_crops") as staged:
         summary = write_crop_store(
@@ -88,6 +87,6 @@ def single_cell_crops(
             corrected_images.root,
             channels,
             staged,
-            parameters.crop_size,
+            size,
         )
         return staged_output(staged, {"cells": summary["cells"], "channels": ", ".join(summary["channels"])})

@@ -6,10 +6,10 @@ from datetime import datetime, timezone
 import dagster as dg
 import pandas as pd
 
-from mdp_assets.storage.io_manager import staged_output, summarize_table
-from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.storage import catalog
 from mdp_assets.storage.costs import current_costs, plot, projection
+from mdp_assets.storage.partitions import staged_output, summarize_table
+from mdp_assets.storage.resource import MdpStorage
 
 STORAGE_COSTS = dg.AssetKey("storage_costs")
 
@@ -73,5 +73,7 @@ def build_storage_costs_job(excluded_checks: dg.AssetChecksDefinition) -> tuple[
         description="Refresh storage_costs from the catalog.",
     )
     schedule = dg.ScheduleDefinition(name="storage_costs_schedule", job=job, cron_schedule="30 2 * * *",
-                                     default_status=dg.DefaultScheduleStatus.RUNNING)
+                                     default_status=dg.DefaultScheduleStatus.RUNNING,
+                                     description="Daily (02:30): refresh storage_costs (bytes, cost, 12-month "
+                                     "projection) from the catalog.")
     return job, schedule

@@ -3,9 +3,9 @@
 import dagster as dg
 from pydantic import Field
 
-from mdp_assets.defs.jobs import PLATE_JOB
+from mdp_assets.services.lifecycle import apply_lifecycle, describe_move, release_consumed
+from mdp_assets.services.reprocess import PLATE_JOB
 from mdp_assets.storage.resource import MdpStorage
-from mdp_assets.services.operations import apply_lifecycle, describe_move, release_consumed
 
 
 class LifecycleConfig(dg.Config):
@@ -41,6 +41,7 @@ def build_lifecycle(consumers: dict[str, list[str]]):
     schedule = dg.ScheduleDefinition(
         name="lifecycle_schedule", job=lifecycle_job, cron_schedule="0 2 * * *",
         default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Daily (02:00): move partitions whose time in a tier is up to the next tier of their lifecycle.",
     )
 
     @dg.run_status_sensor(

@@ -1,6 +1,8 @@
 """The CellProfiler engine as a resource: where its environment is, how many processes, and running a
 plate's groups through Dagster Pipes so CellProfiler's log and progress stream into the run."""
 
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +11,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from mdp_assets.config import CELLPROFILER_VERSION, CellProfilerSettings
 from mdp_assets.errors import MdpError
 
-CELLPROFILER_VERSION = "4.2.8.1"  # what deploy/cellprofiler/build-env.sh installs
+__all__ = ["CELLPROFILER_VERSION", "CellProfilerEngine", "KubernetesCellProfilerEngine", "EcsCellProfilerEngine"]
 # The concurrency pool of the steps that run CellProfiler (or the built-in engine in its place): a service
 # caps them across all runs with `concurrency: pools:` in its dagster.yaml (deploy/dagster.yaml).
 CELLPROFILER_POOL = "cellprofiler"
@@ -33,6 +36,10 @@ class CellProfilerEngine(dg.ConfigurableResource):
     environment: str = Field(".mdp/cellprofiler", description="the virtual environment `make cellprofiler` builds")
     workers: int = Field(0, ge=0, description="CellProfiler processes at once; 0: one per core")
     java_home: str | None = Field(None, description="JAVA_HOME; default: found from javac")
+
+    @classmethod
+    def from_settings(cls, settings: CellProfilerSettings) -> CellProfilerEngine:
+        return cls(environment=settings.environment, workers=settings.workers, java_home=settings.java_home)
 
     @property
     def python(self) -> Path:

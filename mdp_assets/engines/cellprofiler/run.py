@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from mdp_assets.config import SHIPPED_PIPELINES
 from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, summarize_failures
-from mdp_assets.storage.io_manager import StoredPartition
-from mdp_assets.storage.resource import MdpStorage
-from mdp_assets.errors import MdpError
 from mdp_assets.engines.cellprofiler.outputs import (
+    CellProfilerOutput,
+    features_from_cellprofiler,
     file_list,
     loaddata_for_analysis,
     merge_groups,
@@ -23,11 +23,11 @@ from mdp_assets.engines.cellprofiler.outputs import (
     split_wells,
     uses_loaddata,
 )
-from mdp_assets.defs.parameters import DEFAULT_ILLUMINATION_PIPELINE
 from mdp_assets.engines.cellprofiler.pipelines import illumination_pipeline
+from mdp_assets.errors import MdpError
+from mdp_assets.plates.inventory import uri_to_path
 from mdp_assets.science.image_qc import passing_sites
 from mdp_assets.science.image_store import write_stack
-from mdp_assets.plates.inventory import uri_to_path
 
 OBJECT_TABLES = "cellprofiler"
 
@@ -36,19 +36,20 @@ def run_analysis(
     context: dg.AssetExecutionContext,
     engine: CellProfilerEngine,
     pipeline: Path,
-    storage: MdpStorage,
+    work_root: Path,
     raw_images: pd.DataFrame,
     image_qc: pd.DataFrame,
-    illumination: StoredPartition,
+    illumination_dir: Path | None,
     staged: Path,
 ) -> dict:
     """Run the analysis pipeline over the plate's QC-passing sites in groups of wells, then write masks,
     the site index and CellProfiler's object tables into `staged`. Returns metadata for the output."""
     images = _qc_passing(raw_images, image_qc, "nothing for CellProfiler to analyse")
     digest = pipeline_hash(pipeline)
-    work = storage.root / ".work" / "cellprofiler" / context.partition_key
+    work = work_root / "cellprofiler" / context.partition_key
     groups = [
-        _group(pipeline, digest, images[images["Metadata_Well"].isin(wells)], work, f"{wells[0]}-{wells[-1]}", illumination.root)
+        _group(pipeline, digest, images[images["Metadata_Well"].isin(wells)], work, f"{wells[0]}-{wells[-1]}",
+               illumination_dir)
         for wells in split_wells(list(images["Metadata_Well"].unique()), engine.workers or os.cpu_count() or 1)
     ]
     version, results = engine.run_groups(context, pipeline, groups)
@@ -151,8 +152,6 @@ def _write_masks(sites: pd.DataFrame, image: pd.DataFrame, groups: list[dict], o
 
 def cellprofiler_features(tables: Path) -> pd.DataFrame:
     """Single cells from the object tables a CellProfiler run left in a segmentation_masks partition."""
-    from mdp_assets.engines.cellprofiler.outputs import CellProfilerOutput, features_from_cellprofiler
-
     image = pd.read_parquet(tables / "Image.parquet")
     objects = {p.stem: pd.read_parquet(p) for p in sorted(tables.glob("*.parquet")) if p.stem != "Image"}
     # The image table carries Metadata_Well / Metadata_Site as mdp resolved them; CellProfiler's own go.
@@ -165,7 +164,7 @@ def run_illumination(
     context: dg.AssetExecutionContext,
     engine: CellProfilerEngine,
     pipeline: Path,
-    storage: MdpStorage,
+    work_root: Path,
     raw_images: pd.DataFrame,
     image_qc: pd.DataFrame,
     staged: Path,
@@ -173,13 +172,13 @@ def run_illumination(
     """The lab's illumination pipeline over all of the plate's QC-passing images (one CellProfiler process:
     "All: across cycles" needs every image in one run); `Illum<Channel>.npy` become `<channel>.npy`."""
     images = _qc_passing(raw_images, image_qc, "no illumination function can be made")
-    if pipeline.resolve() == DEFAULT_ILLUMINATION_PIPELINE.resolve():
+    if pipeline.resolve() == (SHIPPED_PIPELINES / "illumination.cppipe").resolve():
         # The shipped default adapts to the plate's channels (it is written for Cell Painting's five).
         channels = sorted(images["Metadata_Channel"].unique())
-        pipeline = storage.root / ".work" / "pipelines" / f"illumination-{'-'.join(channels)}.cppipe"
+        pipeline = work_root / "pipelines" / f"illumination-{'-'.join(channels)}.cppipe"
         pipeline.parent.mkdir(parents=True, exist_ok=True)
         pipeline.write_text(illumination_pipeline(channels))
-    work = storage.root / ".work" / "cellprofiler-illumination" / context.partition_key
+    work = work_root / "cellprofiler-illumination" / context.partition_key
     group = _group(pipeline, pipeline_hash(pipeline), images, work, "plate", None)
     version, results = engine.run_groups(context, pipeline, [group])
     if not results[0].ok:

@@ -1,15 +1,14 @@
-"""Verification of everything stored: re-read every cataloged file and compare its sha256.
-
-`verify_job` runs the `stored_files_intact` check of every level (weekly by `verify_schedule`); a missing
-or corrupt file fails its level's check, named in the check's metadata, and is flagged in the catalog.
-"""
+"""Verification of everything stored: re-read every cataloged file wherever its tier keeps it and compare
+its sha256. `verify_job` runs the `stored_files_intact` check of every level (weekly, `verify_schedule`);
+a missing, corrupt or uncommitted file fails its level's check, named in the check's metadata, and is
+flagged in the catalog. The check can run for any subset of levels, alone or with their assets."""
 
 from collections import defaultdict
 
 import dagster as dg
 
+from mdp_assets.services.catalog import verify_stored_files
 from mdp_assets.storage.resource import MdpStorage
-from mdp_assets.storage import catalog
 
 CHECK_NAME = "stored_files_intact"
 
@@ -19,17 +18,18 @@ def build_verify_checks(asset_keys: list[dg.AssetKey]) -> dg.AssetChecksDefiniti
         specs=[dg.AssetCheckSpec(CHECK_NAME, asset=key, description="every stored file exists with its sha256")
                for key in asset_keys],
         name="verify_stored_files",
+        can_subset=True,
     )
-    def verify_stored_files(context: dg.AssetCheckExecutionContext, storage: MdpStorage):
-        checked, problems = catalog.verify(storage.catalog_path)
+    def verify_stored_files_check(context: dg.AssetCheckExecutionContext, storage: MdpStorage):
+        checked, problems = verify_stored_files(storage)
         context.log.info(f"verified {checked} stored files; {len(problems)} problem(s)")
         by_asset = defaultdict(list)
         for problem in problems:
             by_asset[problem.asset_key].append(problem)
-        for key in asset_keys:
-            found = by_asset.get(key.to_user_string(), [])
+        for check_key in context.selected_asset_check_keys:
+            found = by_asset.get(check_key.asset_key.to_user_string(), [])
             yield dg.AssetCheckResult(
-                asset_key=key,
+                asset_key=check_key.asset_key,
                 check_name=CHECK_NAME,
                 passed=not found,
                 severity=dg.AssetCheckSeverity.ERROR,
@@ -39,7 +39,7 @@ def build_verify_checks(asset_keys: list[dg.AssetKey]) -> dg.AssetChecksDefiniti
                 },
             )
 
-    return verify_stored_files
+    return verify_stored_files_check
 
 
 def build_verify_job_and_schedule(checks: dg.AssetChecksDefinition) -> tuple[object, dg.ScheduleDefinition]:
@@ -49,6 +49,7 @@ def build_verify_job_and_schedule(checks: dg.AssetChecksDefinition) -> tuple[obj
         description="Re-read every stored file of every level and compare its sha256 with the catalog.",
     )
     schedule = dg.ScheduleDefinition(
-        name="verify_schedule", job=job, cron_schedule="0 3 * * 0", default_status=dg.DefaultScheduleStatus.RUNNING
+        name="verify_schedule", job=job, cron_schedule="0 3 * * 0", default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Weekly (Sunday 03:00): verify every stored file of every level against its checksum.",
     )
     return job, schedule

@@ -1,0 +1,124 @@
+"""The lifecycle as a service: release transient levels whose readers are made, finish interrupted moves,
+and move every partition that is due to its next tier (copy, verify, record, then delete the source).
+`lifecycle_job` and `mdp lifecycle --dry-run` both come here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import dagster as dg
+
+from mdp_assets.errors import MdpError
+from mdp_assets.plates.registry import PlateAccess
+from mdp_assets.services.instance_status import latest_status
+from mdp_assets.storage import catalog, lifecycle
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets.storage.store import PartitionStore
+from mdp_assets.storage.tiers import EphemeralTier
+
+
+@dataclass
+class LifecycleReport:
+    moves: list[dict[str, Any]]
+    released: list[str]
+    notes: list[str]
+    failures: list[str]
+
+
+def release_consumed(
+    instance: dg.DagsterInstance, storage: MdpStorage, consumers: dict[str, list[str]], plates: list[str] | None = None
+) -> list[str]:
+    """Release (delete the data of) transient partitions once every level that reads them was made from them."""
+    policy = storage.policy()
+    released = []
+    for level, stages in policy.levels.items():
+        store = storage.tier(stages[0].tier, policy)
+        if not isinstance(store, EphemeralTier):
+            continue
+        for key in list(store.partition_keys()):
+            record = store.read_record(key)
+            if record is None or record.get("released_at") or (plates is not None and record["partition"] not in plates):
+                continue
+            own = latest_status(instance, dg.AssetKey(level), record["partition"])
+            if own is None or own.data_version != record["data_version"]:
+                continue
+            downstream = [latest_status(instance, dg.AssetKey(c), record["partition"]) for c in consumers.get(level, [])]
+            if not downstream or any(d is None or d.storage_id < own.storage_id for d in downstream):
+                continue
+            freed = store.release(key, datetime.now(timezone.utc).isoformat())
+            rows = catalog.rows_for_partition(store.folder(key), store.name, record["level"], record["code_version"],
+                                              record["data_version"])
+            catalog.replace_partition(storage.catalog_path, record["asset"],
+                                      record["partition"] or catalog.UNPARTITIONED, rows)
+            released.append(f"{key}: released {freed} bytes from {store.name!r} (its readers are all made)")
+    return released
+
+
+def run_lifecycle(storage: MdpStorage, now: datetime, dry_run: bool = False) -> LifecycleReport:
+    """Clean half-written copies, finish interrupted moves, and move every partition that is due."""
+    policy = storage.policy()
+    stores = {name: storage.tier(name, policy) for name in policy.tiers}
+    report = LifecycleReport([], [], [], [])
+    if not dry_run:
+        for store in stores.values():
+            for removed in store.clean_partials():
+                report.notes.append(f"removed a half-written copy: {removed}")
+    stored, doubles = lifecycle.locate_all(policy, stores.__getitem__)
+    for first, second in doubles:
+        try:
+            report.notes.append(lifecycle.finish_interrupted(first, second, stores.__getitem__, storage.cache_root)
+                                if not dry_run else f"{first.key}: in two tiers; a real run finishes the move")
+        except MdpError as exc:
+            report.failures.append(str(exc))
+    if doubles and not dry_run:
+        stored, _ = lifecycle.locate_all(policy, stores.__getitem__)
+    active_since = now - timedelta(days=policy.active_days)
+    active = {plate for plate, when in catalog.last_materialized(storage.catalog_path).items() if when >= active_since}
+    moves, notes = lifecycle.plan_moves(policy, stored, now, active, catalog.pinned(storage.catalog_path))
+    report.notes.extend(notes)
+    partition_store = storage.store()
+    for move in moves:
+        if dry_run:
+            report.notes.append(f"{move.key}: would move {move.from_tier} -> {move.to_tier} ({move.reason})")
+            continue
+        try:
+            report.moves.append(_move(storage, partition_store, stores, move, now.isoformat()))
+        except MdpError as exc:
+            report.failures.append(f"{move.key}: {exc}")
+    return report
+
+
+def apply_lifecycle(
+    instance: dg.DagsterInstance, storage: MdpStorage, consumers: dict[str, list[str]], as_of: str | None, dry_run: bool
+) -> LifecycleReport:
+    """What `lifecycle_job` and `mdp lifecycle` do: release consumed transient levels, then move what is due
+    as of `as_of` (ISO time; default now). A dry run only reports."""
+    now = datetime.fromisoformat(as_of) if as_of else datetime.now(timezone.utc)
+    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    released = [] if dry_run else release_consumed(instance, storage, consumers)
+    report = run_lifecycle(storage, now, dry_run=dry_run)
+    report.released.extend(released)
+    return report
+
+
+def describe_move(move: dict[str, Any]) -> str:
+    return f"moved {move['asset']} of {move['partition']}: {move['from']} -> {move['to']} (sha256 {move['sha256']})"
+
+
+def _move(storage: MdpStorage, partition_store: PartitionStore, stores: dict, move: lifecycle.PlannedMove, when: str) -> dict[str, Any]:
+    source, target = stores[move.from_tier], stores[move.to_tier]
+    record = source.read_record(move.key)
+    plates = [PlateAccess(**plate) for plate in record.get("access") or []] or [None]
+    partition_store.check_allowed(move.to_tier, plates, [f["bytes"] for f in record["files"]],
+                                  f"{move.key} (lifecycle move)")
+    new_record = lifecycle.copy_partition(source, target, move.key, record, move.to_tier, when, storage.cache_root)
+    rows = catalog.rows_for_record(new_record, lambda relpath: target.uri(move.key, relpath),
+                                   catalog.bookkeeping_of(target, move.key), move.to_tier,
+                                   new_record["level"], new_record["code_version"], new_record["data_version"])
+    moved = new_record["moves"][-1]
+    catalog.record_move(storage.catalog_path, new_record["asset"], new_record["partition"] or catalog.UNPARTITIONED,
+                        rows, moved)
+    source.delete(move.key, message=f"mdp: moved {move.key} to {move.to_tier}")
+    return {**moved, "asset": new_record["asset"], "partition": new_record["partition"], "uri": target.uri(move.key)}
