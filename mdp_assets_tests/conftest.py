@@ -112,3 +112,16 @@ def nf1_plate(storage: MdpStorage) -> str:
         treatment_column="genotype",
     )
     return "Plate_2"
+
+
+def register_toy_plate(storage: MdpStorage, barcode: str, origin: str = "internal", identifiable_patient_data: bool = False,
+                       released: bool = False) -> None:
+    """Record a plate in the registry as registration would, without a plate folder (for toy assets)."""
+    import pandas as pd
+
+    from mdp_assets.plates.manifest import PlateManifest
+    from mdp_assets.plates.registry import Plate
+
+    manifest = PlateManifest(barcode=barcode, origin=origin, identifiable_patient_data=identifiable_patient_data,
+                             released=released, platemap="platemap.csv", naming_scheme="phenix", expected_image_count=1)
+    storage.registry().write(Plate(manifest, pd.DataFrame({"Metadata_Well": ["A01", "A02"]})))

@@ -9,9 +9,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import yaml
+
+from mdp_assets.config import SHIPPED_PIPELINES
+from mdp_assets.definitions import build_definitions
 from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, summarize_failures
-from mdp_assets.engines.cellprofiler.outputs import file_list, read_csv_output, read_sqlite_output, single_cells
-from mdp_assets_tests.conftest import defs_for, REALDATA
+from mdp_assets.engines.cellprofiler.outputs import (
+    CellProfilerOutput,
+    file_list,
+    read_csv_output,
+    read_sqlite_output,
+    single_cells,
+)
+from mdp_assets.engines.cellprofiler.pipelines import CELL_PAINTING_CHANNELS, illumination_pipeline
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets_tests.conftest import REALDATA, make_deployment, stored
 
 EXAMPLE = REALDATA / "cellprofiler-examplehuman"
 PIPELINE = EXAMPLE / "ExampleHuman" / "ExampleHuman.cppipe"
@@ -117,14 +129,9 @@ def test_one_failing_group_leaves_the_others_intact_and_a_rerun_does_only_what_f
 def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_path):
     """ExampleHuman as a plate: the lab's pipeline (input modules, no LoadData) run by segmentation_masks;
     the object tables in the partition equal CellProfiler's reference, and single_cell_features has 289 cells."""
-    import yaml
-
-        from mdp_assets.config import StepSettings
-    from mdp_assets.storage.resource import MdpStorage
-    from mdp_assets.engines.cellprofiler.outputs import CellProfilerOutput
-    from mdp_assets_tests.conftest import stored
-
-    storage = MdpStorage(data_root=str(tmp_path / "data"))
+    deployment = make_deployment(tmp_path, engine={"kind": "cellprofiler", "cellprofiler": {
+        "environment": str(ENVIRONMENT), "workers": 2, "analysis_pipeline": str(PIPELINE)}})
+    storage = MdpStorage.from_deployment(deployment)
     plate = storage.landing_path / "AS_09125"
     plate.mkdir(parents=True)
     for image in IMAGES:
@@ -135,8 +142,7 @@ def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_
         "naming_pattern": r"^AS_09125_050116030001_(?P<well>[A-P]\d{2})f(?P<site>\d{2})d(?P<channel>\d)\.tif$",
         "channels": {"0": "DNA", "1": "PH3", "2": "cellbody"}, "expected_image_count": 3, "treatment_column": "treatment",
     }))
-    defs = defs_for(storage, cellprofiler=engine,
-                             parameters=PipelineParameters(engine="cellprofiler", analysis_pipeline=str(PIPELINE)))
+    defs = build_definitions(deployment)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("plates", ["AS_09125"])
         result = defs.resolve_job_def("plate_job").execute_in_process(
@@ -168,7 +174,4 @@ def test_examplehuman_through_the_assets_with_the_labs_own_pipeline(engine, tmp_
 
 
 def test_the_shipped_illumination_pipeline_is_the_generators_cell_painting_pipeline():
-    from mdp_assets.defs.parameters import DEFAULT_ILLUMINATION_PIPELINE
-    from mdp_assets.engines.cellprofiler.pipelines import CELL_PAINTING_CHANNELS, illumination_pipeline
-
-    assert DEFAULT_ILLUMINATION_PIPELINE.read_text() == illumination_pipeline(CELL_PAINTING_CHANNELS)
+    assert (SHIPPED_PIPELINES / "illumination.cppipe").read_text() == illumination_pipeline(CELL_PAINTING_CHANNELS)

@@ -1,6 +1,10 @@
 import dagster as dg
 
-from mdp_assets.definitions import defs
+from mdp_assets.config import load_deployment
+from mdp_assets.definitions import build_definitions
+from mdp_assets_tests.conftest import REPOSITORY
+
+defs = build_definitions(load_deployment(REPOSITORY / "mdp.yaml"))
 
 LEVEL_ASSETS = [
     "raw_images",

@@ -127,23 +127,33 @@ def test_the_ecs_instance_config_matches_the_run_launchers_schema():
     assert set(launcher["config"]) <= set(EcsRunLauncher.config_type())
 
 
-def test_the_cellprofiler_steps_share_a_concurrency_pool():
+@pytest.fixture
+def service_environment(monkeypatch, tmp_path):
+    """The variables deploy/mdp.yaml reads, as a site would set them."""
+    for name, value in {"MDP_CONFIG": str(DEPLOY / "mdp.yaml"), "MDP_DATA_ROOT": str(tmp_path / "data"),
+                        "DAGSTER_HOME": str(tmp_path / "home"), "MDP_LANDING_BUCKET": "mdp-landing",
+                        "MDP_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_cellprofiler_steps_share_a_concurrency_pool(service_environment):
+    from mdp_assets.config import load_deployment
     from mdp_assets.definitions import build_definitions
     from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL
-    from mdp_assets.storage.resource import MdpStorage
 
-    defs = build_definitions(MdpStorage(data_root="/nonexistent"))
+    defs = build_definitions(load_deployment())
     pools = {name: defs.resolve_assets_def(name).op.pool for name in ("illumination_functions", "segmentation_masks", "well_profiles")}
     assert pools == {"illumination_functions": CELLPROFILER_POOL, "segmentation_masks": CELLPROFILER_POOL, "well_profiles": None}
 
 
 @pytest.mark.parametrize("location", ["service", "kubernetes", "ecs"])
-def test_the_code_locations_load(location):
+def test_the_code_locations_load(location, service_environment):
     import importlib
 
-    defs = importlib.import_module(f"mdp_assets.locations.{location}").defs
+    defs = importlib.import_module(f"mdp_assets.locations.{location}").defs()
     job = defs.resolve_job_def("plate_job")
-    assert job.executor_def.name == ("k8s" if location == "kubernetes" else "multi_or_in_process_executor")
+    # The executor is deploy/mdp.yaml's (execution.executor), except where the location brings its own.
+    assert job.executor_def.name == ("k8s" if location == "kubernetes" else "multiprocess")
     assert defs.resolve_sensor_def("new_plate_sensor") is not None
 
 

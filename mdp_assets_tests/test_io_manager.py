@@ -90,6 +90,5 @@ def test_failed_step_leaves_nothing_and_keeps_the_previous_partition(storage, in
 
 
 def test_reading_a_missing_partition_is_a_clear_error(storage):
-    manager = PlateLevelIOManager(storage=storage, settings=StepSettings())
     with pytest.raises(MdpError, match="reader for P9 is not materialized in any tier"):
-        manager.load_partition(dg.AssetKey("reader"), "P9")
+        storage.store().read("reader", "P9")

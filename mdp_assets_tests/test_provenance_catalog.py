@@ -9,14 +9,16 @@ import pytest
 import rocrate
 from pyld import jsonld
 
-from mdp_assets_tests.conftest import defs_for, stored
 from mdp_assets.cli import main
-from mdp_assets.defs.parameters import PipelineParameters, SegmentationSettings
-from mdp_assets.storage.resource import MdpStorage
-from mdp_assets.services.instance_status import stale_reasons
+from mdp_assets.definitions import build_definitions
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.services.catalog import rebuild_catalog
+from mdp_assets.services.instance_status import stale_reasons
+from mdp_assets.services.registration import register_plate
+from mdp_assets.services.reprocess import materialize_in_process, plate_levels
 from mdp_assets.storage.provenance import RO_CRATE_CONTEXT, RO_CRATE_FILE
-from mdp_assets.services.operations import materialize_stale, plate_levels, rebuild_catalog
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets_tests.conftest import make_deployment, stored
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +29,23 @@ SEGMENTATION_AND_BELOW = {"segmentation_masks", "single_cell_features", "single_
 
 @pytest.fixture
 def two_plates(tmp_path):
-    storage = MdpStorage(data_root=str(tmp_path / "data"))
+    deployment = make_deployment(tmp_path)
+    storage = MdpStorage.from_deployment(deployment)
     for seed, plate in enumerate(PLATES):
         write_demo_plate(storage.landing_path, DemoPlateSpec(barcode=plate, seed=seed, rows="BC", columns=(2, 3, 4, 5),
                                                              sites_per_well=1, image_size=128, cells_per_site=9))
+        register_plate(storage, plate)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("plates", PLATES)
-        defs = defs_for(storage)
-        assert all(o.success for o in materialize_stale(instance, defs, storage, PLATES, report=lambda _: None))
+        defs = build_definitions(deployment)
+        assert all(o.success for o in materialize_in_process(instance, defs, storage, PLATES, report=lambda _: None))
         yield storage, instance, defs
+
+
+def _changed(storage: MdpStorage, **kwargs) -> dg.Definitions:
+    """The same deployment with the built-in nuclei_min_area changed in its mdp.yaml."""
+    folder = Path(storage.data_root).parent
+    return build_definitions(make_deployment(folder, segmentation={"nuclei_min_area": 40}), **kwargs)
 
 
 def _count(instance, asset, plate):
@@ -45,19 +55,21 @@ def _count(instance, asset, plate):
 
 def test_parameter_change_marks_levels_below_stale_and_reprocessing_touches_only_them(two_plates):
     storage, instance, defs = two_plates
-    changed = PipelineParameters(segmentation=SegmentationSettings(nuclei_min_area=40))
-    defs_changed = defs_for(storage, parameters=changed)
+    defs_changed = _changed(storage)
     for plate in PLATES:
         assert stale_reasons(instance, defs, plate_levels(defs), plate) == {}
         reasons = {k.to_user_string(): v for k, v in stale_reasons(instance, defs_changed, plate_levels(defs_changed), plate).items()}
         assert set(reasons) == SEGMENTATION_AND_BELOW
         assert reasons["segmentation_masks"].startswith("code version changed")
 
-    outcomes = materialize_stale(instance, defs_changed, storage, PLATES, report=lambda _: None)
+    outcomes = materialize_in_process(instance, defs_changed, storage, PLATES, report=lambda _: None)
     assert all(o.success for o in outcomes)
     # corrected_images is transient: released after the first pass, so it is made again to be read, then released.
     expected = tuple(sorted(SEGMENTATION_AND_BELOW | {"corrected_images"}))
-    assert {tuple(sorted(o.levels)) for o in outcomes if o.plate in PLATES} == {expected}
+    made = {o.plate: tuple(sorted(e.dagster_event.asset_key.path[-1] for e in instance.all_logs(
+                o.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)))
+            for o in outcomes if o.plate in PLATES}
+    assert set(made) == set(PLATES) and set(made.values()) == {expected}
     for plate in PLATES:
         for level in ("raw_images", "image_qc", "illumination_functions"):
             assert _count(instance, level, plate) == 1, f"{level} of {plate} was left alone"
@@ -70,11 +82,11 @@ def test_parameter_change_marks_levels_below_stale_and_reprocessing_touches_only
 
 def test_opt_in_automation_requests_exactly_the_stale_partitions(two_plates):
     storage, instance, _ = two_plates
-    before = dg.evaluate_automation_conditions(defs=defs_for(storage, reprocess_automatically=True),
-                                               instance=instance)
+    before = dg.evaluate_automation_conditions(
+        defs=build_definitions(make_deployment(Path(storage.data_root).parent), reprocess_automatically=True),
+        instance=instance)
     assert before.total_requested == 0
-    changed = defs_for(storage, reprocess_automatically=True,
-                                parameters=PipelineParameters(segmentation=SegmentationSettings(nuclei_min_area=40)))
+    changed = _changed(storage, reprocess_automatically=True)
     after = dg.evaluate_automation_conditions(defs=changed, instance=instance, cursor=before.cursor)
     requested = {k.to_user_string(): after.get_requested_partitions(k)
                  for k in changed.resolve_asset_graph().get_all_asset_keys() if after.get_requested_partitions(k)}
@@ -88,7 +100,7 @@ def test_provenance_names_inputs_with_checksums_and_is_ro_crate_json_ld(two_plat
     record = json.loads((folder / "_partition.json").read_text())["provenance"]
     features = json.loads((stored(storage, "single_cell_features", "PROV-1") / "_partition.json").read_text())
     used = {item["asset"]: item for item in record["inputs"]}
-    assert set(used) == {"single_cell_features", "raw_images"}
+    assert set(used) == {"single_cell_features"}  # the plate itself comes from its registration, not raw_images
     assert used["single_cell_features"]["sha256"] == features["data_version"]
     assert used["single_cell_features"]["data_version"] == features["data_version"]
     assert {"dagster", "numpy", "pandas", "scikit-image", "tifffile", "python"} <= set(record["software"])
@@ -136,7 +148,7 @@ def test_catalog_totals_match_disk_and_rebuild_gives_the_same_rows(two_plates):
     with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
         assert con.execute("SELECT sum(bytes) FROM stored_files").fetchone()[0] == on_disk
     storage.catalog_path.unlink()
-    assert rebuild_catalog(instance, defs, storage) == len(rows)
+    assert rebuild_catalog(instance, storage) == len(rows)
     assert _catalog_rows(storage) == rows
 
 
@@ -146,8 +158,7 @@ def test_verify_names_a_corrupt_file_and_flags_it(two_plates, monkeypatch, capsy
     data = bytearray(victim.read_bytes())
     data[-10] ^= 0xFF
     victim.write_bytes(bytes(data))
-    monkeypatch.setenv("MDP_DATA_ROOT", storage.data_root)
-    assert main(["verify"]) == 1
+    assert main(["--config", str(Path(storage.data_root).parent / "mdp.yaml"), "verify"]) == 1
     assert f"corrupt: {victim.as_uri()}" in capsys.readouterr().err
     with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
         flagged = con.execute("SELECT uri, status FROM stored_files WHERE status <> 'ok'").fetchall()

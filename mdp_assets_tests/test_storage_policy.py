@@ -12,17 +12,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from mdp_assets.config import StepSettings
-from mdp_assets.storage.io_manager import PlateLevelIOManager, table_output
-from mdp_assets.storage.resource import MdpStorage
-from mdp_assets.errors import MdpError
-from mdp_assets.storage import tiers
 from mdp_assets.checksums import record_files
-from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
-from mdp_assets.storage.policy import load_policy, shipped_policy
-from mdp_assets.services.operations import materialize_stale, run_lifecycle
+from mdp_assets.config import StepSettings
 from mdp_assets.definitions import build_definitions
-from mdp_assets_tests.conftest import defs_for, stored
+from mdp_assets.errors import MdpError
+from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.services.lifecycle import run_lifecycle
+from mdp_assets.services.registration import register_plate
+from mdp_assets.services.reprocess import materialize_in_process
+from mdp_assets.storage import tiers
+from mdp_assets.storage.io_manager import PlateLevelIOManager
+from mdp_assets.storage.partitions import staged_output
+from mdp_assets.storage.policy import load_policy, shipped_policy
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets_tests.conftest import defs_for, make_deployment, register_toy_plate, stored
 
 plates = dg.DynamicPartitionsDefinition(name="plates")
 ORIGINS = {"internal": ["private", "public"], "collaborator-academic": ["private"],
@@ -42,13 +45,12 @@ def _fs(path, access="private", **extra):
 def _toy(name, origin="internal", patient=False, released=False, payload=b"", code_version="v1"):
     @dg.asset(name=name, partitions_def=plates, code_version=code_version)
     def toy(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output:
+        # The toy plate is registered with this origin, as the intake would have registered it.
+        register_toy_plate(storage, context.partition_key, origin, patient, released)
         table = pd.DataFrame({"Metadata_Well": ["A01", "A02"], "x": [1.0, 2.0]})
-        output = table_output(storage, name, table, {"origin": origin, "identifiable_patient_data": patient,
-                                                    "released": released})
+        output = storage.table_output(name, table)
         if payload:
             (output.value.root / "blob.bin").write_bytes(payload)
-            from mdp_assets.storage.io_manager import staged_output
-
             return staged_output(output.value.root, dict(output.metadata), output.value.table_summary)
         return output
 
@@ -68,7 +70,9 @@ def _error(result) -> str:
 
 
 def _nothing_anywhere(storage):
-    files = [p for p in storage.root.rglob("*") if p.is_file() and p.name != "catalog.duckdb" and ".git" not in p.parts]
+    registry = storage.registry().root  # the plate's registration is not data written to a tier
+    files = [p for p in storage.root.rglob("*") if p.is_file() and p.name != "catalog.duckdb" and ".git" not in p.parts
+             and registry not in p.parents]
     return files == []
 
 
@@ -87,7 +91,7 @@ def test_a_policy_that_breaks_its_rules_is_rejected_on_load(tmp_path):
     assert "rule 'collaborator data stay private unless released': origins.collaborator-industry" in message
     assert "levels.raw_images stage 1 names unknown tier 'tape'" in message
     with pytest.raises(MdpError, match="identifiable patient data are never shared"):
-        build_definitions(MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(path)))
+        build_definitions(make_deployment(tmp_path, storage={"policy": str(path)}))
 
 
 @pytest.mark.parametrize(
@@ -207,6 +211,7 @@ def test_s3_tier_written_read_back_and_moved_to_a_drive(tmp_path, instance, s3_e
     storage = MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(path))
     write_demo_plate(storage.landing_path, DemoPlateSpec(barcode="S3P", rows="B", columns=(2, 3, 4, 5),
                                                          sites_per_well=1, image_size=128, cells_per_site=9))
+    register_plate(storage, "S3P")
     instance.add_dynamic_partitions("plates", ["S3P"])
     defs = defs_for(storage)
     result = defs.resolve_job_def("plate_job").execute_in_process(
@@ -235,9 +240,10 @@ def test_storage_costs_price_exactly_what_is_stored(tmp_path, instance):
     storage = MdpStorage(data_root=str(tmp_path / "data"))
     write_demo_plate(storage.landing_path, DemoPlateSpec(barcode="COST", rows="BC", columns=(2, 3, 4, 5),
                                                          sites_per_well=1, image_size=128, cells_per_site=9))
+    register_plate(storage, "COST")
     instance.add_dynamic_partitions("plates", ["COST"])
     defs = defs_for(storage)
-    assert all(o.success for o in materialize_stale(instance, defs, storage, ["COST"], report=lambda _: None))
+    assert all(o.success for o in materialize_in_process(instance, defs, storage, ["COST"], report=lambda _: None))
     assert sorted(p.name for p in stored(storage, "corrected_images", "COST").iterdir()) == [
         "_partition.json", "ro-crate-metadata.json"], "the transient level is gone once its readers are made"
     result = defs.resolve_job_def("storage_costs_job").execute_in_process(instance=instance)
@@ -256,6 +262,6 @@ def test_storage_costs_price_exactly_what_is_stored(tmp_path, instance):
     assert costs["one_time_cost_usd"].sum() == pytest.approx(expected_one_time)
     projection = pd.read_parquet(stored(storage, "storage_costs", None) / "projection.parquet")
     month4 = projection[projection["month"] == 4].set_index("tier")["bytes"]
-    masks = costs[(costs["level"] == "masks")]["bytes"].sum()
+    masks = costs[(costs["level"] == "segmentation_masks")]["bytes"].sum()
     assert month4.get("external-drive", 0) >= masks, "masks move to the external drive after 90 days"
     assert (stored(storage, "storage_costs", None) / "storage_costs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

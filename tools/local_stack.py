@@ -126,6 +126,9 @@ class LocalStack:
             "MDP_S3_ENDPOINT_URL": self.s3_endpoint,
             "MDP_QUIET_PERIOD_SECONDS": str(self.quiet_period_seconds),
             "AWS_REGION": "us-east-1",
+            "MDP_CONFIG": str(DEPLOY / "mdp.yaml"),
+            "MDP_WORKSPACE": str(self.workspace),
+            "MDP_CELLPROFILER_ENVIRONMENT": str(REPOSITORY / ".mdp" / "cellprofiler"),
         }
 
     # -- processes --------------------------------------------------------------------------------------
