@@ -11,11 +11,12 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
 from mdp_assets.errors import MdpError
-from mdp_assets.checksums import sha256_file
+from mdp_assets.checksums import sha256_file, sha256_text
 from mdp_assets.plates.harmony import acquisition_metadata, find_index_file, read_harmony_index
 from mdp_assets.plates.manifest import MANIFEST_NAME, PlateManifest, load_manifest
 from mdp_assets.plates.naming import NamingScheme, looks_like_image
@@ -180,8 +181,6 @@ def site_images(raw_images: pd.DataFrame) -> dict[tuple[str, int], dict[str, Pat
 def uri_to_path(uri: str) -> Path:
     if not uri.startswith("file://"):
         raise MdpError(f"only file:// image URIs can be read by the built-in engine, got {uri!r}")
-    from urllib.parse import unquote, urlparse
-
     return Path(unquote(urlparse(uri).path))
 
 
@@ -202,8 +201,6 @@ def site_acquisition_metadata(raw_images: pd.DataFrame) -> pd.DataFrame:
 def plate_fingerprint(plate: PlateFolder) -> str:
     """A cheap fingerprint of a plate folder (manifest, platemap, and every image's name, size and
     modification time): equal fingerprints mean the inventory need not be taken again."""
-    from mdp_assets.checksums import sha256_text
-
     parts = [(plate.root / MANIFEST_NAME).read_text(encoding="utf-8-sig")]
     if plate.platemap_path.exists():
         parts.append(plate.platemap_path.read_text(encoding="utf-8-sig"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import zarr
 
 from mdp_assets.science.image_store import read_stack
 
@@ -45,8 +46,6 @@ def write_crop_store(
 ) -> dict:
     """A zarr v3 store `crops.zarr` (array `images`, N x (C + 1) x size x size, chunked by cells) and
     `index.parquet` (the Metadata_ columns of every crop, row i = crop i)."""
-    import zarr
-
     order = ["Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"]
     cells = features.sort_values(order).reset_index(drop=True)
     channel_names = [*image_channels, "CellMask"]

@@ -11,6 +11,7 @@ import io
 from datetime import datetime, timedelta
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from mdp_assets.storage.policy import StoragePolicy
 
@@ -60,14 +61,11 @@ def projection(partitions: pd.DataFrame, policy: StoragePolicy, now: datetime, m
 
 def plot(projected: pd.DataFrame) -> bytes:
     """A PNG: stored GB per tier over the next months (stacked), and the monthly bill."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     gigabytes = projected.pivot_table(index="month", columns="tier", values="bytes", aggfunc="sum", fill_value=0) / GB
     bill = projected.groupby("month")["monthly_cost_usd"].sum()
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    # The object-oriented API draws without pyplot's global state or a display backend.
+    figure = Figure(figsize=(8, 6))
+    top, bottom = figure.subplots(2, 1, sharex=True)
     gigabytes.plot.bar(stacked=True, ax=top)
     top.set_ylabel("stored (GB)")
     top.set_title("Storage under the lifecycle, next 12 months")
@@ -77,5 +75,4 @@ def plot(projected: pd.DataFrame) -> bytes:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
     return buffer.getvalue()

@@ -10,6 +10,7 @@ rules hold whatever a policy says, and a policy that contradicts them is rejecte
 from __future__ import annotations
 
 import functools
+from importlib import resources
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -179,8 +180,6 @@ def _load_policy(path: Path, mtime_ns: int, size: int) -> StoragePolicy:
 
 
 def shipped_policy(name: str) -> Path:
-    from importlib import resources
-
     return Path(str(resources.files("mdp_assets").joinpath(f"policies/{name}.yaml")))
 
 

@@ -11,6 +11,8 @@ CreateAction uses schema.org and W3C PROV terms, so provenance travels with the 
 from __future__ import annotations
 
 import functools
+import json
+import platform
 import subprocess
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -30,8 +32,6 @@ def software_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
             versions[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
             continue
-    import platform
-
     versions["python"] = platform.python_version()
     versions.update(extra or {})
     return versions
@@ -144,8 +144,6 @@ def ro_crate(record: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, A
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True, default=str)
 
 

@@ -4,11 +4,14 @@ plate's groups through Dagster Pipes so CellProfiler's log and progress stream i
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import dagster as dg
+from dagster_aws.pipes import PipesECSClient
 from pydantic import Field
 
 from mdp_assets.config import CELLPROFILER_VERSION, CellProfilerSettings
@@ -51,8 +54,6 @@ class CellProfilerEngine(dg.ConfigurableResource):
     def _java_home(self) -> str | None:
         if self.java_home:
             return self.java_home
-        import shutil
-
         javac = shutil.which("javac")
         return str(Path(os.path.realpath(javac)).parent.parent) if javac else None
 
@@ -121,7 +122,7 @@ class KubernetesCellProfilerEngine(CellProfilerEngine):
     def launch(
         self, context: dg.AssetExecutionContext | dg.OpExecutionContext, extras: dict[str, Any]
     ) -> dg.PipesClientCompletedInvocation:
-        from dagster_k8s import PipesK8sClient
+        from dagster_k8s import PipesK8sClient  # an optional extra (pip install mdp[kubernetes])
 
         return PipesK8sClient().run(
             context=context, image=self.image, command=self.command, namespace=self.namespace,
@@ -164,9 +165,6 @@ class EcsCellProfilerEngine(CellProfilerEngine):
     def launch(
         self, context: dg.AssetExecutionContext | dg.OpExecutionContext, extras: dict[str, Any]
     ) -> dg.PipesClientCompletedInvocation:
-        import boto3
-        from dagster_aws.pipes import PipesECSClient
-
         # os.cpu_count() here is the run worker's; the task's processes are set by `workers` (default 2).
         client = PipesECSClient(client=boto3.client("ecs", region_name=self.region))
         return client.run(context=context, run_task_params=self.run_task_params(),

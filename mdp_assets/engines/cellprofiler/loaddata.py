@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from mdp_assets.errors import MdpError
+from mdp_assets.plates.inventory import site_images
 from mdp_assets.plates.naming import well_from_row_col
 
 
@@ -80,8 +81,6 @@ def loaddata_from_harmony(
 def loaddata_from_raw_images(raw_images: pd.DataFrame, path_of: Mapping[str, str] | None = None) -> pd.DataFrame:
     """A LoadData table for any plate mdp inventoried: `FileName_<channel>` / `PathName_<channel>` per channel,
     Metadata_Plate, Metadata_Well, Metadata_Site (first z/t plane of each site)."""
-    from mdp_assets.plates.inventory import site_images
-
     plate = str(raw_images["Metadata_Plate"].iloc[0])
     channels = sorted(raw_images["Metadata_Channel"].unique())
     rows = []
@@ -94,3 +93,16 @@ def loaddata_from_raw_images(raw_images: pd.DataFrame, path_of: Mapping[str, str
         record.update({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": str(site)})
         rows.append(record)
     return pd.DataFrame(rows)
+
+
+def loaddata_for_analysis(raw_images: pd.DataFrame, illumination_dir: Path | None) -> pd.DataFrame:
+    """LoadData rows for an analysis pipeline: Orig<channel> raw images, Illum<channel> functions (.npy),
+    Metadata_Plate, Metadata_Well, Metadata_Site: the Cell Painting Gallery's names."""
+    table = loaddata_from_raw_images(raw_images)
+    table = table.rename(columns=lambda c: c.replace("FileName_", "FileName_Orig").replace("PathName_", "PathName_Orig")
+                         if c.startswith(("FileName_", "PathName_")) else c)
+    if illumination_dir is not None:
+        for channel in sorted(raw_images["Metadata_Channel"].unique()):
+            table[f"FileName_Illum{channel}"] = f"{channel}.npy"
+            table[f"PathName_Illum{channel}"] = str(illumination_dir)
+    return table

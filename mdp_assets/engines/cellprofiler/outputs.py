@@ -154,21 +154,6 @@ def split_wells(wells: list[str], groups: int) -> list[list[str]]:
     return out
 
 
-def loaddata_for_analysis(raw_images: pd.DataFrame, illumination_dir: Path | None) -> pd.DataFrame:
-    """LoadData rows for an analysis pipeline: Orig<channel> raw images, Illum<channel> functions (.npy),
-    Metadata_Plate, Metadata_Well, Metadata_Site: the Cell Painting Gallery's names."""
-    from mdp_assets.engines.cellprofiler.loaddata import loaddata_from_raw_images
-
-    table = loaddata_from_raw_images(raw_images)
-    table = table.rename(columns=lambda c: c.replace("FileName_", "FileName_Orig").replace("PathName_", "PathName_Orig")
-                         if c.startswith(("FileName_", "PathName_")) else c)
-    if illumination_dir is not None:
-        for channel in sorted(raw_images["Metadata_Channel"].unique()):
-            table[f"FileName_Illum{channel}"] = f"{channel}.npy"
-            table[f"PathName_Illum{channel}"] = str(illumination_dir)
-    return table
-
-
 IDENTIFIER_MARKERS = ("_Parent_", "_Number_Object_Number")
 
 

@@ -16,13 +16,13 @@ from mdp_assets.engines.cellprofiler.outputs import (
     CellProfilerOutput,
     features_from_cellprofiler,
     file_list,
-    loaddata_for_analysis,
     merge_groups,
     pipeline_hash,
     read_output,
     split_wells,
     uses_loaddata,
 )
+from mdp_assets.engines.cellprofiler.loaddata import loaddata_for_analysis
 from mdp_assets.engines.cellprofiler.pipelines import illumination_pipeline
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.inventory import uri_to_path

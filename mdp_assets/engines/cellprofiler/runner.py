@@ -29,7 +29,7 @@ IMAGE_LINE = re.compile(r"Image # (\d+), module (\S+) # (\d+)")
 
 
 def cellprofiler_version() -> str:
-    import cellprofiler
+    import cellprofiler  # this file runs in CellProfiler's own environment, never imported by mdp
 
     return cellprofiler.__version__
 
@@ -92,7 +92,7 @@ def run(params, log, report):
 
 def main():
     if os.environ.get("DAGSTER_PIPES_CONTEXT"):
-        from dagster_pipes import open_dagster_pipes
+        from dagster_pipes import open_dagster_pipes  # present in CellProfiler's environment (build-env.sh)
 
         with open_dagster_pipes() as pipes:
             summary = run(dict(pipes.extras), pipes.log.info, pipes.report_custom_message)
