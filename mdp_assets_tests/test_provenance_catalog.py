@@ -169,3 +169,36 @@ def test_verify_names_a_corrupt_file_and_flags_it(two_plates, monkeypatch, capsy
     assert not checks["segmentation_masks"].passed
     assert victim.as_uri() in checks["segmentation_masks"].metadata["files"].value
     assert checks["raw_images"].passed and checks["well_profiles"].passed
+
+
+def test_a_qc_threshold_changed_in_mdp_yaml_makes_image_qc_and_the_levels_below_stale(two_plates):
+    storage, instance, defs = two_plates
+    changed = build_definitions(make_deployment(Path(storage.data_root).parent, qc={"min_power_log_log_slope": -3.0}))
+    levels = {k.path[-1] for k in plate_levels(changed)}
+    for plate in PLATES:
+        reasons = {k.path[-1]: v for k, v in stale_reasons(instance, changed, plate_levels(changed), plate).items()}
+        assert set(reasons) == levels - {"raw_images"}
+        assert reasons["image_qc"].startswith("code version changed")
+        assert reasons["well_profiles"].startswith("a level it reads is stale")
+
+
+def test_provenance_names_the_materializations_the_step_loaded(two_plates):
+    """Each input in a level's provenance is the exact upstream materialization the step read: the same event
+    Dagster itself recorded as the step's input (its input event pointer), with that run and data version."""
+    storage, instance, _ = two_plates
+    checked = 0
+    for level in ("image_qc", "segmentation_masks", "well_profiles", "single_cell_embeddings"):
+        record = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(level), asset_partitions=["PROV-1"]), limit=1).records[0]
+        materialization = record.asset_materialization
+        provenance = materialization.metadata["provenance"].value
+        for item in [i for i in provenance["inputs"] if i["asset"] != "landing_zone"]:
+            pointer = materialization.tags[f"dagster/input_event_pointer/{item['asset']}"]
+            assert item["storage_id"] == int(pointer), (level, item["asset"])
+            upstream = instance.fetch_materializations(dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(item["asset"]), asset_partitions=["PROV-1"],
+                after_storage_id=item["storage_id"] - 1, before_storage_id=item["storage_id"] + 1), limit=1).records[0]
+            assert item["run_id"] == upstream.run_id
+            assert item["data_version"] == upstream.asset_materialization.tags["dagster/data_version"]
+            checked += 1
+    assert checked == 7  # 1 + 4 + 1 + 1 inputs of the four levels
