@@ -146,8 +146,13 @@ def correlation_threshold(table: pd.DataFrame, features: Sequence[str], threshol
 
 def drop_correlated(correlation: pd.DataFrame, threshold: float = 0.9) -> list[str]:
     """pycytominer's choice from a correlation matrix: for every pair above `threshold`, the feature with the
-    larger sum of absolute correlations (NaN counted as 0)."""
-    order = correlation.abs().sum().sort_values().index  # pandas' default sort, as pycytominer uses it
+    larger sum of absolute correlations (NaN counted as 0).
+
+    Sums are compared to 12 significant digits: beyond that they are floating-point noise, which differs
+    between any two ways of computing the same correlations (the streamed path and pandas), and would
+    break true ties differently. Ties then fall to pandas' default sort, as in pycytominer."""
+    sums = correlation.abs().sum().map(lambda total: float(f"{total:.12g}"))
+    order = sums.sort_values().index
     rank = {name: position for position, name in enumerate(order)}
     rows, cols = np.nonzero(np.tril(correlation.to_numpy() > threshold, k=-1))
     excluded = set()
