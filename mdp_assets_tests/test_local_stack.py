@@ -6,6 +6,8 @@ provenance; then everything stops cleanly. Tests run in file order and share one
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -153,6 +155,48 @@ def test_a_browser_shows_the_level_groups_and_a_plates_provenance(stack, finishe
         assert expected in provenance, expected
     assert (ARTIFACTS / "asset-graph.png").stat().st_size > 10_000
     assert (ARTIFACTS / "plate-provenance.png").stat().st_size > 10_000
+
+
+def test_the_command_line_works_on_the_services_own_data(stack, finished_run, tmp_path):
+    """mdp with the service's configuration (deploy/mdp.yaml: Postgres instance, S3 tiers on 127.0.0.1) reads
+    and checks the service's data, finds a corrupted S3 object, and its reprocess goes through the run queue."""
+    instance, _ = finished_run
+    mdp = str(Path(sys.executable).parent / "mdp")
+    env = {**os.environ, **stack.environment()}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([mdp, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    shown = run("catalog", "--query", "by-tier-and-level")
+    assert shown.returncode == 0, shown.stderr
+    assert "object-store" in shown.stdout and "internal-drive" not in shown.stdout
+    verified = run("verify")
+    assert verified.returncode == 0 and "; 0 missing" in verified.stdout, verified.stdout + verified.stderr
+    checked = int(verified.stdout.split()[0])
+    assert checked >= 30
+
+    victim = f"active/well_profiles/{PLATE}/table.parquet"
+    stack.s3_client().put_object(Bucket=DATA_BUCKET, Key=victim, Body=b"not the parquet file it was")
+    verified = run("verify")
+    assert verified.returncode == 1 and f"corrupt: s3://{DATA_BUCKET}/{victim}" in verified.stderr
+
+    planned = run("lifecycle", "--dry-run", "--as-of", "2099-01-01T00:00:00")
+    assert planned.returncode == 0, planned.stderr
+    assert f"raw_images/{PLATE}: would move object-store -> object-store-archive" in planned.stdout, planned.stdout
+
+    submitted = run("reprocess", PLATE, "--no-wait")
+    assert submitted.returncode == 0, submitted.stderr
+    assert "well_profiles (stored files corrupt (found by mdp verify))" in submitted.stdout
+    run_id = submitted.stdout.split("run ")[-1].split()[0]
+    events = [e.dagster_event.event_type for e in instance.all_logs(run_id) if e.is_dagster_event]
+    assert dg.DagsterEventType.RUN_ENQUEUED in events, "it went through the run queue"
+    assert instance.get_run_by_id(run_id).tags["mdp/command"] == "reprocess"
+    deadline = time.monotonic() + 300
+    while not instance.get_run_by_id(run_id).is_finished and time.monotonic() < deadline:
+        time.sleep(2)
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+    verified = run("verify")
+    assert verified.returncode == 0, verified.stderr  # the level was made again and the catalog says so
 
 
 def test_the_stack_stops_cleanly(stack):

@@ -14,6 +14,7 @@ from mdp_assets.plates.inventory import plate_fingerprint
 from mdp_assets.services.instance_status import stale_reasons
 from mdp_assets.services.lifecycle import release_consumed
 from mdp_assets.services.runs import RunOutcome, RunRequest
+from mdp_assets.storage import catalog
 from mdp_assets.storage.resource import MdpStorage
 
 PLATE_JOB = "plate_job"
@@ -54,6 +55,10 @@ def plan_plate(instance: dg.DagsterInstance, defs: dg.Definitions, storage: MdpS
     except MdpError:  # the landing folder may be archived; then only code and data versions count
         fingerprint = None
     reasons = stale_reasons(instance, defs, keys, plate, fingerprint)
+    for asset, statuses in catalog.damaged_levels(storage.catalog_path, plate).items():
+        key = dg.AssetKey.from_user_string(asset)
+        if key in keys and key not in reasons:
+            reasons[key] = f"stored files {statuses} (found by mdp verify)"
     graph = defs.resolve_asset_graph()
     for key in list(reasons):
         # A stale level that reads a released transient level needs that level made again first.

@@ -229,6 +229,16 @@ def verify(path: Path, check: FileCheck) -> tuple[int, list[FileProblem]]:
     return len(rows), problems
 
 
+def damaged_levels(path: Path, partition: str) -> dict[str, str]:
+    """Levels of a partition whose stored files the last verification found missing, corrupt or uncommitted."""
+    if not path.exists():
+        return {}
+    with connect(path, read_only=True) as con:
+        rows = con.execute("SELECT asset_key, string_agg(DISTINCT status, ', ') FROM stored_files "
+                           "WHERE partition = ? AND status <> 'ok' GROUP BY asset_key", [partition]).fetchall()
+    return {asset: statuses for asset, statuses in rows}
+
+
 CANNED_QUERIES = {
     "by-tier-and-level": "SELECT tier, level, count(*) AS files, sum(bytes) AS bytes FROM stored_files "
     "GROUP BY ALL ORDER BY tier, level",
