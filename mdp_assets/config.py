@@ -52,17 +52,24 @@ _SEGMENTATION, _PROFILES = SegmentationParameters(), ProfileParameters()
 
 # -- the settings of each processing step (dagster Config: the same classes are the run's resource fields) --
 class QcSettings(dg.Config):
-    """Image QC (MeasureImageQuality's focus and saturation)."""
+    """Image QC (MeasureImageQuality's focus and saturation). Relative rules judge an image against the
+    plate's images of the same channel (robust z-score); absolute limits are optional; null turns a rule off."""
 
     model_config = _Section
-    min_power_log_log_slope: float = Field(_QC.min_power_log_log_slope,
-                                           description="focus: an image below this slope is blurred")
-    max_percent_maximal: float = Field(_QC.max_percent_maximal,
-                                       description="saturation: percent of pixels at the image's maximum")
-    min_pass_fraction: float = Field(0.9, description="the qc_pass_fraction check warns below this share")
+    focus_robust_z: float | None = Field(
+        _QC.focus_robust_z, description="blurred: focus slope this many scaled MADs below its channel's median")
+    min_power_log_log_slope: float | None = Field(
+        _QC.min_power_log_log_slope, description="blurred: focus slope below this value (absolute; e.g. -2.5)")
+    saturation_robust_z: float | None = Field(
+        _QC.saturation_robust_z, description="saturated: percent maximal this many scaled MADs above its median")
+    max_percent_maximal: float | None = Field(
+        _QC.max_percent_maximal, description="saturated: more than this percent of pixels at the image maximum")
+    max_failing_site_fraction: float = Field(
+        0.5, ge=0, le=1, description="failing sites are excluded; the plate stops only above this share")
 
     def thresholds(self) -> QcThresholds:
-        return QcThresholds(self.min_power_log_log_slope, self.max_percent_maximal)
+        return QcThresholds(self.focus_robust_z, self.min_power_log_log_slope, self.saturation_robust_z,
+                            self.max_percent_maximal)
 
 
 class IlluminationSettings(dg.Config):

@@ -15,7 +15,7 @@ def test_blur_lowers_the_power_log_log_slope_of_real_images(name):
     sharp = power_log_log_slope(image)
     blurred = power_log_log_slope(ndimage.gaussian_filter(image, 4))
     assert blurred < sharp - 0.5
-    thresholds = QcThresholds()
+    thresholds = QcThresholds(min_power_log_log_slope=-2.5)
     assert thresholds.passes(sharp, percent_maximal(image))
     assert not thresholds.passes(blurred, percent_maximal(image))
 

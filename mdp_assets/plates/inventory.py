@@ -129,6 +129,11 @@ def inventory_plate(plate: PlateFolder, max_workers: int = 4) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if harmony is not None:
         table = _fill_from_instrument(table, harmony.drop(columns="harmony_channel_name"))
+    if plate.manifest.pixel_size_um is not None:
+        # The manifest states the pixel size only for images whose metadata do not (see the README).
+        for axis in ("X", "Y"):
+            column = f"Metadata_PhysicalSize{axis}_um"
+            table[column] = table[column].astype(float).fillna(plate.manifest.pixel_size_um)
     _check_complete_sites(table, plate.images_dir)
     table = table.sort_values(["Metadata_Well", "Metadata_Site", "Metadata_Channel", "file_name"])
     return table.reset_index(drop=True)

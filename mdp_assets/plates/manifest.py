@@ -23,6 +23,9 @@ NamingSchemeName = Literal["phenix", "imagexpress", "nf1", "regex"]
 
 # Barcodes become partition keys and folder names: no path separators, no leading dot, no spaces.
 _SAFE_BARCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ANNOTATION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+# Metadata_ columns mdp writes itself; an annotation may not shadow them.
+RESERVED_METADATA = frozenset({"Plate", "Well", "Site", "Channel", "Z", "T", "Origin", "Perturbation", "ObjectNumber"})
 
 
 class NegativeControl(BaseModel):
@@ -57,6 +60,15 @@ class PlateManifest(BaseModel):
     treatment_column: str | None = Field(None, description="platemap column naming the perturbation")
     negative_control: NegativeControl | None = None
     images_subdir: str = Field(".", description="folder of the images, relative to the plate folder")
+    annotations: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="plate-level values (time_point: 24) that reach every row as Metadata_ columns"
+    )
+    pixel_size_um: float | None = Field(
+        None, gt=0, description="the sample's pixel size, for images whose metadata do not state it"
+    )
+    imaged_wells: Literal["all", "subset"] = Field(
+        "all", description="'subset': the platemap may list wells that were not imaged"
+    )
     settings: dict[str, Any] = Field(
         default_factory=dict, description="this plate's overrides of the deployment's settings (a documented subset)"
     )
@@ -69,6 +81,17 @@ class PlateManifest(BaseModel):
                 f"unsafe plate barcode {value!r}: use letters, digits, '.', '_' or '-' "
                 "(no path separators, spaces or leading dot; at most 128 characters)"
             )
+        return value
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotation_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            bare = name.removeprefix("Metadata_")
+            if not _ANNOTATION_NAME.match(bare):
+                raise ValueError(f"annotation name {name!r}: use letters, digits and '_', starting with a letter")
+            if bare in RESERVED_METADATA:
+                raise ValueError(f"annotation name {name!r} is set by mdp itself (reserved: {sorted(RESERVED_METADATA)})")
         return value
 
     @field_validator("platemap", "images_subdir")

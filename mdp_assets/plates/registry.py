@@ -63,8 +63,13 @@ class Plate:
     @property
     def annotation_columns(self) -> list[str]:
         """Every per-well Metadata_ column the plate's rows carry, besides plate and well."""
-        columns = [c for c in self.platemap.columns if c != "Metadata_Well"] + [ORIGIN]
+        columns = [c for c in self.platemap.columns if c != "Metadata_Well"] + [*self.plate_annotations, ORIGIN]
         return columns + ([PERTURBATION] if self.manifest.treatment_column else [])
+
+    @property
+    def plate_annotations(self) -> dict[str, str]:
+        """The manifest's plate-level annotations as Metadata_ columns (text, like the platemap's)."""
+        return {metadata_name(k): str(v) for k, v in self.manifest.annotations.items()}
 
     @property
     def negative_control_query(self) -> str | None:
@@ -80,6 +85,8 @@ class Plate:
         if wells is not None:
             table = pd.DataFrame({"Metadata_Well": sorted(set(wells))}).merge(table, on="Metadata_Well", how="left")
         table.insert(0, "Metadata_Plate", self.barcode)
+        for column, value in self.plate_annotations.items():
+            table[column] = value
         table[ORIGIN] = self.manifest.origin
         if self.manifest.treatment_column:
             table[PERTURBATION] = table[metadata_name(self.manifest.treatment_column)]
@@ -127,6 +134,10 @@ def plate_from_folder(folder: PlateFolder, landing: str) -> Plate:
                 f"(it has {[c.removeprefix('Metadata_') for c in platemap.columns]})",
                 path=folder.platemap_path,
             )
+    clashing = sorted(set(metadata_name(k) for k in manifest.annotations) & set(platemap.columns))
+    if clashing:
+        raise MdpError(f"manifest annotations {[c.removeprefix('Metadata_') for c in clashing]} are also platemap "
+                       "columns; name each value once", path=folder.root / "plate.yaml")
     return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing)
 
 

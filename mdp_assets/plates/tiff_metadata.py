@@ -2,7 +2,7 @@
 
 The playbook's one hard rule about metadata is that it travels with the data through every level, so
 this is where it enters: channel names, physical pixel size, objective, exposure, acquisition time,
-dimension order. Truncated or unreadable files are errors naming the file, never silently skipped.
+dimension order (OME-XML, ImageJ, and the Phenix's per-image Harmony XML). Truncated or unreadable files are errors naming the file, never silently skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import tifffile
 
 from mdp_assets.errors import MdpError
+from mdp_assets.plates.harmony import HARMONY_IMAGE_XML_TAG, parse_image_xml
 
 _LENGTH_TO_MICRONS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _TIME_TO_MS = {"s": 1e3, "ms": 1.0, "µs": 1e-3, "us": 1e-3, "min": 6e4}
@@ -121,6 +122,9 @@ def _check_not_truncated(path: Path, tif: tifffile.TiffFile) -> None:
 
 
 def _baseline_tags(page: tifffile.TiffPage, info: TiffInfo) -> None:
+    """Software and DateTime only. The resolution tags are not the sample's pixel size: instruments write
+    display defaults or the camera's own pixel there (a Phenix writes 155 pixels per cm, 64.5 µm), so a
+    pixel size comes only from OME-XML, ImageJ's micron calibration, the instrument's XML or the manifest."""
     tags = page.tags
     if "Software" in tags:
         info.software = str(tags["Software"].value)
@@ -130,13 +134,22 @@ def _baseline_tags(page: tifffile.TiffPage, info: TiffInfo) -> None:
             info.acquisition_time = datetime.strptime(raw, "%Y:%m:%d %H:%M:%S").isoformat()
         except ValueError:
             info.acquisition_time = raw
-    # Only centimetre resolution is trusted: inch values are usually display defaults (72 dpi).
-    if info.physical_size_x_um is None and "XResolution" in tags and "ResolutionUnit" in tags:
-        if int(tags["ResolutionUnit"].value) == 3:
-            numerator, denominator = tags["XResolution"].value
-            if numerator:
-                info.physical_size_x_um = 1e4 * denominator / numerator
-                info.physical_size_y_um = info.physical_size_x_um
+
+
+def _harmony_tag(page: tifffile.TiffPage, info: TiffInfo) -> None:
+    """The Phenix's per-image XML (TIFF tag 65500): what the image says of its own acquisition."""
+    if HARMONY_IMAGE_XML_TAG not in page.tags:
+        return
+    found = parse_image_xml(page.tags[HARMONY_IMAGE_XML_TAG].value)
+    if "channel_name" in found and not info.channel_names:
+        info.channel_names = [str(found["channel_name"])]
+    if "physical_size_um" in found and info.physical_size_x_um is None:
+        info.physical_size_x_um = info.physical_size_y_um = float(found["physical_size_um"])
+    if "exposure_ms" in found and not info.exposure_ms:
+        info.exposure_ms = [float(found["exposure_ms"])]
+    for key in ("objective", "objective_magnification", "objective_na", "acquisition_time"):
+        if key in found and getattr(info, key) is None:
+            setattr(info, key, found[key])
 
 
 def read_tiff_info(path: Path) -> TiffInfo:
@@ -162,6 +175,7 @@ def read_tiff_info(path: Path) -> TiffInfo:
                     numerator, denominator = page.tags["XResolution"].value
                     if numerator:
                         info.physical_size_x_um = info.physical_size_y_um = denominator / numerator
+            _harmony_tag(page, info)
             _baseline_tags(page, info)
             return info
     except MdpError:

@@ -6,7 +6,8 @@ the features' covariance (the same vectors a full SVD gives). The covariance is 
 of any size is embedded a batch of rows at a time (`pca_embedding_parquet`); a table in memory goes through
 the same arithmetic (`pca_embedding`). The sign of every component is fixed so that its largest-magnitude
 loading is positive, which makes the embedding identical on every run for the same input. Components are
-named `Embedding_PC<k>`. Per-plate PCA spaces are not comparable across plates; consensus-level analysis uses
+named `Embedding_PC<k>`; a plate gives at most one component fewer than its rows, and none when no feature
+survived selection (the metadata then say why). Per-plate PCA spaces are not comparable across plates; consensus-level analysis uses
 the profiles.
 """
 
@@ -71,8 +72,11 @@ class CovarianceAccumulator:
         scatter = (scatter + scatter.T) / 2
         eigenvalues, eigenvectors = np.linalg.eigh(scatter)
         order = np.argsort(eigenvalues, kind="stable")[::-1]
-        k = max(0, min(n_components, self.rows, width))
-        components = eigenvectors[:, order[:k]].T
+        # n rows span at most n - 1 directions: one well (or none) has no principal component to give.
+        k = max(0, min(n_components, self.rows - 1, width))
+        components = eigenvectors[:, order[:k]].T.reshape(k, width)
+        if k == 0:
+            return PrincipalComponents(mean=shift + offset, components=components, explained_variance_ratio=[])
         signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
         components = components * np.where(signs == 0, 1.0, signs)[:, None]
         total = float(np.trace(scatter))

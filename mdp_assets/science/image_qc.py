@@ -4,6 +4,8 @@
   `radial_power_spectrum.rps` and MeasureImageQuality do (intensity-invariant, radii 2 .. min(h, w)/8).
   In-focus images have a shallower (less negative) slope than blurred ones.
 - PercentMaximal (saturation): percent of pixels at the maximum value of the image itself.
+
+Whether an image passes is judged by `QcThresholds`: relative to the plate by default, absolute on request.
 """
 
 from __future__ import annotations
@@ -58,27 +60,50 @@ def percent_maximal(image: np.ndarray) -> float:
     return float(100.0 * np.count_nonzero(pixels == pixels.max()) / pixels.size)
 
 
+# Robust z-scores need a few images per channel to mean anything; below this the relative rules abstain.
+MIN_IMAGES_FOR_RELATIVE = 5
+_MAD_TO_SD = 1.4826
+
+
 @dataclass(frozen=True)
 class QcThresholds:
-    """An image passes when it is neither blurred nor saturated beyond these limits."""
+    """When an image fails QC. Relative rules judge an image against the plate's other images of the same
+    channel (robust z-score: distance from the channel's median in scaled MADs), as the field's QC notebooks
+    do, so an instrument whose sharp images sit at a slope of -2.8 is not failed wholesale; absolute limits
+    are optional and apply on top. None turns a rule off."""
 
-    min_power_log_log_slope: float = -2.5
-    max_percent_maximal: float = 1.0
+    focus_robust_z: float | None = 3.0  # blurred: slope more than this many MADs below the channel's median
+    min_power_log_log_slope: float | None = None  # blurred: slope below this, whatever the plate
+    saturation_robust_z: float | None = None  # saturated: percent maximal this many MADs above the median
+    max_percent_maximal: float | None = 1.0  # saturated: more than this percent of pixels at the maximum
 
-    def blurred(self, slope: float) -> bool:
-        return slope < self.min_power_log_log_slope
+    def blurred(self, slope: float, robust_z: float = 0.0) -> bool:
+        relative = self.focus_robust_z is not None and robust_z < -self.focus_robust_z
+        return relative or (self.min_power_log_log_slope is not None and slope < self.min_power_log_log_slope)
 
-    def saturated(self, saturation: float) -> bool:
-        return saturation > self.max_percent_maximal
+    def saturated(self, saturation: float, robust_z: float = 0.0) -> bool:
+        relative = self.saturation_robust_z is not None and robust_z > self.saturation_robust_z
+        return relative or (self.max_percent_maximal is not None and saturation > self.max_percent_maximal)
 
     def passes(self, slope: float, saturation: float) -> bool:
+        """An image judged by the absolute limits alone (a relative judgment needs the plate)."""
         return not self.blurred(slope) and not self.saturated(saturation)
 
 
+def robust_z(values: pd.Series) -> pd.Series:
+    """(x - median) / (1.4826 MAD); 0 everywhere when there are too few values to judge, and a tiny floor on
+    the scale so identical images do not divide by zero."""
+    if values.notna().sum() < MIN_IMAGES_FOR_RELATIVE:
+        return pd.Series(0.0, index=values.index)
+    median = values.median()
+    scale = _MAD_TO_SD * (values - median).abs().median()
+    scale = max(scale, 1e-9 * max(abs(median), 1.0))
+    return (values - median) / scale
 
 
 def measure_plate_quality(raw_images: pd.DataFrame, thresholds: QcThresholds, max_workers: int = 2) -> pd.DataFrame:
-    """One row per image: its blur and saturation measurements and whether it passes."""
+    """One row per image: blur and saturation measurements, their robust z-scores within the plate's channel,
+    the flags, and whether the image passes."""
 
     def measure(uri: str) -> tuple[float, float]:
         pixels = read_plane(uri_to_path(uri))
@@ -90,10 +115,27 @@ def measure_plate_quality(raw_images: pd.DataFrame, thresholds: QcThresholds, ma
     table = raw_images[keys].copy()
     table["ImageQuality_PowerLogLogSlope"] = [m[0] for m in measured]
     table["ImageQuality_PercentMaximal"] = [m[1] for m in measured]
-    table["qc_blurred"] = [thresholds.blurred(s) for s, _ in measured]
-    table["qc_saturated"] = [thresholds.saturated(p) for _, p in measured]
+    return judge(table, thresholds)
+
+
+def judge(table: pd.DataFrame, thresholds: QcThresholds) -> pd.DataFrame:
+    """Flag each image of a measured plate by the thresholds (relative rules within each channel)."""
+    table = table.copy()
+    by_channel = table.groupby("Metadata_Channel", sort=False)
+    table["qc_focus_robust_z"] = by_channel["ImageQuality_PowerLogLogSlope"].transform(robust_z)
+    table["qc_saturation_robust_z"] = by_channel["ImageQuality_PercentMaximal"].transform(robust_z)
+    table["qc_blurred"] = [thresholds.blurred(s, z) for s, z in
+                           zip(table["ImageQuality_PowerLogLogSlope"], table["qc_focus_robust_z"])]
+    table["qc_saturated"] = [thresholds.saturated(p, z) for p, z in
+                             zip(table["ImageQuality_PercentMaximal"], table["qc_saturation_robust_z"])]
     table["qc_pass"] = ~(table["qc_blurred"] | table["qc_saturated"])
     return table.reset_index(drop=True)
+
+
+def failing_sites(image_qc: pd.DataFrame) -> list[str]:
+    """'<well> site <n>' for every site with a channel that failed QC, in plate order."""
+    by_site = image_qc.groupby(["Metadata_Well", "Metadata_Site"])["qc_pass"].all()
+    return [f"{well} site {int(site)}" for (well, site), ok in by_site.items() if not ok]
 
 
 def empty_or_failed_wells(all_wells: set[str], sites: pd.DataFrame) -> dict[str, str]:

@@ -13,7 +13,12 @@ METHOD = "PCA per plate (covariance eigenvectors, NaN -> 0, sign fixed by the la
 
 
 def _metadata(ratios: list[float]) -> dict[str, object]:
-    return {"components": len(ratios), "explained_variance_ratio": [round(r, 6) for r in ratios], "method": METHOD}
+    metadata: dict[str, object] = {"components": len(ratios), "explained_variance_ratio": [round(r, 6) for r in ratios],
+                                   "method": METHOD}
+    if not ratios:
+        metadata["no_components_because"] = ("fewer than two rows, or no feature survived feature selection: "
+                                             "the profiles carry their Metadata_ columns only")
+    return metadata
 
 
 @dg.asset(

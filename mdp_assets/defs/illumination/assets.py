@@ -11,7 +11,7 @@ from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_illumination
 from mdp_assets.science.illumination import write_corrected_images, write_illumination_functions
-from mdp_assets.science.image_qc import measure_plate_quality, passing_sites
+from mdp_assets.science.image_qc import failing_sites, measure_plate_quality, passing_sites
 from mdp_assets.storage.partitions import StoredPartition, staged_output
 from mdp_assets.storage.resource import MdpStorage
 
@@ -23,31 +23,41 @@ GROUP = "qc_and_illumination"
     group_name=GROUP,
     kinds={"parquet"},
     check_specs=[
-        dg.AssetCheckSpec("qc_pass_fraction", asset="image_qc", description="share of images passing QC"),
-        dg.AssetCheckSpec("no_blurred_images", asset="image_qc", description="names every image below the focus limit"),
-        dg.AssetCheckSpec("no_saturated_images", asset="image_qc", description="names every image over the saturation limit"),
+        dg.AssetCheckSpec("qc_pass_fraction", asset="image_qc", blocking=True,
+                          description="share of sites passing QC; the plate stops only when the failing share "
+                          "exceeds qc.max_failing_site_fraction"),
+        dg.AssetCheckSpec("no_blurred_images", asset="image_qc", description="names every image judged blurred"),
+        dg.AssetCheckSpec("no_saturated_images", asset="image_qc", description="names every image judged saturated"),
     ],
     description="Per image: focus (ImageQuality_PowerLogLogSlope) and saturation (ImageQuality_PercentMaximal) "
-    "as CellProfiler's MeasureImageQuality defines them, and a pass flag. Failing sites are excluded below.",
+    "as CellProfiler's MeasureImageQuality defines them, their robust z-scores within the plate's channel, and a "
+    "pass flag (qc settings in mdp.yaml or the plate's manifest). Failing sites are excluded below.",
 )
 def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settings: StepSettings, storage: MdpStorage):
     plate = storage.plate(context.partition_key)
     qc = settings.for_plate(plate.manifest.settings, plate.barcode).qc
     thresholds = qc.thresholds()
     table = measure_plate_quality(raw_images, thresholds)
-    fraction = float(table["qc_pass"].mean())
-    failed = table.loc[~table["qc_pass"], "file_name"].tolist()
+    failing = failing_sites(table)
+    sites = raw_images[["Metadata_Well", "Metadata_Site"]].drop_duplicates().shape[0]
+    failing_fraction = len(failing) / sites
     yield storage.table_output("image_qc", table, {
         "images": len(table),
-        "pass_fraction": fraction,
-        "failed_images": len(failed),
+        "pass_fraction": float(table["qc_pass"].mean()),
+        "sites_failing": len(failing),
+        "site_pass_fraction": 1 - failing_fraction,
         "thresholds": thresholds.__dict__,
     })
+    stops = failing_fraction > qc.max_failing_site_fraction
     yield dg.AssetCheckResult(
         check_name="qc_pass_fraction",
-        passed=fraction >= qc.min_pass_fraction,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"pass_fraction": fraction, "minimum": qc.min_pass_fraction, "failed": ", ".join(failed[:50]) or "none"},
+        passed=not stops,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(f"{len(failing)} of {sites} sites fail QC, more than the limit "
+                     f"{qc.max_failing_site_fraction:.0%}: the plate stops here" if stops else
+                     f"{len(failing)} of {sites} sites fail QC and are excluded below"),
+        metadata={"site_pass_fraction": 1 - failing_fraction, "max_failing_site_fraction": qc.max_failing_site_fraction,
+                  "failing_sites": ", ".join(failing[:100]) or "none"},
     )
     for check, flag, measure in [
         ("no_blurred_images", "qc_blurred", "ImageQuality_PowerLogLogSlope"),
