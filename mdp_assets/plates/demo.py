@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from mdp_assets.checksums import atomic_path
 from mdp_assets.plates.manifest import MANIFEST_NAME
+from mdp_assets.plates.naming import row_number
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 EMISSION_NM = {"DNA": 461, "ER": 520, "RNA": 570, "AGP": 620, "Mito": 680}
@@ -36,27 +37,36 @@ PIXEL_SIZE_UM = 0.65
 @dataclass(frozen=True)
 class DemoPlateSpec:
     barcode: str
-    rows: str = "BCDE"
+    rows: str | tuple[str, ...] = "BCDE"  # row names; a tuple for 1536-well rows past Z ("AA", "AF")
     columns: tuple[int, ...] = (2, 3, 4, 5, 6, 7)
     sites_per_well: int = 2
     image_size: int = 256
     cells_per_site: int = 24
     seed: int = 0
+    # Plates of other shapes, for the tests that every level copes with them:
+    empty_wells: tuple[str, ...] = ()  # wells imaged with no cells in them
+    negative_controls: bool = True  # False: every well treated, no DMSO to normalize to
+    extra_channels: tuple[str, ...] = ()  # channels beyond the five Cell Painting ones (e.g. "Brightfield")
 
     @property
     def wells(self) -> list[str]:
         return [f"{row}{col:02d}" for row in self.rows for col in self.columns]
 
     @property
+    def channels(self) -> tuple[str, ...]:
+        return (*CHANNELS, *self.extra_channels)
+
+    @property
     def image_count(self) -> int:
-        return len(self.wells) * self.sites_per_well * len(CHANNELS)
+        return len(self.wells) * self.sites_per_well * len(self.channels)
 
 
 def platemap_for(spec: DemoPlateSpec) -> pd.DataFrame:
     """Treatments in a layout that puts every treatment in every row (no row effect confounding)."""
     rows = []
+    treatments = TREATMENTS if spec.negative_controls else TREATMENTS[1:]
     for index, well in enumerate(spec.wells):
-        treatment = TREATMENTS[index % len(TREATMENTS)]
+        treatment = treatments[index % len(treatments)]
         rows.append(
             {
                 "well_position": well,
@@ -79,9 +89,9 @@ def _ome_xml(channel: str, height: int, width: int, name: str, acquired: datetim
         f'<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" SizeX="{width}" SizeY="{height}" '
         f'SizeC="1" SizeZ="1" SizeT="1" PhysicalSizeX="{PIXEL_SIZE_UM}" PhysicalSizeXUnit="µm" '
         f'PhysicalSizeY="{PIXEL_SIZE_UM}" PhysicalSizeYUnit="µm">'
-        f'<Channel ID="Channel:0:0" Name="{channel}" EmissionWavelength="{EMISSION_NM[channel]}" SamplesPerPixel="1"/>'
+        f'<Channel ID="Channel:0:0" Name="{channel}" EmissionWavelength="{EMISSION_NM.get(channel, 0)}" SamplesPerPixel="1"/>'
         '<TiffData IFD="0" PlaneCount="1"/>'
-        f'<Plane TheC="0" TheZ="0" TheT="0" ExposureTime="{EXPOSURE_MS[channel]}" ExposureTimeUnit="ms"/>'
+        f'<Plane TheC="0" TheZ="0" TheT="0" ExposureTime="{EXPOSURE_MS.get(channel, 100.0)}" ExposureTimeUnit="ms"/>'
         "</Pixels></Image></OME>"
     )
 
@@ -98,8 +108,12 @@ def _texture(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
     return field / (field.std() + 1e-9)
 
 
-def synthesize_site(rng: np.random.Generator, treatment: str, size: int, n_cells: int) -> dict[str, np.ndarray]:
-    """Five channels (float, roughly 0..1) of one field of view."""
+def synthesize_site(rng: np.random.Generator, treatment: str, size: int, n_cells: int,
+                    extra_channels: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Five channels (float, roughly 0..1) of one field of view, and any extra ones (a transmitted-light
+    look: the cells faintly darker than the background). A site with no cells is background only."""
+    if n_cells == 0:
+        return {name: np.zeros((size, size)) for name in (*CHANNELS, *extra_channels)}
     grid = math.ceil(math.sqrt(n_cells))
     spacing = size / grid
     centers = []
@@ -146,6 +160,7 @@ def synthesize_site(rng: np.random.Generator, treatment: str, size: int, n_cells
         "RNA": (nucleus * 0.12 + cytoplasm * 0.15) * brightness * (1 + 0.25 * (fine > 1.2)),
         "AGP": (cell * 0.12 + membrane * 0.25) * brightness * (1 + 0.1 * fine),
         "Mito": cytoplasm * brightness * mito_level * (1 + 0.35 * np.clip(fine, 0, None)),
+        **{name: 0.5 - 0.1 * cell + 0.02 * coarse for name in extra_channels},
     }
     return {name: ndimage.gaussian_filter(img.astype(float), 1.0) for name, img in images.items()}
 
@@ -162,11 +177,12 @@ def write_demo_plate(landing_zone: Path, spec: DemoPlateSpec) -> Path:
     with atomic_path(final) as folder:
         folder.mkdir(parents=True)
         for well_index, well in enumerate(spec.wells):
-            row, col = "ABCDEFGHIJKLMNOP".index(well[0]) + 1, int(well[1:])
+            row, col = row_number(well.rstrip("0123456789")), int(well.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+            cells = 0 if well in spec.empty_wells else spec.cells_per_site
             for site in range(1, spec.sites_per_well + 1):
-                channels = synthesize_site(rng, treatment_by_well[well], spec.image_size, spec.cells_per_site)
+                channels = synthesize_site(rng, treatment_by_well[well], spec.image_size, cells, spec.extra_channels)
                 acquired = start + timedelta(seconds=30 * (well_index * spec.sites_per_well + site))
-                for channel_index, name in enumerate(CHANNELS, start=1):
+                for channel_index, name in enumerate(spec.channels, start=1):
                     signal = channels[name] * _vignette(spec.image_size, channel_index)
                     noisy = 0.02 + signal + rng.normal(0, 0.004, signal.shape)
                     pixels = np.clip(noisy * 30000 + 100, 0, 65535).astype(np.uint16)
@@ -188,8 +204,9 @@ def write_demo_plate(landing_zone: Path, spec: DemoPlateSpec) -> Path:
             "nuclei_channel": "DNA",
             "expected_image_count": spec.image_count,
             "treatment_column": "treatment",
-            "negative_control": {"column": "treatment", "value": "DMSO"},
         }
+        if spec.negative_controls:
+            manifest["negative_control"] = {"column": "treatment", "value": "DMSO"}
         (folder / MANIFEST_NAME).write_text(yaml.safe_dump(manifest, sort_keys=False))
     return final
 

@@ -20,11 +20,12 @@ IMAGE_SUFFIXES = (".tif", ".tiff")
 
 _PATTERNS: dict[str, str] = {
     "phenix": r"^r(?P<row>\d{2})c(?P<col>\d{2})f(?P<site>\d{2})p(?P<z>\d{2})-ch(?P<channel>\d+)sk(?P<t>\d+)fk\d+fl\d+\.tiff?$",
-    "imagexpress": r"^(?P<plate>.+)_(?P<well>[A-Pa-p]\d{2})_s(?P<site>\d+)_w(?P<channel>\d)(?:[0-9A-Fa-f-]{36})?\.tiff?$",
+    "imagexpress": r"^(?P<plate>.+)_(?P<well>[A-Za-z]{1,2}\d{2})_s(?P<site>\d+)_w(?P<channel>\d)(?:[0-9A-Fa-f-]{36})?\.tiff?$",
     "nf1": r"^(?P<well>[A-Pa-p]\d{1,2})_\d{2}_\d_(?P<site>\d+)_(?P<channel>[A-Za-z0-9]+)_\d{3}\.tiff?$",
 }
 
-_WELL = re.compile(r"^([A-Pa-p])0*(\d{1,2})$")
+# Rows A..P (96/384 wells) and A..Z, AA..AF (1536 wells: 32 rows x 48 columns).
+_WELL = re.compile(r"^([A-Za-z]|[Aa][A-Fa-f])0*(\d{1,2})$")
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,11 @@ class ImageName:
 
 
 def normalize_well(well: str) -> str:
-    """'b7', 'B07' and 'B7' all become 'B07' (the zero-padded form CellProfiler and pycytominer use)."""
+    """'b7', 'B07' and 'B7' all become 'B07' (the zero-padded form CellProfiler and pycytominer use);
+    1536-well rows run on from Z to AA..AF ('AF48')."""
     match = _WELL.match(well.strip())
-    if not match:
-        raise MdpError(f"{well!r} is not a well name like B07")
+    if not match or not 1 <= int(match.group(2)) <= 48:
+        raise MdpError(f"{well!r} is not a well name like B07 (rows A-Z and AA-AF, columns 1-48)")
     return f"{match.group(1).upper()}{int(match.group(2)):02d}"
 
 
@@ -58,6 +60,17 @@ def well_from_row_col(row: int, col: int) -> str:
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     row_name = letters[row - 1] if row <= 26 else "A" + letters[row - 27]
     return f"{row_name}{col:02d}"
+
+
+def row_number(row: str) -> int:
+    """'A' -> 1 ... 'Z' -> 26, 'AA' -> 27 ... 'AF' -> 32 (the inverse of well_from_row_col's rows)."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    name = row.upper()
+    if len(name) == 1 and name in letters:
+        return letters.index(name) + 1
+    if len(name) == 2 and name[0] == "A" and name[1] in letters[:6]:
+        return 27 + letters.index(name[1])
+    raise MdpError(f"{row!r} is not a plate row (A-Z, AA-AF)")
 
 
 class NamingScheme:

@@ -1,0 +1,110 @@
+"""Plates of any shape: every level completes, or stops with a message that says what is missing."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scipy import ndimage
+
+from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.services.registration import register_plate
+from mdp_assets_tests.conftest import defs_for, stored
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"image_size": 112, "cells_per_site": 9, "sites_per_well": 1}
+
+
+def _run(storage, instance, spec: DemoPlateSpec, before_run=None):
+    folder = write_demo_plate(storage.landing_path, spec)
+    if before_run:
+        before_run(folder)
+    register_plate(storage, spec.barcode)
+    instance.add_dynamic_partitions("plates", [spec.barcode])
+    job = defs_for(storage).resolve_job_def("plate_job")
+    result = job.execute_in_process(instance=instance, partition_key=spec.barcode, raise_on_error=False)
+    made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    return result, made, checks
+
+
+def _cells(storage, barcode):
+    return pd.read_parquet(stored(storage, "single_cell_features", barcode) / "table.parquet")
+
+
+def test_one_well_one_site(storage, instance):
+    spec = DemoPlateSpec(barcode="SHAPE-1WELL", rows="B", columns=(2,), **SMALL)
+    result, made, _ = _run(storage, instance, spec)
+    assert result.success and "well_embeddings" in made
+    embedding = result.asset_materializations_for_node("well_embeddings")[0]
+    assert embedding.metadata["components"].value == 0
+    assert "fewer than two rows" in embedding.metadata["no_components_because"].value
+
+
+def test_wells_with_no_cells_are_reported_and_the_rest_go_on(storage, instance):
+    spec = DemoPlateSpec(barcode="SHAPE-EMPTY", rows="BC", columns=(2, 3, 4), empty_wells=("B03", "C04"), **SMALL)
+    result, made, checks = _run(storage, instance, spec)
+    assert result.success and "well_embeddings" in made
+    problems = checks["no_empty_or_failed_wells"].metadata["problems"].value
+    assert "B03: no nuclei found" in problems and "C04: no nuclei found" in problems
+    assert set(_cells(storage, spec.barcode)["Metadata_Well"]) == {"B02", "B04", "C02", "C03"}
+
+
+def test_no_negative_controls_normalizes_to_all_wells(storage, instance):
+    spec = DemoPlateSpec(barcode="SHAPE-NOCTRL", rows="BC", columns=(2, 3, 4), negative_controls=False, **SMALL)
+    result, made, _ = _run(storage, instance, spec)
+    assert result.success and {"single_cell_profiles", "well_profiles", "well_embeddings"} <= made
+    profiles = result.asset_materializations_for_node("single_cell_profiles")[0]
+    assert "all" in str(profiles.metadata["normalized_to"].value)
+
+
+def test_an_extra_channel_is_measured_like_the_others(storage, instance):
+    spec = DemoPlateSpec(barcode="SHAPE-BF", rows="BC", columns=(2, 3), extra_channels=("Brightfield",), **SMALL)
+    result, made, _ = _run(storage, instance, spec)
+    assert result.success and "well_embeddings" in made
+    assert "Cells_Intensity_MeanIntensity_Brightfield" in _cells(storage, spec.barcode).columns
+
+
+def test_a_1536_well_plate_with_two_letter_rows(storage, instance):
+    spec = DemoPlateSpec(barcode="SHAPE-1536", rows=("A", "Z", "AF"), columns=(1, 47, 48), **SMALL)
+    result, made, _ = _run(storage, instance, spec)
+    assert result.success and "well_embeddings" in made
+    raw = pd.read_parquet(stored(storage, "raw_images", spec.barcode) / "table.parquet")
+    assert "r32c48f01p01-ch1sk1fk1fl1.tiff" in set(raw["file_name"])
+    assert {"AF48", "Z47", "A01"} <= set(_cells(storage, spec.barcode)["Metadata_Well"])
+
+
+def _blur(folder, wells):
+    """Blur every channel of every site of these wells (Phenix names: r<row>c<col>)."""
+    for path in folder.glob("*.tiff"):
+        if path.name[:6] in wells:
+            with tifffile.TiffFile(path) as tif:
+                pixels, description = tif.pages[0].asarray(), tif.pages[0].description
+            smeared = ndimage.gaussian_filter(pixels.astype(float), 5).astype(np.uint16)
+            tifffile.imwrite(path, smeared, description=description.encode(), metadata=None)
+
+
+def test_a_well_whose_every_site_fails_qc_is_excluded_and_named(storage, instance):
+    spec = DemoPlateSpec(barcode="SHAPE-QCWELL", rows="BC", columns=(2, 3, 4, 5), **{**SMALL, "sites_per_well": 2})
+    result, made, checks = _run(storage, instance, spec, lambda folder: _blur(folder, {"r02c03"}))
+    assert result.success and "well_embeddings" in made
+    assert checks["qc_pass_fraction"].passed
+    assert "B03 site 1, B03 site 2" in checks["qc_pass_fraction"].metadata["failing_sites"].value
+    assert "B03: every site failed image QC" in checks["no_empty_or_failed_wells"].metadata["problems"].value
+    assert "B03" not in set(_cells(storage, spec.barcode)["Metadata_Well"])
+
+
+def test_a_plate_mostly_failing_qc_stops_with_the_reason(storage, instance):
+    spec = DemoPlateSpec(barcode="SHAPE-QCPLATE", rows="BC", columns=(2, 3, 4, 5), **SMALL)
+    storage_settings = {"r02c02", "r02c03", "r02c04", "r02c05", "r03c02"}
+    result, made, checks = _run(storage, instance, spec, lambda folder: _blur_with_absolute_limit(folder, storage_settings))
+    assert not checks["qc_pass_fraction"].passed
+    assert "5 of 8 sites fail QC, more than the limit 50%: the plate stops here" == checks["qc_pass_fraction"].description
+    assert "image_qc" in made and "illumination_functions" not in made and "single_cell_features" not in made
+
+
+def _blur_with_absolute_limit(folder, wells):
+    """Most of the plate blurred: a relative rule cannot see a majority, so this plate sets an absolute limit."""
+    _blur(folder, wells)
+    manifest = folder / "plate.yaml"
+    manifest.write_text(manifest.read_text() + "settings:\n  qc:\n    min_power_log_log_slope: -3.0\n")
