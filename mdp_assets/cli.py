@@ -49,7 +49,8 @@ from mdp_assets.services.instance import instance_config
 from mdp_assets.services.lifecycle import apply_lifecycle, describe_move, release_consumed
 from mdp_assets.services.provenance import explain_chain, provenance_chain
 from mdp_assets.services.registration import add_partitions, register_plate
-from mdp_assets.services.reprocess import CONSENSUS_JOB, PlateWork, consensus_reason, consumers_of, plan_plate
+from mdp_assets.services.reprocess import (CONSENSUS_JOB, PlateWork, consensus_reason, consumers_of, plan_plate,
+                                           plates_without_well_profiles)
 from mdp_assets.services.summary import format_table, summary_table
 from mdp_assets.storage import catalog
 from mdp_assets.storage.resource import MdpStorage
@@ -131,7 +132,10 @@ def _make_levels(platform: Platform, works: list[PlateWork], command: str, wait:
     for line in release_consumed(platform.instance, platform.storage, consumers, plates=made) if made else []:
         print(line)
     reason = consensus_reason(platform.instance, platform.defs)
-    if reason:
+    waiting_for = plates_without_well_profiles(platform.instance)
+    if reason and waiting_for:
+        print(f"consensus_profiles: {reason}; it waits until every plate has well_profiles (not yet: {waiting_for})")
+    elif reason:
         print(f"consensus_profiles: {reason}")
         outcomes = platform.submit_and_wait([runs.RunRequest(CONSENSUS_JOB)], command, wait)
         return 0 if all(o.success for o in outcomes) else 1
@@ -154,14 +158,16 @@ def run_demo(platform: Platform, plate_count: int, wait: bool) -> int:
     return status
 
 
-def run_register(platform: Platform, target: str) -> int:
+def run_register(platform: Platform, target: str, allow_incomplete: bool = False) -> int:
     barcode = Path(target).name if "/" in target else target
     landing = platform.storage.landing_path
     if "/" in target and Path(target).resolve().parent != landing.resolve():
         raise MdpError(f"{target} is not a plate folder in the landing zone {landing}; copy it there first")
-    plate = register_plate(platform.storage, barcode)
+    plate = register_plate(platform.storage, barcode, allow_incomplete)
     add_partitions(platform.instance, [barcode])
-    print(f"plate {barcode} registered ({plate.manifest.origin}, {len(plate.platemap)} platemap wells); "
+    incomplete = (f", taken incomplete with {plate.accepted_image_count} of {plate.manifest.expected_image_count} "
+                  "images" if plate.accepted_image_count is not None else "")
+    print(f"plate {barcode} registered ({plate.manifest.origin}, {len(plate.platemap)} platemap wells{incomplete}); "
           f"`mdp run {barcode}` makes its levels")
     return 0
 
@@ -307,6 +313,8 @@ def parser() -> argparse.ArgumentParser:
     demo_plate.add_argument("--seed", type=int, default=99)
     register = commands.add_parser("register", help="validate and register a plate folder of the landing zone")
     register.add_argument("plate", help="the plate's barcode, or its folder in the landing zone")
+    register.add_argument("--allow-incomplete", action="store_true",
+                          help="take a plate with fewer images than its manifest expects, as it is")
     run = waiting(commands.add_parser("run", help="make a plate's stale levels, or the levels named"))
     run.add_argument("plate")
     run.add_argument("--levels", nargs="+", help="make these levels whatever their state")
@@ -349,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {
             "demo": lambda: run_demo(platform, args.plates, args.wait),
             "demo-plate": lambda: run_demo_plate(platform, args.barcode, args.seed),
-            "register": lambda: run_register(platform, args.plate),
+            "register": lambda: run_register(platform, args.plate, args.allow_incomplete),
             "run": lambda: run_run(platform, args.plate, args.levels, args.wait),
             "reprocess": lambda: run_reprocess(platform, args.plates, args.wait),
             "summary": lambda: (print(summary_table(platform.instance, platform.defs,

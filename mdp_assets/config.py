@@ -58,18 +58,22 @@ class QcSettings(dg.Config):
     model_config = _Section
     focus_robust_z: float | None = Field(
         _QC.focus_robust_z, description="blurred: focus slope this many scaled MADs below its channel's median")
+    focus_min_drop: float = Field(
+        _QC.focus_min_drop, ge=0, description="... and at least this far below it (slope units)")
     min_power_log_log_slope: float | None = Field(
         _QC.min_power_log_log_slope, description="blurred: focus slope below this value (absolute; e.g. -2.5)")
     saturation_robust_z: float | None = Field(
         _QC.saturation_robust_z, description="saturated: percent maximal this many scaled MADs above its median")
+    saturation_min_rise: float = Field(
+        _QC.saturation_min_rise, ge=0, description="... and at least this many percentage points above it")
     max_percent_maximal: float | None = Field(
         _QC.max_percent_maximal, description="saturated: more than this percent of pixels at the image maximum")
     max_failing_site_fraction: float = Field(
         0.5, ge=0, le=1, description="failing sites are excluded; the plate stops only above this share")
 
     def thresholds(self) -> QcThresholds:
-        return QcThresholds(self.focus_robust_z, self.min_power_log_log_slope, self.saturation_robust_z,
-                            self.max_percent_maximal)
+        return QcThresholds(self.focus_robust_z, self.focus_min_drop, self.min_power_log_log_slope,
+                            self.saturation_robust_z, self.saturation_min_rise, self.max_percent_maximal)
 
 
 class IlluminationSettings(dg.Config):
@@ -160,6 +164,9 @@ class IntakeSettings(dg.ConfigurableResource):
     quiet_period_seconds: int = Field(60, ge=0, description="instruments write for hours")
     max_plates_validated_per_tick: int = Field(
         25, ge=1, description="plates whose TIFF headers one tick may read; the rest wait for later ticks")
+    incomplete_after_seconds: int = Field(
+        3600, ge=0, description="a plate short of its expected images with nothing new for this long is reported "
+        "incomplete, with what it lacks")
 
 
 class S3Settings(BaseModel):

@@ -100,7 +100,10 @@ def test_a_plate_mostly_failing_qc_stops_with_the_reason(storage, instance):
     result, made, checks = _run(storage, instance, spec, lambda folder: _blur_with_absolute_limit(folder, storage_settings))
     assert not checks["qc_pass_fraction"].passed
     assert "5 of 8 sites fail QC, more than the limit 50%: the plate stops here" == checks["qc_pass_fraction"].description
+    assert not result.success
     assert "image_qc" in made and "illumination_functions" not in made and "single_cell_features" not in made
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "5 of 8 sites fail image QC, more than qc.max_failing_site_fraction (50%)" in str(failure.step_failure_data.error.cause)
 
 
 def _blur_with_absolute_limit(folder, wells):

@@ -13,11 +13,14 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 from mdp_assets.errors import MdpError
 from mdp_assets.checksums import sha256_text
+from mdp_assets.plates.contents import contents_from_names, missing_images
+from mdp_assets.plates.harmony import INDEX_FILE_NAMES
 from mdp_assets.plates.manifest import MANIFEST_NAME, load_manifest
 from mdp_assets.plates.naming import NamingScheme, looks_like_image
 from mdp_assets.plates.tiff_metadata import read_tiff_info
@@ -25,7 +28,7 @@ from mdp_assets.plates.tiff_metadata import read_tiff_info
 _SAFE_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_LISTED = 20
 
-Status = Literal["ready", "waiting", "rejected", "registered", "changed"]
+Status = Literal["ready", "waiting", "incomplete", "rejected", "registered", "changed"]
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,15 @@ def _local(snapshot: FolderSnapshot, relpaths: Iterable[str]) -> Path:
 
 
 def assess_plate(
-    snapshot: FolderSnapshot, now_s: float, quiet_period_s: float, may_read_files: bool = True, fetch: Fetch = _local
+    snapshot: FolderSnapshot, now_s: float, quiet_period_s: float, may_read_files: bool = True, fetch: Fetch = _local,
+    incomplete_after_s: float | None = None,
 ) -> Decision:
-    """Is this folder a plate ready to register, still arriving, or unfit? (never registered before)
+    """Is this folder a plate ready to register, still arriving, stuck incomplete, or unfit? (never registered)
 
     Reading every TIFF header is the expensive part; with `may_read_files` False a plate that is otherwise
-    ready waits for a later tick. `fetch` makes listed files local (a landing zone on S3 mirrors them)."""
+    ready waits for a later tick. `fetch` makes listed files local (a landing zone on S3 mirrors them).
+    A plate short of its expected images with nothing new for `incomplete_after_s` is reported incomplete,
+    with what it lacks, instead of waiting without a word."""
     fingerprint = snapshot.fingerprint
 
     def decide(status: Status, reason: str, files_read: bool = False) -> Decision:
@@ -134,6 +140,18 @@ def assess_plate(
         return decide("rejected", f"manifest barcode {manifest.barcode!r} differs from the folder name")
     images = snapshot.image_names(manifest.images_subdir)
     if len(images) < manifest.expected_image_count:
+        stalled_for = now_s - snapshot.newest_mtime_s
+        if incomplete_after_s is not None and stalled_for >= incomplete_after_s:
+            since = datetime.fromtimestamp(snapshot.newest_mtime_s, timezone.utc).isoformat(timespec="seconds")
+            scheme = NamingScheme(manifest.naming_scheme, manifest.naming_pattern, manifest.channels)
+            prefix = "" if manifest.images_subdir in (".", "") else manifest.images_subdir.rstrip("/") + "/"
+            index = next((prefix + n for n in INDEX_FILE_NAMES if prefix + n in snapshot.files), None)
+            index_path = fetch(snapshot, [index]) / index if index else None
+            missing = missing_images(contents_from_names(images, scheme, index_path))
+            listed = ", ".join(missing[:MAX_LISTED]) + (f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else "")
+            return decide("incomplete", f"incomplete since {since}: {len(images)} of {manifest.expected_image_count} "
+                          f"images, missing: {listed or 'whole wells (none of their images arrived)'}; "
+                          f"`mdp register {snapshot.name} --allow-incomplete` takes it as it is")
         return decide("waiting", f"{len(images)} of {manifest.expected_image_count} images so far")
     if len(images) > manifest.expected_image_count:
         return decide("rejected", f"{len(images)} images but the manifest expects {manifest.expected_image_count}")
@@ -182,6 +200,7 @@ def evaluate_landing_zone(
     known_partitions: set[str] = frozenset(),  # type: ignore[assignment]
     max_plates_validated: int = 25,
     fetch: Fetch = _local,
+    incomplete_after_s: float | None = None,
 ) -> list[Decision]:
     """One decision per folder; updates the cursor for plates it registers, rejects or reports.
 
@@ -207,7 +226,8 @@ def evaluate_landing_zone(
             # Already judged and unchanged: report it again without reading its files again.
             decisions.append(Decision(name, "rejected", judged[1], fingerprint))
             continue
-        decision = assess_plate(snapshot, now_s, quiet_period_s, validated < max_plates_validated, fetch)
+        decision = assess_plate(snapshot, now_s, quiet_period_s, validated < max_plates_validated, fetch,
+                                incomplete_after_s)
         validated += decision.files_read
         if decision.status == "ready":
             cursor.registered[name] = fingerprint

@@ -104,8 +104,9 @@ def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instru
     }
 
 
-def inventory_plate(plate: PlateFolder, max_workers: int = 4) -> pd.DataFrame:
-    """Checksum and describe every image of a plate; any inconsistency is an MdpError naming the files."""
+def inventory_plate(plate: PlateFolder, max_workers: int = 4, accepted_image_count: int | None = None) -> pd.DataFrame:
+    """Checksum and describe every image of a plate; any inconsistency is an MdpError naming the files.
+    `accepted_image_count`: the plate was registered incomplete with that many images."""
     scheme = plate.naming_scheme()
     if not plate.images_dir.is_dir():
         raise MdpError("images folder not found", path=plate.images_dir)
@@ -116,10 +117,11 @@ def inventory_plate(plate: PlateFolder, max_workers: int = 4) -> pd.DataFrame:
             f"{len(unmatched)} image file(s) do not match naming scheme {scheme.name!r}: {unmatched[:10]}",
             path=plate.images_dir,
         )
-    expected = plate.manifest.expected_image_count
+    expected = accepted_image_count or plate.manifest.expected_image_count
     if len(candidates) != expected:
         raise MdpError(
-            f"expected {expected} images (manifest expected_image_count) but found {len(candidates)}",
+            f"expected {expected} images (manifest expected_image_count"
+            f"{', or as registered incomplete' if accepted_image_count else ''}) but found {len(candidates)}",
             path=plate.images_dir,
         )
     harmony = _harmony_metadata(plate.images_dir)

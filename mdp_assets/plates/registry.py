@@ -21,6 +21,7 @@ import pandas as pd
 
 from mdp_assets.checksums import atomic_path
 from mdp_assets.errors import MdpError
+from mdp_assets.plates.contents import check_contents
 from mdp_assets.plates.inventory import PlateFolder
 from mdp_assets.plates.manifest import Origin, PlateManifest
 from mdp_assets.plates.platemap import metadata_name, read_platemap
@@ -50,6 +51,8 @@ class Plate:
     registered_at: str = ""
     landing: str = ""
     reclassifications: tuple[dict[str, Any], ...] = ()
+    # Registered with fewer images than the manifest expects (`mdp register --allow-incomplete`): how many.
+    accepted_image_count: int | None = None
 
     @property
     def barcode(self) -> str:
@@ -111,6 +114,7 @@ class Plate:
             "manifest": self.manifest.model_dump(mode="json"),
             "platemap": {"columns": list(self.platemap.columns), "rows": self.platemap.to_numpy().tolist()},
             "reclassifications": list(self.reclassifications),
+            "accepted_image_count": self.accepted_image_count,
         }
 
     @classmethod
@@ -118,13 +122,18 @@ class Plate:
         try:
             platemap = pd.DataFrame(record["platemap"]["rows"], columns=record["platemap"]["columns"], dtype=str)
             return cls(PlateManifest.model_validate(record["manifest"]), platemap, record.get("registered_at", ""),
-                       record.get("landing", ""), tuple(record.get("reclassifications", ())))
+                       record.get("landing", ""), tuple(record.get("reclassifications", ())),
+                       record.get("accepted_image_count"))
         except (KeyError, TypeError, ValueError) as exc:
             raise MdpError(f"plate registration record is damaged: {exc}", path=where) from None
 
 
-def plate_from_folder(folder: PlateFolder, landing: str) -> Plate:
-    """A Plate read and checked from its folder: the platemap must have every column the manifest names."""
+def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool = False,
+                      accepted_image_count: int | None = None) -> Plate:
+    """A Plate read and checked from its folder: the platemap must have every column the manifest names, and
+    the images what the levels need (`check_contents`). `allow_incomplete` takes a plate with fewer images
+    than expected, recording how many it had; `accepted_image_count` is that number from an earlier
+    registration."""
     manifest = folder.manifest
     platemap = read_platemap(folder.platemap_path, manifest.platemap_well_column)
     for needed in (manifest.treatment_column, manifest.negative_control and manifest.negative_control.column):
@@ -138,7 +147,14 @@ def plate_from_folder(folder: PlateFolder, landing: str) -> Plate:
     if clashing:
         raise MdpError(f"manifest annotations {[c.removeprefix('Metadata_') for c in clashing]} are also platemap "
                        "columns; name each value once", path=folder.root / "plate.yaml")
-    return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing)
+    contents = check_contents(folder, platemap, allow_incomplete=allow_incomplete or accepted_image_count is not None)
+    found = len(contents.images)
+    if accepted_image_count is not None and found != accepted_image_count:
+        raise MdpError(f"plate {manifest.barcode} was registered incomplete with {accepted_image_count} images and "
+                       f"now has {found}; register it again (`mdp register`) to take the change",
+                       path=folder.images_dir)
+    accepted = found if found < manifest.expected_image_count else None
+    return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing, (), accepted)
 
 
 class PlateRegistry:
@@ -177,7 +193,8 @@ class PlateRegistry:
         known = self.get(plate.barcode)
         if known is not None:
             check_same_access(known, plate.manifest, self._path(plate.barcode))
-            plate = Plate(plate.manifest, plate.platemap, plate.registered_at, plate.landing, known.reclassifications)
+            plate = Plate(plate.manifest, plate.platemap, plate.registered_at, plate.landing, known.reclassifications,
+                          plate.accepted_image_count)
         self.write(plate)
         return plate
 
@@ -201,7 +218,7 @@ class PlateRegistry:
                   "from": before.access.__dict__, "to": {**before.access.__dict__, "origin": origin,
                   "identifiable_patient_data": identifiable_patient_data, "released": released}}
         after = Plate(manifest, before.platemap, before.registered_at, before.landing,
-                      (*before.reclassifications, change))
+                      (*before.reclassifications, change), before.accepted_image_count)
         self.write(after)
         return before, after
 

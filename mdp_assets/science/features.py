@@ -8,6 +8,8 @@ Lengths are in pixels and intensities in CellProfiler's [0, 1] scale, as CellPro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pathlib import Path
 
 import numpy as np
@@ -109,8 +111,10 @@ def measure_site(nuclei: np.ndarray, cells: np.ndarray, channels: dict[str, np.n
     return table.reset_index()
 
 
-def plate_features(masks: pd.DataFrame, masks_dir: Path, corrected_dir: Path) -> pd.DataFrame:
-    """Measure every segmented site; rows carry Metadata_Well, Metadata_Site and Metadata_ObjectNumber."""
+def plate_features(masks: pd.DataFrame, masks_dir: Path, corrected_dir: Path,
+                   progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """Measure every segmented site; rows carry Metadata_Well, Metadata_Site and Metadata_ObjectNumber.
+    `progress` is told how many sites are done after each one."""
     tables = []
     for site in masks.itertuples(index=False):
         labels, _ = read_stack(masks_dir / site.file_name)
@@ -119,6 +123,8 @@ def plate_features(masks: pd.DataFrame, masks_dir: Path, corrected_dir: Path) ->
         measured.insert(0, "Metadata_Site", int(site.Metadata_Site))
         measured.insert(0, "Metadata_Well", site.Metadata_Well)
         tables.append(measured)
+        if progress:
+            progress(len(tables))
     if not tables:
         return pd.DataFrame(columns=["Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"])
     return pd.concat(tables, ignore_index=True)

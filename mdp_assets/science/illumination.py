@@ -8,6 +8,8 @@ Pixel values follow CellProfiler's convention: integer images are scaled to [0, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,9 +96,11 @@ def write_illumination_functions(
 
 
 def write_corrected_images(
-    raw_images: pd.DataFrame, good_sites: set[tuple[str, int]], illumination_dir: Path, out_dir: Path
+    raw_images: pd.DataFrame, good_sites: set[tuple[str, int]], illumination_dir: Path, out_dir: Path,
+    progress: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Correct every QC-passing site into one (C, Y, X) float32 OME-TIFF; returns the site index."""
+    """Correct every QC-passing site into one (C, Y, X) float32 OME-TIFF; returns the site index.
+    `progress` is told how many sites are done after each one."""
     channels = sorted(raw_images["Metadata_Channel"].unique())
     functions = {c: np.load(illumination_dir / f"{c}.npy") for c in channels}
     pixel_size = raw_images["Metadata_PhysicalSizeX_um"].dropna()
@@ -109,4 +113,6 @@ def write_corrected_images(
         file_name = f"{well}_s{site:02d}.ome.tiff"
         write_stack(out_dir / file_name, stack, channels, pixel_size_um)
         rows.append({"Metadata_Well": well, "Metadata_Site": site, "file_name": file_name, "channels": "|".join(channels)})
+        if progress:
+            progress(len(rows))
     return pd.DataFrame(rows, columns=["Metadata_Well", "Metadata_Site", "file_name", "channels"])

@@ -73,16 +73,20 @@ class QcThresholds:
     are optional and apply on top. None turns a rule off."""
 
     focus_robust_z: float | None = 3.0  # blurred: slope more than this many MADs below the channel's median
+    focus_min_drop: float = 0.3  # ... and at least this far below it (a tight plate's MAD is tiny)
     min_power_log_log_slope: float | None = None  # blurred: slope below this, whatever the plate
     saturation_robust_z: float | None = None  # saturated: percent maximal this many MADs above the median
+    saturation_min_rise: float = 0.5  # ... and at least this many percentage points above it
     max_percent_maximal: float | None = 1.0  # saturated: more than this percent of pixels at the maximum
 
-    def blurred(self, slope: float, robust_z: float = 0.0) -> bool:
-        relative = self.focus_robust_z is not None and robust_z < -self.focus_robust_z
+    def blurred(self, slope: float, robust_z: float = 0.0, from_median: float = 0.0) -> bool:
+        relative = (self.focus_robust_z is not None and robust_z < -self.focus_robust_z
+                    and from_median <= -self.focus_min_drop)
         return relative or (self.min_power_log_log_slope is not None and slope < self.min_power_log_log_slope)
 
-    def saturated(self, saturation: float, robust_z: float = 0.0) -> bool:
-        relative = self.saturation_robust_z is not None and robust_z > self.saturation_robust_z
+    def saturated(self, saturation: float, robust_z: float = 0.0, from_median: float = 0.0) -> bool:
+        relative = (self.saturation_robust_z is not None and robust_z > self.saturation_robust_z
+                    and from_median >= self.saturation_min_rise)
         return relative or (self.max_percent_maximal is not None and saturation > self.max_percent_maximal)
 
     def passes(self, slope: float, saturation: float) -> bool:
@@ -124,10 +128,12 @@ def judge(table: pd.DataFrame, thresholds: QcThresholds) -> pd.DataFrame:
     by_channel = table.groupby("Metadata_Channel", sort=False)
     table["qc_focus_robust_z"] = by_channel["ImageQuality_PowerLogLogSlope"].transform(robust_z)
     table["qc_saturation_robust_z"] = by_channel["ImageQuality_PercentMaximal"].transform(robust_z)
-    table["qc_blurred"] = [thresholds.blurred(s, z) for s, z in
-                           zip(table["ImageQuality_PowerLogLogSlope"], table["qc_focus_robust_z"])]
-    table["qc_saturated"] = [thresholds.saturated(p, z) for p, z in
-                             zip(table["ImageQuality_PercentMaximal"], table["qc_saturation_robust_z"])]
+    slope, saturation = table["ImageQuality_PowerLogLogSlope"], table["ImageQuality_PercentMaximal"]
+    slope_from_median = slope - by_channel["ImageQuality_PowerLogLogSlope"].transform("median")
+    saturation_from_median = saturation - by_channel["ImageQuality_PercentMaximal"].transform("median")
+    table["qc_blurred"] = [thresholds.blurred(*v) for v in zip(slope, table["qc_focus_robust_z"], slope_from_median)]
+    table["qc_saturated"] = [thresholds.saturated(*v) for v in
+                             zip(saturation, table["qc_saturation_robust_z"], saturation_from_median)]
     table["qc_pass"] = ~(table["qc_blurred"] | table["qc_saturated"])
     return table.reset_index(drop=True)
 

@@ -8,6 +8,8 @@ label of its nucleus, so Nuclei, Cells and Cytoplasm objects share ObjectNumber 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +97,10 @@ def write_masks(
     nuclei_channel: str,
     cell_channel: str | None,
     params: SegmentationParameters,
+    progress: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Segment every corrected site into `<well>_s<site>_masks.tiff` (Nuclei, Cells); returns the site index."""
+    """Segment every corrected site into `<well>_s<site>_masks.tiff` (Nuclei, Cells); returns the site index.
+    `progress` is told how many sites are done after each one."""
     rows = []
     for site in corrected_sites.itertuples(index=False):
         stack, names = read_stack(corrected_dir / site.file_name)
@@ -118,4 +122,6 @@ def write_masks(
                 "Count_Cells": int(np.unique(cells[cells > 0]).size),
             }
         )
+        if progress:
+            progress(len(rows))
     return pd.DataFrame(rows)

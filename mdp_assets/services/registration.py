@@ -11,11 +11,13 @@ from mdp_assets.plates.registry import PARTITIONS, Plate, plate_from_folder
 from mdp_assets.storage.resource import MdpStorage
 
 
-def register_plate(storage: MdpStorage, barcode: str) -> Plate:
-    """Read the plate's folder from the landing zone, check it, and record it in the registry."""
+def register_plate(storage: MdpStorage, barcode: str, allow_incomplete: bool = False) -> Plate:
+    """Read the plate's folder from the landing zone, check it, and record it in the registry.
+    `allow_incomplete` takes a plate with fewer images than its manifest expects, as it is."""
     folder = storage.plate_folder(barcode)
     check_plate_overrides(folder.manifest.settings, folder.root / "plate.yaml")
-    return storage.registry().register(plate_from_folder(folder, storage.landing().source_uri(barcode, "")))
+    plate = plate_from_folder(folder, storage.landing().source_uri(barcode, ""), allow_incomplete)
+    return storage.registry().register(plate)
 
 
 def register_ready_plate(storage: MdpStorage, barcode: str) -> str | None:

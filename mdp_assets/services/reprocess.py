@@ -11,6 +11,7 @@ import dagster as dg
 
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.inventory import plate_fingerprint
+from mdp_assets.plates.registry import PARTITIONS
 from mdp_assets.services.instance_status import stale_reasons
 from mdp_assets.services.lifecycle import release_consumed
 from mdp_assets.services.runs import RunOutcome, RunRequest
@@ -80,6 +81,13 @@ def consensus_reason(instance: dg.DagsterInstance, defs: dg.Definitions) -> str 
     return stale_reasons(instance, defs, [CONSENSUS], None).get(CONSENSUS)
 
 
+def plates_without_well_profiles(instance: dg.DagsterInstance) -> list[str]:
+    """Registered plates whose well_profiles were never made: the consensus reads every plate's, so it waits."""
+    plates = instance.get_dynamic_partitions(PARTITIONS)
+    made = instance.get_materialized_partitions(dg.AssetKey("well_profiles"))
+    return sorted(set(plates) - set(made))
+
+
 def consumers_of(assets: Iterable[object]) -> dict[str, list[str]]:
     """Level -> the levels that read it, from asset definitions (a Definitions' `assets`)."""
     consumers: dict[str, list[str]] = {}
@@ -118,7 +126,10 @@ def materialize_in_process(
         for line in release_consumed(instance, storage, consumers_of(defs.assets or []), plates=[plate]):
             report(line)
     reason = consensus_reason(instance, defs)
-    if reason:
+    waiting_for = plates_without_well_profiles(instance)
+    if reason and waiting_for:
+        report(f"consensus_profiles: {reason}; it waits until every plate has well_profiles (not yet: {waiting_for})")
+    elif reason:
         report(f"consensus_profiles: {reason}; materializing it across every plate")
         result = defs.resolve_job_def(CONSENSUS_JOB).execute_in_process(instance=instance, raise_on_error=False)
         outcomes.append(RunOutcome(result.run_id, CONSENSUS_JOB, None, "SUCCESS" if result.success else "FAILURE"))

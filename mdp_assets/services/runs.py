@@ -156,20 +156,28 @@ def daemon_if_needed(deployment: Deployment, instance: dg.DagsterInstance,
 
 def wait(instance: dg.DagsterInstance, run_ids: list[str], report: Callable[[str], None],
          timeout_s: float | None = None, poll_s: float = 2.0) -> list[RunOutcome]:
-    """Wait until every run ends, reporting each step as it starts and ends; returns the outcomes."""
+    """Wait until every run ends, reporting each step as it starts and ends (with how many of the run's steps
+    are done) and the sites a step has done; returns the outcomes."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     seen: dict[str, int] = {run_id: 0 for run_id in run_ids}
+    done: dict[str, int] = {run_id: 0 for run_id in run_ids}
     pending = set(run_ids)
     while pending:
         for run_id in sorted(pending):
             run = instance.get_run_by_id(run_id)
             if run is None:
                 raise MdpError(f"run {run_id} is not in the instance's run storage")
-            events = [e for e in instance.all_logs(run_id) if e.is_dagster_event
-                      and e.dagster_event.event_type in PROGRESS_EVENTS]
+            steps = len(run.asset_selection or ()) or len(run.step_keys_to_execute or ()) or None
+            events = [e for e in instance.all_logs(run_id) if _is_progress(e)]
             for event in events[seen[run_id]:]:
+                who = run.tags.get("mdp/plate", run.job_name)
+                if not event.is_dagster_event:
+                    report(f"  {who}: {event.user_message.removeprefix(PROGRESS_PREFIX)}")
+                    continue
                 kind = event.dagster_event.event_type.value.removeprefix("STEP_").lower()
-                report(f"  {run.tags.get('mdp/plate', run.job_name)}: {event.step_key} {kind}")
+                done[run_id] += kind == "success"
+                count = f" [{done[run_id]} of {steps} levels done]" if steps and kind != "start" else ""
+                report(f"  {who}: {event.step_key} {kind}{count}")
             seen[run_id] = len(events)
             if run.status in TERMINAL:
                 pending.discard(run_id)
@@ -184,6 +192,12 @@ def wait(instance: dg.DagsterInstance, run_ids: list[str], report: Callable[[str
         outcomes.append(RunOutcome(run_id, run.job_name, run.tags.get("mdp/plate"), run.status.value,
                                    tuple(failures(instance, run_id))))
     return outcomes
+
+
+def _is_progress(record: dg.EventLogEntry) -> bool:
+    if record.is_dagster_event:
+        return record.dagster_event.event_type in PROGRESS_EVENTS
+    return (record.user_message or "").startswith(PROGRESS_PREFIX)
 
 
 def failures(instance: dg.DagsterInstance, run_id: str) -> list[str]:
@@ -202,3 +216,18 @@ def failures(instance: dg.DagsterInstance, run_id: str) -> list[str]:
         elif event.event_type == dg.DagsterEventType.RUN_FAILURE and not found:
             found.append(record.message)
     return found
+
+
+# A step's progress reaches `mdp run` (and the UI's run log) as log lines with this prefix.
+PROGRESS_PREFIX = "progress: "
+
+
+def site_progress(log: Callable[[str], None], level: str, total: int, reports: int = 10) -> Callable[[int], None]:
+    """A callback for a per-site loop: logs '<level>: sites done N of M' about `reports` times in all."""
+    every = max(1, total // reports)
+
+    def report(done: int) -> None:
+        if done == total or done % every == 0:
+            log(f"{PROGRESS_PREFIX}{level}: sites done {done} of {total}")
+
+    return report

@@ -8,10 +8,12 @@ import pandas as pd
 
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.errors import MdpError
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_illumination
 from mdp_assets.science.illumination import write_corrected_images, write_illumination_functions
 from mdp_assets.science.image_qc import failing_sites, measure_plate_quality, passing_sites
+from mdp_assets.services.runs import site_progress
 from mdp_assets.storage.partitions import StoredPartition, staged_output
 from mdp_assets.storage.resource import MdpStorage
 
@@ -23,7 +25,7 @@ GROUP = "qc_and_illumination"
     group_name=GROUP,
     kinds={"parquet"},
     check_specs=[
-        dg.AssetCheckSpec("qc_pass_fraction", asset="image_qc", blocking=True,
+        dg.AssetCheckSpec("qc_pass_fraction", asset="image_qc",
                           description="share of sites passing QC; the plate stops only when the failing share "
                           "exceeds qc.max_failing_site_fraction"),
         dg.AssetCheckSpec("no_blurred_images", asset="image_qc", description="names every image judged blurred"),
@@ -76,6 +78,12 @@ def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settin
                 "excluded_downstream": True,
             },
         )
+    if stops:
+        # The table and the checks are recorded first, so the UI shows which sites failed and why.
+        raise MdpError(f"plate {plate.barcode}: {len(failing)} of {sites} sites fail image QC, more than "
+                       f"qc.max_failing_site_fraction ({qc.max_failing_site_fraction:.0%}); the plate stops before "
+                       f"illumination. Failing: {', '.join(failing[:20])}. Change the qc settings in mdp.yaml or the "
+                       "plate's manifest if these images are good, then re-materialize image_qc.")
 
 
 @dg.asset(
@@ -121,10 +129,14 @@ def illumination_functions(
     "per QC-passing site. A transient level: kept only until every level that reads it is made.",
 )
 def corrected_images(
-    raw_images: pd.DataFrame, image_qc: pd.DataFrame, illumination_functions: StoredPartition, storage: MdpStorage
+    context: dg.AssetExecutionContext, raw_images: pd.DataFrame, image_qc: pd.DataFrame,
+    illumination_functions: StoredPartition, storage: MdpStorage,
 ) -> dg.Output:
     with storage.staging_dir("corrected_images") as staged:
-        sites = write_corrected_images(raw_images, passing_sites(image_qc), illumination_functions.root, staged)
+        good = passing_sites(image_qc)
+        sites = write_corrected_images(raw_images, good, illumination_functions.root, staged,
+                                       site_progress(context.log.info, "corrected_images", len(good)))
+        sites.insert(0, "Metadata_Plate", context.partition_key)
         sites.to_parquet(staged / "sites.parquet", index=False)
         all_sites = raw_images[["Metadata_Well", "Metadata_Site"]].drop_duplicates().itertuples(index=False)
         kept = set(zip(sites["Metadata_Well"], sites["Metadata_Site"]))

@@ -18,7 +18,8 @@ from mdp_assets.storage.resource import MdpStorage
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches the landing zone; a plate folder whose manifest exists, whose expected images are all "
     "present and unchanged for the quiet period, and whose files are readable is added to `plates` and run "
-    "through every level. Broken plates are skipped with the reason; the landing zone is never modified.",
+    "through every level. Broken plates are skipped with the reason, plates stuck short of their images are "
+    "reported incomplete with what they lack; the landing zone is never modified.",
 )
 def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, intake: IntakeSettings):
     cursor = IntakeCursor.load(context.cursor)
@@ -31,6 +32,7 @@ def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, i
         known_partitions=set(context.instance.get_dynamic_partitions(plates_partitions.name)),
         max_plates_validated=intake.max_plates_validated_per_tick,
         fetch=landing.fetch,
+        incomplete_after_s=intake.incomplete_after_seconds,
     )
     ready = []
     for decision in [d for d in decisions if d.status == "ready"]:
@@ -56,7 +58,8 @@ def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, i
             dynamic_partitions_requests=[plates_partitions.build_add_request([d.plate for d in ready])],
             cursor=cursor.dump(),
         )
-    notes = [f"{d.plate}: {d.status}, {d.reason}" for d in decisions if d.status in ("waiting", "rejected", "changed")]
+    notes = [f"{d.plate}: {d.status}, {d.reason}" for d in decisions
+             if d.status in ("waiting", "incomplete", "rejected", "changed")]
     return dg.SensorResult(
         skip_reason="; ".join(notes) if notes else f"no new plates ({len(decisions)} known)",
         cursor=cursor.dump(),

@@ -19,8 +19,11 @@ from mdp_assets.storage.resource import MdpStorage
 def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output:
     folder = storage.plate_folder(context.partition_key)
     landing = storage.landing()
-    plate = storage.registry().register(plate_from_folder(folder, landing.source_uri(folder.barcode, "")))
-    inventory = inventory_plate(folder)
+    registered = storage.registry().get(folder.barcode)
+    accepted = registered.accepted_image_count if registered else None
+    plate = storage.registry().register(plate_from_folder(folder, landing.source_uri(folder.barcode, ""),
+                                                          accepted_image_count=accepted))
+    inventory = inventory_plate(folder, accepted_image_count=plate.accepted_image_count)
     subdir = "" if folder.manifest.images_subdir in (".", "") else folder.manifest.images_subdir.rstrip("/") + "/"
     inventory.insert(inventory.columns.get_loc("uri") + 1, "source_uri",
                      [landing.source_uri(plate.barcode, subdir + name) for name in inventory["file_name"]])

@@ -11,6 +11,7 @@ from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfil
 from mdp_assets.engines.cellprofiler.run import run_analysis
 from mdp_assets.science.image_qc import empty_or_failed_wells
 from mdp_assets.science.segmentation import write_masks
+from mdp_assets.services.runs import site_progress
 from mdp_assets.storage.partitions import StoredPartition, staged_output
 from mdp_assets.storage.resource import MdpStorage
 
@@ -47,12 +48,15 @@ def segmentation_masks(
         else:
             context.log.info("engine: built-in" + ("" if cellprofiler.available() else
                              f" (no CellProfiler environment at {cellprofiler.environment}; `make cellprofiler`)"))
-            sites = write_masks(pd.read_parquet(corrected_images.path("sites.parquet")), corrected_images.root, staged,
-                                plate.manifest.nuclei_channel, plate.manifest.cell_channel,
-                                settings.segmentation.parameters())
-            sites.to_parquet(staged / "sites.parquet", index=False)
+            corrected = pd.read_parquet(corrected_images.path("sites.parquet"))
+            sites = write_masks(corrected, corrected_images.root, staged, plate.manifest.nuclei_channel,
+                                plate.manifest.cell_channel, settings.segmentation.parameters(),
+                                site_progress(context.log.info, "segmentation_masks", len(corrected)))
             nuclei = int(sites["Count_Nuclei"].sum()) if len(sites) else 0
             metadata = {"engine": "builtin", "sites": len(sites), "nuclei": nuclei}
+        if "Metadata_Plate" not in sites.columns:  # every per-site table names its plate
+            sites.insert(0, "Metadata_Plate", plate.barcode)
+        sites.to_parquet(staged / "sites.parquet", index=False)
         problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)
         yield staged_output(staged, metadata)
     yield dg.AssetCheckResult(

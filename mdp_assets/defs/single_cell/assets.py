@@ -10,6 +10,7 @@ from mdp_assets.plates.inventory import site_acquisition_metadata
 from mdp_assets.science.crops import write_crop_store
 from mdp_assets.science.features import plate_features
 from mdp_assets.science.profiles import metadata_first
+from mdp_assets.services.runs import site_progress
 from mdp_assets.storage.partitions import StoredPartition, staged_output
 from mdp_assets.storage.resource import MdpStorage
 
@@ -40,9 +41,9 @@ def single_cell_features(
         measured = cellprofiler_features(tables)
     else:
         engine = "builtin (scikit-image)"
-        measured = plate_features(
-            pd.read_parquet(segmentation_masks.path("sites.parquet")), segmentation_masks.root, corrected_images.root
-        )
+        masks = pd.read_parquet(segmentation_masks.path("sites.parquet"))
+        measured = plate_features(masks, segmentation_masks.root, corrected_images.root,
+                                  site_progress(context.log.info, "single_cell_features", len(masks)))
     wells = plate.well_metadata(list(raw_images["Metadata_Well"].unique()))
     sites = site_acquisition_metadata(raw_images)
     # mdp's plate, platemap and acquisition metadata win over whatever the engine wrote under the same name.

@@ -1,0 +1,98 @@
+"""Intake checks what later steps need before a plate is registered; incomplete plates say what they lack;
+`mdp register` and `mdp run` take a real plate from its folder to its levels."""
+
+import hashlib
+import shutil
+
+import pytest
+
+from mdp_assets.cli import main
+from mdp_assets.errors import MdpError
+from mdp_assets.plates.intake import assess_plate, snapshot_landing_zone
+from mdp_assets.services.registration import register_plate
+from mdp_assets_tests.conftest import REALDATA, write_manifest
+
+PHENIX_V5 = REALDATA / "pe2loaddata-phenix" / "Version5" / "images"
+CHANNELS = {"Alexa 488": "ER", "Alexa 568": "AGP", "Alexa 647": "Mito", "488 650": "RNA"}
+
+
+def _plate(landing, platemap="well_position,treatment\nA01,DMSO\n", drop=(), **manifest):
+    folder = landing / "BR00122249"
+    shutil.copytree(PHENIX_V5, folder)
+    for name in drop:
+        (folder / name).unlink()
+    (folder / "platemap.csv").write_text(platemap)
+    fields = dict(barcode="BR00122249", origin="internal", platemap="platemap.csv", naming_scheme="phenix",
+                  expected_image_count=6, channels=CHANNELS, nuclei_channel="Mito")
+    write_manifest(folder, **{**fields, **manifest})
+    return folder
+
+
+def _state(folder):
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+                  for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("case, platemap, drop, manifest, message", [
+    ("platemap names other wells", "well_position,treatment\nB02,DMSO\n", (), {},
+     "images of wells the platemap (platemap.csv) does not list: A01; check the platemap's well column "
+     "(manifest field 'platemap_well_column')"),
+    ("platemap wells never imaged", "well_position,treatment\nA01,DMSO\nA02,DMSO\n", (), {},
+     "platemap wells with no images: A02 (set imaged_wells: subset in plate.yaml"),
+    ("well column is not a well", "well_position,treatment\nA01,DMSO\n", (), {"platemap_well_column": "treatment"},
+     "column 'treatment': 'DMSO' is not a well name"),
+    ("nuclei channel unmapped", "well_position,treatment\nA01,DMSO\n", (), {"nuclei_channel": "DNA"},
+     "nuclei_channel 'DNA' is not one of the plate's channels ['AGP', 'Brightfield high', 'Digital Phase Contrast', "
+     "'ER', 'Mito', 'RNA']; set nuclei_channel, or map a channel to 'DNA' under 'channels:'"),
+    ("cell channel unmapped", "well_position,treatment\nA01,DMSO\n", (), {"cell_channel": "Actin"},
+     "cell_channel 'Actin' is not one of the plate's channels"),
+    ("fewer images", "well_position,treatment\nA01,DMSO\n", ("r01c01f01p01-ch4sk1fk1fl1.tiff",), {},
+     "5 images but the manifest's expected_image_count is 6; missing: A01 site 1 ER (`mdp register --allow-incomplete`"),
+    ("more images", "well_position,treatment\nA01,DMSO\n", (), {"expected_image_count": 4},
+     "6 images but the manifest's expected_image_count is 4"),
+])
+def test_a_bad_plate_is_refused_at_intake_naming_file_and_field(storage, case, platemap, drop, manifest, message):
+    folder = _plate(storage.landing_path, platemap, drop, **manifest)
+    before = _state(folder)
+    with pytest.raises(MdpError) as refused:
+        register_plate(storage, folder.name)
+    assert message in str(refused.value), str(refused.value)
+    assert str(folder) in str(refused.value)  # the manifest or the platemap, by path
+    assert storage.registry().get(folder.name) is None, "nothing is registered"
+    assert _state(folder) == before, "the landing zone is untouched"
+
+
+def test_a_partly_imaged_plate_registers_when_the_manifest_says_so(storage):
+    folder = _plate(storage.landing_path, "well_position,treatment\nA01,DMSO\nA02,DMSO\n", imaged_wells="subset")
+    assert register_plate(storage, folder.name).barcode == folder.name
+
+
+def test_a_stalled_plate_is_reported_incomplete_with_what_it_lacks(storage):
+    folder = _plate(storage.landing_path, drop=("r01c01f01p01-ch2sk1fk1fl1.tiff", "r01c01f01p01-ch6sk1fk1fl1.tiff"))
+    snapshot = next(s for s in snapshot_landing_zone(storage.landing_path) if s.name == folder.name)
+    arriving = assess_plate(snapshot, snapshot.newest_mtime_s + 60, 30, incomplete_after_s=3600)
+    assert (arriving.status, arriving.reason) == ("waiting", "4 of 6 images so far")
+    stalled = assess_plate(snapshot, snapshot.newest_mtime_s + 7200, 30, incomplete_after_s=3600)
+    assert stalled.status == "incomplete"
+    assert stalled.reason.startswith("incomplete since 20") and ": 4 of 6 images, missing: A01 site 1 Brightfield high, A01 site 1 Mito" in stalled.reason
+    assert "`mdp register BR00122249 --allow-incomplete`" in stalled.reason
+
+
+@pytest.mark.slow
+def test_register_and_run_a_real_plate_from_the_command_line(storage, capsys):
+    """`mdp register --allow-incomplete` then `mdp run --levels`: through the run queue, showing progress."""
+    config = str(storage.landing_path.parent.parent / "mdp.yaml")
+    folder = _plate(storage.landing_path, drop=("r01c01f01p01-ch1sk1fk1fl1.tiff",))
+    assert main(["--config", config, "register", folder.name]) == 2
+    assert "5 images but the manifest's expected_image_count is 6" in capsys.readouterr().err
+    assert main(["--config", config, "register", str(folder), "--allow-incomplete"]) == 0
+    assert "taken incomplete with 5 of 6 images" in capsys.readouterr().out
+    assert main(["--config", config, "run", folder.name, "--levels", "masks"]) == 2
+    assert "unknown level(s) ['masks']; the levels are ['raw_images', 'image_qc'" in capsys.readouterr().err
+    assert main(["--config", config, "run", "NOPE"]) == 2
+    assert "unknown plate(s) ['NOPE']; registered plates: ['BR00122249']" in capsys.readouterr().err
+    levels = ["raw_images", "image_qc", "illumination_functions", "corrected_images", "segmentation_masks"]
+    assert main(["--config", config, "run", folder.name, "--levels", *levels]) == 0
+    out = capsys.readouterr().out
+    assert "BR00122249: segmentation_masks: sites done 1 of 1" in out
+    assert "BR00122249: segmentation_masks success [5 of 5 levels done]" in out
