@@ -73,7 +73,8 @@ class QcThresholds:
     are optional and apply on top. None turns a rule off."""
 
     focus_robust_z: float | None = 3.0  # blurred: slope more than this many MADs below the channel's median
-    focus_min_drop: float = 0.3  # ... and at least this far below it (a tight plate's MAD is tiny)
+    focus_min_drop: float = 0.5  # ... and at least this far below it (a tight plate's MAD is tiny; phenotypes move
+    # the slope by up to ~0.4 on sharp images, real blur by more than 0.5)
     min_power_log_log_slope: float | None = None  # blurred: slope below this, whatever the plate
     saturation_robust_z: float | None = None  # saturated: percent maximal this many MADs above the median
     saturation_min_rise: float = 0.5  # ... and at least this many percentage points above it
