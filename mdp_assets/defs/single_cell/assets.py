@@ -112,7 +112,6 @@ def single_cell_qc(
     table = plate_cell_qc(single_cell_features.path(TABLE_FILE), cell_qc.conditions)
     flagged = int(table[OUTLIER].sum())
     fraction = flagged / len(table) if len(table) else 0.0
-    wells = flagged_by_well(table)
     yield storage.table_output("single_cell_qc", table, {
         "cells": len(table),
         "flagged_cells": flagged,
@@ -121,14 +120,21 @@ def single_cell_qc(
         "conditions": cell_qc.conditions,
         "flagged_cells_in_profiles": "left out" if cell_qc.exclude_flagged else "kept",
     })
-    over = wells[wells["flagged_fraction"] > cell_qc.max_flagged_fraction]
-    yield dg.AssetCheckResult(
+    yield flagged_fraction_check(table, cell_qc.max_flagged_fraction)
+
+
+def flagged_fraction_check(table: pd.DataFrame, maximum: float) -> dg.AssetCheckResult:
+    """Fails when more than `maximum` of the plate's cells, or of any well's, are flagged; names those wells."""
+    fraction = float(table[OUTLIER].mean()) if len(table) else 0.0
+    wells = flagged_by_well(table)
+    over = wells[wells["flagged_fraction"] > maximum]
+    return dg.AssetCheckResult(
         check_name="flagged_fraction",
-        passed=fraction <= cell_qc.max_flagged_fraction and over.empty,
+        passed=fraction <= maximum and over.empty,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "flagged_fraction": fraction,
-            "maximum": cell_qc.max_flagged_fraction,
+            "maximum": maximum,
             "wells_over_maximum": len(over),
             "wells": dg.MetadataValue.md("\n".join(
                 f"- {r.Metadata_Well}: {r.flagged} of {r.cells} cells ({r.flagged_fraction:.1%})"
