@@ -11,7 +11,7 @@ runs appear in the UI) and wait for them unless told `--no-wait`; the others rea
   mdp register PLATE|FOLDER      validate a plate folder in the landing zone and register it
   mdp run PLATE [--levels L ..]  make a plate's stale levels (or the levels named), showing progress
   mdp reprocess [PLATE ..]       make exactly the stale levels of every plate (or those named), then the consensus
-  mdp summary                    plate, level, rows or files, bytes, where stored
+  mdp summary                    plate, level, rows or files, bytes, where stored; mAP per treatment
   mdp catalog [--query NAME | --sql SQL | --rebuild]
   mdp provenance PLATE LEVEL [--json]
   mdp verify                     re-read every stored file in its tier; exit 1 naming any missing or corrupt one
@@ -51,7 +51,7 @@ from mdp_assets.services.provenance import explain_chain, provenance_chain
 from mdp_assets.services.registration import add_partitions, register_plate
 from mdp_assets.services.reprocess import (CONSENSUS_JOB, PlateWork, consensus_reason, consumers_of, plan_plate,
                                            plates_without_well_profiles)
-from mdp_assets.services.summary import format_table, summary_table
+from mdp_assets.services.summary import format_table, quality_table, summary_table
 from mdp_assets.storage import catalog
 from mdp_assets.storage.resource import MdpStorage
 
@@ -155,7 +155,17 @@ def run_demo(platform: Platform, plate_count: int, wait: bool) -> int:
     if status == 0 and wait:
         print()
         print(summary_table(platform.instance, platform.defs, plates, platform.storage))
+        print()
+        print(quality_table(platform.instance, plates, platform.storage))
     return status
+
+
+def run_summary(platform: Platform) -> int:
+    plates = platform.plates([])
+    print(summary_table(platform.instance, platform.defs, plates, platform.storage))
+    print()
+    print(quality_table(platform.instance, plates, platform.storage))
+    return 0
 
 
 def run_register(platform: Platform, target: str, allow_incomplete: bool = False) -> int:
@@ -360,8 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             "register": lambda: run_register(platform, args.plate, args.allow_incomplete),
             "run": lambda: run_run(platform, args.plate, args.levels, args.wait),
             "reprocess": lambda: run_reprocess(platform, args.plates, args.wait),
-            "summary": lambda: (print(summary_table(platform.instance, platform.defs,
-                                                    platform.plates([]), platform.storage)), 0)[1],
+            "summary": lambda: run_summary(platform),
             "catalog": lambda: run_catalog(platform, args.query, args.sql, args.rebuild),
             "provenance": lambda: run_provenance(platform, args.plate, args.level, args.json),
             "verify": lambda: run_verify(platform),

@@ -28,8 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mdp_assets.errors import MdpError
 from mdp_assets.safe_yaml import load_yaml
+from mdp_assets.science.cell_qc import DEFAULT_CONDITIONS, check_conditions
 from mdp_assets.science.illumination import IlluminationParameters
 from mdp_assets.science.image_qc import QcThresholds
+from mdp_assets.science.profile_quality import QualityParameters, copairs_version
 from mdp_assets.science.profiles import ProfileParameters
 from mdp_assets.science.segmentation import SegmentationParameters
 
@@ -48,6 +50,7 @@ _Section = ConfigDict(extra="forbid")
 # The science modules' parameter classes hold the defaults, each defined once there.
 _QC, _ILLUMINATION = QcThresholds(), IlluminationParameters()
 _SEGMENTATION, _PROFILES = SegmentationParameters(), ProfileParameters()
+_QUALITY = QualityParameters()
 
 
 # -- the settings of each processing step (dagster Config: the same classes are the run's resource fields) --
@@ -126,6 +129,45 @@ class ProfileSettings(dg.Config):
         values = self.model_dump()
         values["operations"] = tuple(values["operations"])
         return ProfileParameters(**values)
+
+
+class CellQcSettings(dg.Config):
+    """Single-cell QC by coSMicQC's method: outlier cells per plate, by z-score thresholds on named features."""
+
+    model_config = _Section
+    conditions: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {name: dict(t) for name, t in DEFAULT_CONDITIONS.items()},
+        description="condition -> {feature: threshold in standard deviations; > 0 flags above, < 0 below}; "
+        "a cell is an outlier of a condition beyond all its thresholds (default: coSMicQC's nuclei conditions)")
+    exclude_flagged: bool = Field(True, description="leave flagged cells out of the profiles (they are counted)")
+    max_flagged_fraction: float = Field(0.2, ge=0, le=1, description="the flagged_fraction check fails above "
+                                        "this share of a plate's or a well's cells")
+
+    @model_validator(mode="after")
+    def _valid_conditions(self) -> CellQcSettings:
+        try:
+            check_conditions(self.conditions)
+        except MdpError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class ProfileQualitySettings(dg.Config):
+    """Replicate retrieval (copairs mAP) of every treatment against the negative controls, per plate."""
+
+    model_config = _Section
+    distance: Literal["cosine", "abs_cosine", "pearson", "euclidean", "manhattan", "chebyshev"] = _QUALITY.distance
+    null_size: int = Field(_QUALITY.null_size, ge=100, description="random rankings in each null distribution")
+    significance: float = Field(_QUALITY.threshold, gt=0, lt=1,
+                                description="a treatment is retrieved when its corrected p-value is below this")
+    seed: int = _QUALITY.seed
+    min_map: float | None = Field(None, ge=0, le=1, description="the min_map check fails naming every treatment "
+                                  "whose mAP is below this; unset: the check only reports")
+    min_fraction_retrieved: float | None = Field(None, ge=0, le=1, description="the check also fails when the "
+                                                 "plate's fraction of treatments retrieved is below this")
+
+    def parameters(self) -> QualityParameters:
+        return QualityParameters(self.distance, self.null_size, self.significance, self.seed)
 
 
 class EmbeddingSettings(dg.Config):
@@ -217,7 +259,9 @@ class MdpConfig(BaseModel):
     illumination: IlluminationSettings = Field(default_factory=IlluminationSettings)
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
     crops: CropSettings = Field(default_factory=CropSettings)
+    cell_qc: CellQcSettings = Field(default_factory=CellQcSettings)
     profiles: ProfileSettings = Field(default_factory=ProfileSettings)
+    profile_quality: ProfileQualitySettings = Field(default_factory=ProfileQualitySettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     consensus: ConsensusSettings = Field(default_factory=ConsensusSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
@@ -479,7 +523,9 @@ class StepSettings(dg.ConfigurableResource):
     illumination: IlluminationSettings = Field(default_factory=IlluminationSettings)
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
     crops: CropSettings = Field(default_factory=CropSettings)
+    cell_qc: CellQcSettings = Field(default_factory=CellQcSettings)
     profiles: ProfileSettings = Field(default_factory=ProfileSettings)
+    profile_quality: ProfileQualitySettings = Field(default_factory=ProfileQualitySettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     consensus: ConsensusSettings = Field(default_factory=ConsensusSettings)
     cellprofiler: CellProfilerSettings = Field(default_factory=CellProfilerSettings)
@@ -487,8 +533,9 @@ class StepSettings(dg.ConfigurableResource):
     @classmethod
     def from_config(cls, config: MdpConfig) -> StepSettings:
         return cls(engine=resolved_engine(config), qc=config.qc, illumination=config.illumination,
-                   segmentation=config.segmentation, crops=config.crops, profiles=config.profiles,
-                   embeddings=config.embeddings, consensus=config.consensus, cellprofiler=config.engine.cellprofiler)
+                   segmentation=config.segmentation, crops=config.crops, cell_qc=config.cell_qc,
+                   profiles=config.profiles, profile_quality=config.profile_quality, embeddings=config.embeddings,
+                   consensus=config.consensus, cellprofiler=config.engine.cellprofiler)
 
     def uses_cellprofiler(self) -> bool:
         return self.engine == "cellprofiler"
@@ -517,7 +564,8 @@ class StepSettings(dg.ConfigurableResource):
                         "pipeline_sha256": file_sha256(pipeline)}
             return {"engine": "builtin", **builtin}
 
-        profiles = self.profiles.model_dump()
+        profiles = {**self.profiles.model_dump(), "exclude_qc_flagged_cells": self.cell_qc.exclude_flagged}
+        quality = self.profile_quality
         pca = {"method": "pca", "solver": "covariance-eigh", "n_components": self.embeddings.components}
         by_asset: dict[str, dict[str, Any]] = {
             "image_qc": self.qc.model_dump(),
@@ -525,10 +573,14 @@ class StepSettings(dg.ConfigurableResource):
             "segmentation_masks": engine_step(cellprofiler.analysis_pipeline, self.segmentation.model_dump()),
             "single_cell_features": {"engine": engine_step(cellprofiler.analysis_pipeline, {})["engine"]},
             "single_cell_crops": {"crop_size": self.crops.size},
+            "single_cell_qc": {"method": "coSMicQC z-score thresholds per plate", "conditions": self.cell_qc.conditions},
             "single_cell_profiles": profiles,
             "well_profiles": {**profiles, "aggregate": "median"},
             "single_cell_embeddings": pca,
             "well_embeddings": pca,
+            "profile_quality": {"copairs": copairs_version(), "distance": quality.distance,
+                                "null_size": quality.null_size, "significance": quality.significance,
+                                "seed": quality.seed},
             "consensus_profiles": {"operation": self.consensus.operation, "by": "Metadata_Perturbation"},
         }
         return by_asset.get(asset, {})

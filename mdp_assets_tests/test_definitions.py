@@ -14,8 +14,10 @@ LEVEL_ASSETS = [
     "segmentation_masks",
     "single_cell_features",
     "single_cell_crops",
+    "single_cell_qc",
     "single_cell_profiles",
     "well_profiles",
+    "profile_quality",
     "single_cell_embeddings",
     "well_embeddings",
 ]
@@ -52,4 +54,4 @@ def test_jobs_schedules_and_sensors():
 
 def test_image_qc_declares_its_check():
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
-    assert "qc_pass_fraction" in checks
+    assert {"qc_pass_fraction", "flagged_fraction", "min_map"} <= checks

@@ -33,7 +33,7 @@ def test_every_level_of_a_demo_plate(storage, instance):
     defs = defs_for(storage)
     result = _run_plate(defs, instance, storage, "DEMO-T1", 1)
     materialized = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
-    assert len(materialized) == 11
+    assert len(materialized) == 13
     policy = storage.policy()
     for name, event in materialized.items():
         meta = {k: v.value for k, v in event.metadata.items()}
@@ -50,8 +50,8 @@ def test_every_level_of_a_demo_plate(storage, instance):
 
     qc = pd.read_parquet(_stored(storage, "image_qc") / "table.parquet")
     assert qc["qc_pass"].all() and len(qc) == 40
-    check = result.get_asset_check_evaluations()[0]
-    assert check.check_name == "qc_pass_fraction" and check.passed
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["qc_pass_fraction"].passed
 
     illumination = np.load(_stored(storage, "illumination_functions") / "DNA.npy")
     assert illumination.shape == (192, 192) and illumination.min() >= 1.0
@@ -75,7 +75,22 @@ def test_every_level_of_a_demo_plate(storage, instance):
     assert crops.shape == (len(cells), 6, 48, 48) and len(index) == len(cells)
     assert crops.attrs["channel_names"][-1] == "CellMask" and float(crops[0, -1].max()) == 1.0
 
-    for level, rows in [("single_cell_profiles", len(cells)), ("well_profiles", 8), ("single_cell_embeddings", len(cells)),
+    cell_qc = pd.read_parquet(_stored(storage, "single_cell_qc") / "table.parquet")
+    assert len(cell_qc) == len(cells) and (cell_qc["Metadata_ObjectNumber"] == cells["Metadata_ObjectNumber"]).all()
+    flagged = int(cell_qc["Metadata_cqc_is_outlier"].sum())
+    qc_meta = materialized["single_cell_qc"].metadata
+    assert qc_meta["flagged_cells"].value == flagged and checks["flagged_fraction"].passed
+    assert materialized["well_profiles"].metadata["cells_left_out_by_qc"].value == flagged
+    kept = len(cells) - flagged
+
+    quality = pd.read_parquet(_stored(storage, "profile_quality") / "table.parquet")
+    assert sorted(quality["Metadata_Perturbation"]) == ["compound_A", "compound_B", "compound_C"]
+    assert quality["replicate_wells"].eq(2).all() and quality["control_wells"].eq(2).all()
+    quality_meta = {k: v.value for k, v in materialized["profile_quality"].metadata.items()}
+    assert quality_meta["mean_average_precision"] == pytest.approx(quality["mean_average_precision"].mean())
+    assert 0 <= quality_meta["fraction_retrieved"] <= 1 and checks["min_map"].passed
+
+    for level, rows in [("single_cell_profiles", kept), ("well_profiles", 8), ("single_cell_embeddings", kept),
                         ("well_embeddings", 8)]:
         table = pd.read_parquet(_stored(storage, level) / "table.parquet")
         assert len(table) == rows, level

@@ -23,8 +23,9 @@ from mdp_assets_tests.conftest import make_deployment, stored
 pytestmark = pytest.mark.slow
 
 PLATES = ["PROV-1", "PROV-2"]
-SEGMENTATION_AND_BELOW = {"segmentation_masks", "single_cell_features", "single_cell_crops", "single_cell_profiles",
-                          "well_profiles", "single_cell_embeddings", "well_embeddings"}
+SEGMENTATION_AND_BELOW = {"segmentation_masks", "single_cell_features", "single_cell_crops", "single_cell_qc",
+                          "single_cell_profiles", "well_profiles", "profile_quality", "single_cell_embeddings",
+                          "well_embeddings"}
 
 
 @pytest.fixture
@@ -100,7 +101,8 @@ def test_provenance_names_inputs_with_checksums_and_is_ro_crate_json_ld(two_plat
     record = json.loads((folder / "_partition.json").read_text())["provenance"]
     features = json.loads((stored(storage, "single_cell_features", "PROV-1") / "_partition.json").read_text())
     used = {item["asset"]: item for item in record["inputs"]}
-    assert set(used) == {"single_cell_features"}  # the plate itself comes from its registration, not raw_images
+    # The plate itself comes from its registration, not raw_images; the cells QC flagged are left out.
+    assert set(used) == {"single_cell_features", "single_cell_qc"}
     assert used["single_cell_features"]["sha256"] == features["data_version"]
     assert used["single_cell_features"]["data_version"] == features["data_version"]
     assert {"dagster", "numpy", "pandas", "scikit-image", "tifffile", "python"} <= set(record["software"])
@@ -201,4 +203,4 @@ def test_provenance_names_the_materializations_the_step_loaded(two_plates):
             assert item["run_id"] == upstream.run_id
             assert item["data_version"] == upstream.asset_materialization.tags["dagster/data_version"]
             checked += 1
-    assert checked == 7  # 1 + 4 + 1 + 1 inputs of the four levels
+    assert checked == 8  # 1 + 4 + 2 + 1 inputs of the four levels (well_profiles: single cells and their QC)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dagster as dg
+import pandas as pd
 
 from mdp_assets.services.instance_status import LevelStatus, latest_status
+from mdp_assets.storage.partitions import TABLE_FILE
 from mdp_assets.storage.resource import MdpStorage
 
 ALL_PLATES = "(all plates)"
@@ -65,3 +67,40 @@ def _row(status: LevelStatus | None, plate: str, key: dg.AssetKey, storage: MdpS
     else:
         where = f"{found.tier}: {store.uri(key.path[-1], partition, found.tier)}"
     return [plate, key.to_user_string(), count, human_bytes(status.value("bytes")), where]
+
+
+PROFILE_QUALITY = dg.AssetKey("profile_quality")
+CELL_QC = dg.AssetKey("single_cell_qc")
+
+
+def quality_rows(instance: dg.DagsterInstance, plates: list[str], storage: MdpStorage) -> list[list[str]]:
+    """Per plate: cells QC flagged, then each treatment's mAP against the negative controls, its corrected p-value
+    and whether it is retrieved, and the controls' null check (their two halves) beside its chance level."""
+    rows = []
+    for plate in plates:
+        cells = latest_status(instance, CELL_QC, plate)
+        if cells is not None:
+            rows.append([plate, "(cells flagged by QC)", f"{cells.value('flagged_cells')} of {cells.value('cells')}",
+                         f"{cells.value('flagged_fraction'):.1%}", str(cells.value("flagged_cells_in_profiles"))])
+        status = latest_status(instance, PROFILE_QUALITY, plate)
+        if status is None:
+            rows.append([plate, "-", "not materialized", "-", "-"])
+            continue
+        if status.value("quality") != "computed":
+            rows.append([plate, "-", str(status.value("quality")), "-", "-"])
+            continue
+        table = pd.read_parquet(storage.store().read(PROFILE_QUALITY.path[-1], plate).path(TABLE_FILE))
+        for row in table.itertuples(index=False):
+            rows.append([plate, str(row[0]), f"{row.mean_average_precision:.3f}", f"{row.corrected_p_value:.3g}",
+                         "yes" if row.below_corrected_p else "no"])
+        control = status.value("control_map")
+        if control is not None:
+            rows.append([plate, "(negative controls, two halves)", f"{control:.3f}",
+                         f"{status.value('control_p_value'):.3g}", f"chance {status.value('control_chance'):.3f}"])
+    return rows
+
+
+def quality_table(instance: dg.DagsterInstance, plates: list[str], storage: MdpStorage) -> str:
+    header = ["plate", "treatment", "mAP", "corrected p", "retrieved"]
+    return ("profile quality: replicate-retrieval mAP against the negative controls (copairs); retrieved: "
+            "corrected p below the significance level\n" + format_table(header, quality_rows(instance, plates, storage)))

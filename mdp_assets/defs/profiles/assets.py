@@ -6,12 +6,19 @@ import pandas as pd
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.plates.registry import PERTURBATION
+from mdp_assets.science.cell_qc import cells_for_profiles
 from mdp_assets.science.parquet_profiles import aggregate_parquet, normalize_and_select_parquet
+from mdp_assets.science.profile_quality import replicate_retrieval
 from mdp_assets.science.profiles import consensus, infer_features, metadata_columns, normalize_and_select
 from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, parquet_output
 from mdp_assets.storage.resource import MdpStorage
 
 GROUP = "profiles"
+
+
+def _qc_summary(left_out: int, settings: StepSettings) -> dict[str, object]:
+    return {"cells_left_out_by_qc": left_out,
+            "qc_flagged_cells": "left out" if settings.cell_qc.exclude_flagged else "kept"}
 
 
 @dg.asset(
@@ -20,19 +27,19 @@ GROUP = "profiles"
     kinds={"parquet", "pyarrow"},
     description="Single cells annotated with the platemap, normalized to negative controls (all cells when the "
     "platemap names none) and feature-selected (variance, correlation, missing values, blocklist), streamed "
-    "from Parquet to Parquet in bounded memory.",
+    "from Parquet to Parquet in bounded memory. Cells single-cell QC flagged are left out (cell_qc.exclude_flagged).",
 )
 def single_cell_profiles(
-    context: dg.AssetExecutionContext, single_cell_features: StoredPartition, settings: StepSettings,
-    storage: MdpStorage,
+    context: dg.AssetExecutionContext, single_cell_features: StoredPartition, single_cell_qc: pd.DataFrame,
+    settings: StepSettings, storage: MdpStorage,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
-    with storage.staging_dir("single_cell_profiles") as staged:
-        summary = normalize_and_select_parquet(
-            single_cell_features.path(TABLE_FILE), staged / TABLE_FILE, plate.negative_control_query,
-            settings.profiles.parameters(),
-        )
-        return parquet_output(staged, summary)
+    with storage.staging_dir("single_cell_profiles") as staged, cells_for_profiles(
+        single_cell_features.path(TABLE_FILE), single_cell_qc, settings.cell_qc.exclude_flagged, storage.root / ".work"
+    ) as (cells, left_out):
+        summary = normalize_and_select_parquet(cells, staged / TABLE_FILE, plate.negative_control_query,
+                                               settings.profiles.parameters())
+        return parquet_output(staged, {**summary, **_qc_summary(left_out, settings)})
 
 
 @dg.asset(
@@ -40,17 +47,68 @@ def single_cell_profiles(
     group_name=GROUP,
     kinds={"parquet", "pandas"},
     description="Bulk profiles: single cells aggregated per well (median), normalized to negative-control wells "
-    "and feature-selected. Well-constant metadata and Metadata_Object_Count are carried.",
+    "and feature-selected. Well-constant metadata and Metadata_Object_Count are carried. Cells single-cell QC "
+    "flagged are left out (cell_qc.exclude_flagged).",
 )
 def well_profiles(
-    context: dg.AssetExecutionContext, single_cell_features: StoredPartition, settings: StepSettings,
-    storage: MdpStorage,
+    context: dg.AssetExecutionContext, single_cell_features: StoredPartition, single_cell_qc: pd.DataFrame,
+    settings: StepSettings, storage: MdpStorage,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
-    # Straight from the stored Parquet, a batch of feature columns at a time: never the whole plate in memory.
-    wells = aggregate_parquet(single_cell_features.path(TABLE_FILE), strata=("Metadata_Plate", "Metadata_Well"))
+    with cells_for_profiles(single_cell_features.path(TABLE_FILE), single_cell_qc, settings.cell_qc.exclude_flagged,
+                            storage.root / ".work") as (cells, left_out):
+        # Straight from the stored Parquet, a batch of feature columns at a time: never the whole plate in memory.
+        wells = aggregate_parquet(cells, strata=("Metadata_Plate", "Metadata_Well"))
     table, summary = normalize_and_select(wells, plate.negative_control_query, settings.profiles.parameters())
-    return storage.table_output("well_profiles", table, {"wells": len(table), **summary})
+    return storage.table_output("well_profiles", table, {"wells": len(table), **summary,
+                                                         **_qc_summary(left_out, settings)})
+
+
+@dg.asset(
+    partitions_def=plates_partitions,
+    group_name=GROUP,
+    kinds={"parquet", "copairs"},
+    check_specs=[dg.AssetCheckSpec("min_map", asset="profile_quality",
+                                   description="every treatment's mAP reaches profile_quality.min_map (and the plate's "
+                                   "fraction retrieved profile_quality.min_fraction_retrieved); names those short")],
+    description="Profile quality as the field judges it: copairs' replicate-retrieval mAP of every treatment's "
+    "wells against the negative-control wells, its corrected p-value, and the fraction of treatments retrieved "
+    "at the significance level; the negative controls split in two halves as the null check (near chance). "
+    "One row per treatment; the plate's figures are numeric metadata, plotted across materializations.",
+)
+def profile_quality(
+    context: dg.AssetExecutionContext, well_profiles: pd.DataFrame, settings: StepSettings, storage: MdpStorage
+):
+    plate = storage.plate(context.partition_key)
+    quality = settings.profile_quality
+    result = replicate_retrieval(well_profiles, PERTURBATION, plate.negative_control_query, quality.parameters())
+    yield storage.table_output("profile_quality", result.per_treatment, result.summary())
+    yield profile_quality_check(result, quality.min_map, quality.min_fraction_retrieved)
+
+
+def profile_quality_check(result, min_map: float | None, min_fraction: float | None) -> dg.AssetCheckResult:
+    """Fails naming every treatment below `min_map`, or when the fraction retrieved is below `min_fraction`."""
+    if not result.computable:
+        return dg.AssetCheckResult(check_name="min_map", passed=True, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"quality": result.not_computable})
+    short = result.below(min_map) if min_map is not None else result.per_treatment.iloc[0:0]
+    fraction = result.fraction_retrieved
+    fraction_short = min_fraction is not None and fraction < min_fraction
+    column = result.treatment_column
+    return dg.AssetCheckResult(
+        check_name="min_map",
+        passed=short.empty and not fraction_short,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "min_map": min_map if min_map is not None else "not set",
+            "min_fraction_retrieved": min_fraction if min_fraction is not None else "not set",
+            "fraction_retrieved": fraction,
+            "treatments_below_min_map": len(short),
+            "treatments": dg.MetadataValue.md("\n".join(
+                f"- {getattr(r, column)}: mAP {r.mean_average_precision:.3f} (corrected p {r.corrected_p_value:.3g})"
+                for r in short.itertuples()) or "none"),
+        },
+    )
 
 
 @dg.asset(
