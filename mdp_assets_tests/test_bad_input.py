@@ -61,7 +61,7 @@ def test_missing_channel_and_wrong_count(storage, instance):
     missing = sorted(folder.glob("*-ch3*.tiff"))[0]
     missing.unlink()
     result = _materialize_raw(storage, instance, SPEC.barcode)
-    assert "expected 10 images" in _failure_message(result)
+    assert "9 images but the manifest's expected_image_count is 10; missing: B02 site 1 RNA" in _failure_message(result)
     manifest = folder / "plate.yaml"
     manifest.write_text(manifest.read_text().replace("expected_image_count: 10", "expected_image_count: 9"))
     result = _materialize_raw(storage, instance, SPEC.barcode)

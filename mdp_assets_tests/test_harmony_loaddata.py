@@ -33,7 +33,7 @@ def test_phenix_plate_takes_channel_names_and_acquisition_from_harmony(tmp_path)
     table = inventory_plate(PlateFolder.open(plate_dir)).set_index("file_name")
     ch5 = table.loc["r01c01f01p01-ch5sk1fk1fl1.tiff"]
     assert ch5["Metadata_Channel"] == "AGP", "the manifest maps the Harmony channel name"
-    assert table.loc["r01c01f01p01-ch1sk1fk1fl1.tiff", "Metadata_Channel"] == "Digital Phase Contrast"
+    assert table.loc["r01c01f01p01-ch1sk1fk1fl1.tiff", "Metadata_Channel"] == "Digital_Phase_Contrast"
     assert ch5["Metadata_PhysicalSizeX_um"] == pytest.approx(0.597976, rel=1e-5)
     assert ch5["Metadata_ObjectiveMagnification"] == 20 and ch5["Metadata_ExposureTime_ms"] == pytest.approx(40.0)
     assert ch5["Metadata_AcquisitionTime"] == "2023-03-23T14:52:41.417-04:00"

@@ -37,12 +37,12 @@ def _state(folder):
     ("platemap names other wells", "well_position,treatment\nB02,DMSO\n", (), {},
      "images of wells the platemap (platemap.csv) does not list: A01; check the platemap's well column "
      "(manifest field 'platemap_well_column')"),
-    ("platemap wells never imaged", "well_position,treatment\nA01,DMSO\nA02,DMSO\n", (), {},
-     "platemap wells with no images: A02 (set imaged_wells: subset in plate.yaml"),
+    ("platemap wells never imaged", "well_position,treatment\nA01,DMSO\nA02,DMSO\n", (), {"imaged_wells": "all"},
+     "platemap wells with no images: A02 (imaged_wells: all in plate.yaml; set imaged_wells: subset"),
     ("well column is not a well", "well_position,treatment\nA01,DMSO\n", (), {"platemap_well_column": "treatment"},
      "column 'treatment': 'DMSO' is not a well name"),
     ("nuclei channel unmapped", "well_position,treatment\nA01,DMSO\n", (), {"nuclei_channel": "DNA"},
-     "nuclei_channel 'DNA' is not one of the plate's channels ['AGP', 'Brightfield high', 'Digital Phase Contrast', "
+     "nuclei_channel 'DNA' is not one of the plate's channels ['AGP', 'Brightfield_high', 'Digital_Phase_Contrast', "
      "'ER', 'Mito', 'RNA']; set nuclei_channel, or map a channel to 'DNA' under 'channels:'"),
     ("cell channel unmapped", "well_position,treatment\nA01,DMSO\n", (), {"cell_channel": "Actin"},
      "cell_channel 'Actin' is not one of the plate's channels"),
@@ -62,8 +62,8 @@ def test_a_bad_plate_is_refused_at_intake_naming_file_and_field(storage, case, p
     assert _state(folder) == before, "the landing zone is untouched"
 
 
-def test_a_partly_imaged_plate_registers_when_the_manifest_says_so(storage):
-    folder = _plate(storage.landing_path, "well_position,treatment\nA01,DMSO\nA02,DMSO\n", imaged_wells="subset")
+def test_a_partly_imaged_plate_registers_by_default(storage):
+    folder = _plate(storage.landing_path, "well_position,treatment\nA01,DMSO\nA02,DMSO\n")
     assert register_plate(storage, folder.name).barcode == folder.name
 
 
@@ -74,7 +74,7 @@ def test_a_stalled_plate_is_reported_incomplete_with_what_it_lacks(storage):
     assert (arriving.status, arriving.reason) == ("waiting", "4 of 6 images so far")
     stalled = assess_plate(snapshot, snapshot.newest_mtime_s + 7200, 30, incomplete_after_s=3600)
     assert stalled.status == "incomplete"
-    assert stalled.reason.startswith("incomplete since 20") and ": 4 of 6 images, missing: A01 site 1 Brightfield high, A01 site 1 Mito" in stalled.reason
+    assert stalled.reason.startswith("incomplete since 20") and ": 4 of 6 images, missing: A01 site 1 Brightfield_high, A01 site 1 Mito" in stalled.reason
     assert "`mdp register BR00122249 --allow-incomplete`" in stalled.reason
 
 

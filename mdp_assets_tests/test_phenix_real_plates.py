@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 import pandas as pd
 import pytest
 
+from mdp_assets.plates.naming import channel_identifier
 from mdp_assets.services.registration import register_plate
 from mdp_assets_tests.conftest import REALDATA, defs_for, stored, write_manifest
 
@@ -68,7 +69,7 @@ def test_real_phenix_plate_reaches_well_embeddings_with_its_xml_metadata(storage
         assert row["Metadata_ObjectiveNA"] == float(values["ObjectiveNA"])
         assert row["Metadata_ExposureTime_ms"] == pytest.approx(float(values["ExposureTime"]) * 1e3)
         channel = values["ChannelName"]
-        assert row["Metadata_Channel"] == PLATES[version][1].get(channel, channel)
+        assert row["Metadata_Channel"] == PLATES[version][1].get(channel, channel_identifier(channel))
     assert raw["Metadata_PhysicalSizeX_um"].tolist() == pytest.approx([0.597976] * 6, rel=1e-6)
     assert (raw["Metadata_Plate"] == barcode).all() and (raw["Metadata_time_point"] == "24").all()
 

@@ -96,7 +96,7 @@ def test_harmony_image_xml_gives_metadata_without_the_index(tmp_path):
                     '<PixelSizeX Unit="m">0.0000065</PixelSizeX>', "<BinningX>2</BinningX>",
                     '<Magnification Unit="">1.087</Magnification>']:
         assert written in xml, written
-    assert hoechst["Metadata_Channel"] == "HOECHST 33342"
+    assert hoechst["Metadata_Channel"] == "HOECHST_33342"  # as CellProfiler can name it
     assert hoechst["Metadata_AcquisitionTime"] == "2021-03-29T20:55:29.518Z"
     assert hoechst["Metadata_ExposureTime_ms"] == pytest.approx(10.0)
     assert (hoechst["Metadata_ObjectiveMagnification"], hoechst["Metadata_ObjectiveNA"]) == (20.0, 1.0)

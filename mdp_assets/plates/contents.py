@@ -16,9 +16,9 @@ import pandas as pd
 
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.harmony import find_index_file, read_harmony_index
-from mdp_assets.plates.inventory import PlateFolder
+from mdp_assets.plates.inventory import PlateFolder, instrument_channel_names
 from mdp_assets.plates.manifest import MANIFEST_NAME
-from mdp_assets.plates.naming import ImageName, NamingScheme, looks_like_image
+from mdp_assets.plates.naming import ImageName, NamingScheme, channel_identifier, looks_like_image
 from mdp_assets.plates.tiff_metadata import read_tiff_info
 
 MAX_LISTED = 20
@@ -50,7 +50,7 @@ def contents_from_names(names: list[str], scheme: NamingScheme, index: Path | No
         for file_name, name in zip(table["URL"], table["ChannelName"]):
             parsed = scheme.parse(file_name)
             if parsed is not None and not parsed.channel_is_named:
-                channels[parsed.channel_token] = scheme.channel_names.get(name, name)
+                channels[parsed.channel_token] = scheme.channel_names.get(name) or channel_identifier(name)
     return PlateContents(images, channels, not_arrived)
 
 
@@ -77,11 +77,7 @@ def read_contents(folder: PlateFolder) -> PlateContents:
                 raise MdpError(f"{path.name} does not match naming scheme {scheme.name!r} (manifest field "
                                "'naming_scheme')", path=folder.images_dir)
             images[path.name] = parsed
-    index = find_index_file(folder.images_dir)
-    from_index = {}
-    if index is not None:
-        _, table = read_harmony_index(index)
-        from_index = dict(zip(table["URL"], table["ChannelName"]))
+    instrument_names = instrument_channel_names(folder, list(images))
     channels: dict[str, str] = {}
     first_by_token = {}
     for file_name, parsed in images.items():
@@ -90,16 +86,19 @@ def read_contents(folder: PlateFolder) -> PlateContents:
         if parsed.channel_is_named:
             channels[token] = parsed.channel
             continue
-        found = from_index.get(file_name)
+        found = instrument_names.get(file_name)
         if found is None:
             info = read_tiff_info(folder.images_dir / file_name)
             found = info.channel_names[0] if len(info.channel_names) == 1 else None
-        channels[token] = folder.manifest.channels.get(found, found) if found else token
-    not_arrived = _not_arrived(list(from_index), images, scheme)
-    for file_name, name in from_index.items():
+        channels[token] = (folder.manifest.channels.get(found) or channel_identifier(found)) if found else token
+    index = find_index_file(folder.images_dir)
+    indexed = list(read_harmony_index(index)[1]["URL"]) if index is not None else []
+    not_arrived = _not_arrived(indexed, images, scheme)
+    for file_name, name in instrument_names.items():
         parsed = scheme.parse(file_name)
         if parsed is not None and parsed.channel_token not in channels:  # a channel none of whose images arrived
-            channels[parsed.channel_token] = parsed.channel if parsed.channel_is_named else folder.manifest.channels.get(name, name)
+            channels[parsed.channel_token] = (parsed.channel if parsed.channel_is_named else
+                                              folder.manifest.channels.get(name) or channel_identifier(name))
     return PlateContents(images, channels, not_arrived)
 
 
@@ -120,11 +119,12 @@ def check_contents(folder: PlateFolder, platemap: pd.DataFrame, contents: PlateC
     unmapped = sorted(contents.wells - mapped)
     if unmapped:
         problems.append(f"images of wells the platemap ({manifest.platemap}) does not list: {_listed(unmapped)}; "
-                        "check the platemap's well column (manifest field 'platemap_well_column')")
+                        "check the platemap's well column (manifest field 'platemap_well_column'), or add those "
+                        "wells to the platemap (empty annotations are fine)")
     never_imaged = sorted(mapped - contents.wells)
     if never_imaged and manifest.imaged_wells == "all":
-        problems.append(f"platemap wells with no images: {_listed(never_imaged)} (set imaged_wells: subset in "
-                        f"{MANIFEST_NAME} if only part of the plate was imaged)")
+        problems.append(f"platemap wells with no images: {_listed(never_imaged)} (imaged_wells: all in "
+                        f"{MANIFEST_NAME}; set imaged_wells: subset if only part of the plate was imaged)")
     names = sorted(set(contents.channels.values()))
     for field_name, channel in (("nuclei_channel", manifest.nuclei_channel), ("cell_channel", manifest.cell_channel)):
         if channel is not None and channel not in names:

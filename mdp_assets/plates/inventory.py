@@ -18,8 +18,9 @@ import pandas as pd
 from mdp_assets.errors import MdpError
 from mdp_assets.checksums import sha256_file, sha256_text
 from mdp_assets.plates.harmony import acquisition_metadata, find_index_file, read_harmony_index
+from mdp_assets.plates.imagexpress import find_htd, read_htd
 from mdp_assets.plates.manifest import MANIFEST_NAME, PlateManifest, load_manifest
-from mdp_assets.plates.naming import NamingScheme, looks_like_image
+from mdp_assets.plates.naming import NamingScheme, channel_identifier, looks_like_image
 from mdp_assets.plates.tiff_metadata import read_tiff_info
 
 # Acquisition metadata carried from here into every level below (the playbook's rule on metadata).
@@ -73,7 +74,7 @@ def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instru
         # else the OME-XML of a single-channel file; a name found there may be mapped by the manifest too.
         found = instrument_channels.get(path.name) or (info.channel_names[0] if len(info.channel_names) == 1 else None)
         if found:
-            channel = plate.manifest.channels.get(found, found)
+            channel = plate.manifest.channels.get(found) or channel_identifier(found)
     exposure = next((e for e in info.exposure_ms if e is not None), None)
     return {
         "Metadata_Plate": plate.barcode,
@@ -125,7 +126,7 @@ def inventory_plate(plate: PlateFolder, max_workers: int = 4, accepted_image_cou
             path=plate.images_dir,
         )
     harmony = _harmony_metadata(plate.images_dir)
-    instrument_channels = dict(zip(harmony["file_name"], harmony["harmony_channel_name"])) if harmony is not None else {}
+    instrument_channels = instrument_channel_names(plate, [p.name for p in candidates])
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         rows = list(pool.map(lambda p: _describe_image(p, plate, scheme, instrument_channels), candidates))
     table = pd.DataFrame(rows)
@@ -139,6 +140,25 @@ def inventory_plate(plate: PlateFolder, max_workers: int = 4, accepted_image_cou
     _check_complete_sites(table, plate.images_dir)
     table = table.sort_values(["Metadata_Well", "Metadata_Site", "Metadata_Channel", "file_name"])
     return table.reset_index(drop=True)
+
+
+def instrument_channel_names(plate: PlateFolder, file_names: list[str]) -> dict[str, str]:
+    """File name -> the channel name the instrument's plate file gives it: the Harmony index (per file) or
+    the ImageXpress HTD (WaveName<n> for the file's w<n>)."""
+    names: dict[str, str] = {}
+    index = find_index_file(plate.images_dir)
+    if index is not None:
+        _, images = read_harmony_index(index)
+        names.update(zip(images["URL"], images["ChannelName"]))
+    htd = find_htd(plate.images_dir, plate.root)
+    if htd is not None:
+        waves = read_htd(htd).wave_names
+        scheme = plate.naming_scheme()
+        for file_name in file_names:
+            parsed = scheme.parse(file_name)
+            if parsed is not None and parsed.channel_token in waves:
+                names.setdefault(file_name, waves[parsed.channel_token])
+    return names
 
 
 def _harmony_metadata(images_dir: Path) -> pd.DataFrame | None:

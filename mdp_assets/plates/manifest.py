@@ -67,7 +67,8 @@ class PlateManifest(BaseModel):
         None, gt=0, description="the sample's pixel size, for images whose metadata do not state it"
     )
     imaged_wells: Literal["all", "subset"] = Field(
-        "all", description="'subset': the platemap may list wells that were not imaged"
+        "subset", description="'all': refuse the plate if a platemap well has no images; 'subset' (default): "
+        "a platemap of the whole plate may describe wells that were not imaged (they are reported)"
     )
     settings: dict[str, Any] = Field(
         default_factory=dict, description="this plate's overrides of the deployment's settings (a documented subset)"
@@ -81,6 +82,15 @@ class PlateManifest(BaseModel):
                 f"unsafe plate barcode {value!r}: use letters, digits, '.', '_' or '-' "
                 "(no path separators, spaces or leading dot; at most 128 characters)"
             )
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for source, name in value.items():
+            if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", name):
+                raise ValueError(f"channel {source!r}: name {name!r} must be letters, digits and '_', starting with a "
+                                 "letter (CellProfiler image and feature names)")
         return value
 
     @field_validator("annotations")

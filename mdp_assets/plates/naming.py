@@ -20,7 +20,8 @@ IMAGE_SUFFIXES = (".tif", ".tiff")
 
 _PATTERNS: dict[str, str] = {
     "phenix": r"^r(?P<row>\d{2})c(?P<col>\d{2})f(?P<site>\d{2})p(?P<z>\d{2})-ch(?P<channel>\d+)sk(?P<t>\d+)fk\d+fl\d+\.tiff?$",
-    "imagexpress": r"^(?P<plate>.+)_(?P<well>[A-Za-z]{1,2}\d{2})_s(?P<site>\d+)_w(?P<channel>\d)(?:[0-9A-Fa-f-]{36})?\.tiff?$",
+    # MetaXpress leaves out _s<n> when one site was imaged and _w<n> when one wavelength was.
+    "imagexpress": r"^(?P<plate>.+?)_(?P<well>[A-Za-z]{1,2}\d{2})(?:_s(?P<site>\d+))?(?:_w(?P<channel>\d))?(?:[0-9A-Fa-f-]{36})?\.(?i:tiff?)$",
     "nf1": r"^(?P<well>[A-Pa-p]\d{1,2})_\d{2}_\d_(?P<site>\d+)_(?P<channel>[A-Za-z0-9]+)_\d{3}\.tiff?$",
 }
 
@@ -98,7 +99,7 @@ class NamingScheme:
             well = well_from_row_col(int(groups["row"]), int(groups["col"]))
         else:
             well = normalize_well(groups["well"])
-        token = groups["channel"]
+        token = groups["channel"] or "1"
         # Phenix and ImageXpress name channels by number; the manifest maps "ch1"/"w1"/"1" to a name.
         channel = (
             self.channel_names.get(token)
@@ -108,7 +109,7 @@ class NamingScheme:
         )
         return ImageName(
             well=well,
-            site=int(groups["site"]),
+            site=int(groups["site"] or 1),
             channel=channel,
             channel_token=token,
             z=int(groups["z"]) if groups.get("z") is not None else None,
@@ -116,5 +117,17 @@ class NamingScheme:
         )
 
 
+def channel_identifier(name: str) -> str:
+    """An instrument's channel name as the levels name it: CellProfiler image names, LoadData columns and
+    feature names (`Cells_Intensity_MeanIntensity_<channel>`) take letters, digits and '_' only, starting with
+    a letter ('HOECHST 33342' -> 'HOECHST_33342', '488 long' -> 'Ch488_long'). The manifest's `channels`
+    maps the instrument's own name to any name the lab prefers."""
+    cleaned = re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
+    if not cleaned:
+        raise MdpError(f"channel name {name!r} has no letters or digits")
+    return cleaned if cleaned[0].isalpha() else f"Ch{cleaned}"
+
+
 def looks_like_image(filename: str) -> bool:
-    return filename.lower().endswith(IMAGE_SUFFIXES) and not filename.startswith(".")
+    """An image file of the plate: a TIFF, not hidden, not one of MetaXpress' `_thumb` previews."""
+    return filename.lower().endswith(IMAGE_SUFFIXES) and not filename.startswith(".") and "_thumb" not in filename

@@ -2,7 +2,7 @@
 
 The playbook's one hard rule about metadata is that it travels with the data through every level, so
 this is where it enters: channel names, physical pixel size, objective, exposure, acquisition time,
-dimension order (OME-XML, ImageJ, and the Phenix's per-image Harmony XML). Truncated or unreadable files are errors naming the file, never silently skipped.
+dimension order (OME-XML, ImageJ, the Phenix's per-image Harmony XML, MetaMorph's MetaSeries XML). Truncated or unreadable files are errors naming the file, never silently skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import tifffile
 
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.harmony import HARMONY_IMAGE_XML_TAG, parse_image_xml
+from mdp_assets.plates.imagexpress import metaseries_acquisition
 
 _LENGTH_TO_MICRONS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _TIME_TO_MS = {"s": 1e3, "ms": 1.0, "µs": 1e-3, "us": 1e-3, "min": 6e4}
@@ -152,6 +153,23 @@ def _harmony_tag(page: tifffile.TiffPage, info: TiffInfo) -> None:
             setattr(info, key, found[key])
 
 
+def _metaseries(tif: tifffile.TiffFile, info: TiffInfo) -> None:
+    """MetaMorph's per-image XML (ImageXpress, MetaXpress): what the image says of its acquisition."""
+    if not tif.is_metaseries:
+        return
+    found = metaseries_acquisition((tif.metaseries_metadata or {}).get("PlaneInfo", {}))
+    if "channel_name" in found and not info.channel_names:
+        info.channel_names = [str(found["channel_name"])]
+    if "physical_size_x_um" in found and info.physical_size_x_um is None:
+        info.physical_size_x_um = float(found["physical_size_x_um"])
+        info.physical_size_y_um = float(found["physical_size_y_um"])
+    if "exposure_ms" in found and not info.exposure_ms:
+        info.exposure_ms = [float(found["exposure_ms"])]
+    for key in ("objective", "objective_magnification", "objective_na", "acquisition_time"):
+        if key in found and getattr(info, key) is None:
+            setattr(info, key, found[key])
+
+
 def read_tiff_info(path: Path) -> TiffInfo:
     """Read shape, dtype and acquisition metadata of a TIFF without loading its pixels."""
     try:
@@ -176,6 +194,7 @@ def read_tiff_info(path: Path) -> TiffInfo:
                     if numerator:
                         info.physical_size_x_um = info.physical_size_y_um = denominator / numerator
             _harmony_tag(page, info)
+            _metaseries(tif, info)
             _baseline_tags(page, info)
             return info
     except MdpError:

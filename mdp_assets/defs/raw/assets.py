@@ -42,4 +42,6 @@ def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Out
         "landing_folder": dg.MetadataValue.path(str(folder.root)),
         "input_fingerprint": plate_fingerprint(folder),
         "wells_without_annotation": ", ".join(unannotated) or "none",
+        "platemap_wells_not_imaged": ", ".join(sorted(set(plate.platemap["Metadata_Well"]) - set(table["Metadata_Well"])))
+        or "none",
     })
