@@ -32,7 +32,7 @@ import dagster as dg
 import yaml
 
 from mdp_assets.checksums import atomic_path
-from mdp_assets.config import Deployment, load_deployment
+from mdp_assets.config import Deployment, StepSettings, load_deployment
 from mdp_assets.definitions import build_definitions
 from mdp_assets.engines.cellprofiler.loaddata import (
     loaddata_from_harmony,
@@ -173,7 +173,8 @@ def run_register(platform: Platform, target: str, allow_incomplete: bool = False
     landing = platform.storage.landing_path
     if "/" in target and Path(target).resolve().parent != landing.resolve():
         raise MdpError(f"{target} is not a plate folder in the landing zone {landing}; copy it there first")
-    plate = register_plate(platform.storage, barcode, allow_incomplete)
+    settings = StepSettings.from_config(platform.deployment.config)
+    plate = register_plate(platform.storage, barcode, allow_incomplete, settings)
     add_partitions(platform.instance, [barcode])
     incomplete = (f", taken incomplete with {plate.accepted_image_count} of {plate.manifest.expected_image_count} "
                   "images" if plate.accepted_image_count is not None else "")

@@ -519,6 +519,7 @@ class StepSettings(dg.ConfigurableResource):
     (`for_plate`). An asset's code version is its engine revision plus a hash of the settings it uses."""
 
     engine: Literal["builtin", "cellprofiler"] = "builtin"
+    engine_is_auto: bool = False  # `engine.kind: auto`: a plate CellProfiler's pipeline cannot read gets the built-in one
     qc: QcSettings = Field(default_factory=QcSettings)
     illumination: IlluminationSettings = Field(default_factory=IlluminationSettings)
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
@@ -532,7 +533,7 @@ class StepSettings(dg.ConfigurableResource):
 
     @classmethod
     def from_config(cls, config: MdpConfig) -> StepSettings:
-        return cls(engine=resolved_engine(config), qc=config.qc, illumination=config.illumination,
+        return cls(engine=resolved_engine(config), engine_is_auto=config.engine.kind == "auto", qc=config.qc, illumination=config.illumination,
                    segmentation=config.segmentation, crops=config.crops, cell_qc=config.cell_qc,
                    profiles=config.profiles, profile_quality=config.profile_quality, embeddings=config.embeddings,
                    consensus=config.consensus, cellprofiler=config.engine.cellprofiler)

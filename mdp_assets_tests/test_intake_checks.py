@@ -3,6 +3,7 @@
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,28 @@ def test_register_and_run_a_real_plate_from_the_command_line(storage, capsys):
     out = capsys.readouterr().out
     assert "BR00122249: segmentation_masks: sites done 1 of 1" in out
     assert "BR00122249: segmentation_masks success [5 of 5 levels done]" in out
+
+
+def test_the_shipped_pipeline_reads_the_five_cell_painting_channels():
+    from mdp_assets.config import CellProfilerSettings
+    from mdp_assets.engines.cellprofiler.pipelines import CELL_PAINTING_CHANNELS, pipeline_input_channels
+
+    assert pipeline_input_channels(Path(CellProfilerSettings().analysis_pipeline)) == set(CELL_PAINTING_CHANNELS)
+
+
+def test_a_plate_the_cellprofiler_pipeline_cannot_read(storage):
+    """`engine.kind: cellprofiler` refuses it at registration; `auto` gives it the built-in engine, saying why."""
+    from mdp_assets.config import StepSettings
+    from mdp_assets.engines.cellprofiler.choice import engine_for_plate
+
+    folder = _plate(storage.landing_path)  # ER, AGP, Mito, RNA and two brightfield channels: no DNA
+    explicit = StepSettings(engine="cellprofiler")
+    with pytest.raises(MdpError, match=r"cannot feed the CellProfiler pipeline .*analysis.cppipe: it reads channels "
+                                       r"\['DNA'\] \(LoadData Orig<channel>\)"):
+        register_plate(storage, folder.name, settings=explicit)
+    assert storage.registry().get(folder.name) is None
+    plate = register_plate(storage, folder.name, settings=StepSettings(engine="cellprofiler", engine_is_auto=True))
+    chosen, why = engine_for_plate(StepSettings(engine="cellprofiler", engine_is_auto=True), set(plate.channels))
+    assert chosen.engine == "builtin" and "reads channels ['DNA'] the plate does not have" in why
+    full = {"DNA", "ER", "RNA", "AGP", "Mito"}
+    assert engine_for_plate(StepSettings(engine="cellprofiler", engine_is_auto=True), full)[0].engine == "cellprofiler"

@@ -8,14 +8,15 @@ import time
 import dagster as dg
 import pytest
 
-from mdp_assets.config import IntakeSettings
+from mdp_assets.config import IntakeSettings, StepSettings
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets_tests.conftest import NF1_IMAGES, NF1_PLATEMAP, write_manifest
 
 
 def _tick(storage, instance, cursor=None, quiet=0.0):
     context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"storage": storage, "intake": IntakeSettings(quiet_period_seconds=quiet)}
+        instance=instance, cursor=cursor,
+        resources={"storage": storage, "intake": IntakeSettings(quiet_period_seconds=quiet), "settings": StepSettings()}
     )
     return new_plate_sensor(context)
 
@@ -118,7 +119,8 @@ def test_a_flood_of_plates_is_validated_over_several_ticks(storage, instance, nf
 
     def tick(cursor):
         context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
-            "storage": storage, "intake": IntakeSettings(quiet_period_seconds=0, max_plates_validated_per_tick=2)})
+            "storage": storage, "intake": IntakeSettings(quiet_period_seconds=0, max_plates_validated_per_tick=2),
+            "settings": StepSettings()})
         return new_plate_sensor(context)
 
     first = tick(None)

@@ -7,7 +7,7 @@ import boto3
 import dagster as dg
 import pandas as pd
 
-from mdp_assets.config import IntakeSettings
+from mdp_assets.config import IntakeSettings, StepSettings
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets_tests.conftest import defs_for, stored, NF1_IMAGES, NF1_PLATEMAP
@@ -37,7 +37,8 @@ def test_plate_under_an_s3_prefix_flows_in(tmp_path, s3_endpoint, s3_credentials
 
     def tick(cursor=None):
         context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                          resources={"storage": storage, "intake": IntakeSettings(quiet_period_seconds=0)})
+                                          resources={"storage": storage, "intake": IntakeSettings(quiet_period_seconds=0),
+                                                     "settings": StepSettings()})
         return new_plate_sensor(context)
 
     waiting = tick()

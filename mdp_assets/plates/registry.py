@@ -53,6 +53,7 @@ class Plate:
     reclassifications: tuple[dict[str, Any], ...] = ()
     # Registered with fewer images than the manifest expects (`mdp register --allow-incomplete`): how many.
     accepted_image_count: int | None = None
+    channels: tuple[str, ...] = ()  # the plate's channel names, as every level calls them
 
     @property
     def barcode(self) -> str:
@@ -115,6 +116,7 @@ class Plate:
             "platemap": {"columns": list(self.platemap.columns), "rows": self.platemap.to_numpy().tolist()},
             "reclassifications": list(self.reclassifications),
             "accepted_image_count": self.accepted_image_count,
+            "channels": list(self.channels),
         }
 
     @classmethod
@@ -123,7 +125,7 @@ class Plate:
             platemap = pd.DataFrame(record["platemap"]["rows"], columns=record["platemap"]["columns"], dtype=str)
             return cls(PlateManifest.model_validate(record["manifest"]), platemap, record.get("registered_at", ""),
                        record.get("landing", ""), tuple(record.get("reclassifications", ())),
-                       record.get("accepted_image_count"))
+                       record.get("accepted_image_count"), tuple(record.get("channels", ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise MdpError(f"plate registration record is damaged: {exc}", path=where) from None
 
@@ -154,7 +156,8 @@ def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool 
                        f"now has {found}; register it again (`mdp register`) to take the change",
                        path=folder.images_dir)
     accepted = found if found < manifest.expected_image_count else None
-    return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing, (), accepted)
+    channels = tuple(sorted(set(contents.channels.values())))
+    return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing, (), accepted, channels)
 
 
 class PlateRegistry:
@@ -194,7 +197,7 @@ class PlateRegistry:
         if known is not None:
             check_same_access(known, plate.manifest, self._path(plate.barcode))
             plate = Plate(plate.manifest, plate.platemap, plate.registered_at, plate.landing, known.reclassifications,
-                          plate.accepted_image_count)
+                          plate.accepted_image_count, plate.channels)
         self.write(plate)
         return plate
 
@@ -218,7 +221,7 @@ class PlateRegistry:
                   "from": before.access.__dict__, "to": {**before.access.__dict__, "origin": origin,
                   "identifiable_patient_data": identifiable_patient_data, "released": released}}
         after = Plate(manifest, before.platemap, before.registered_at, before.landing,
-                      (*before.reclassifications, change), before.accepted_image_count)
+                      (*before.reclassifications, change), before.accepted_image_count, before.channels)
         self.write(after)
         return before, after
 

@@ -9,6 +9,7 @@ import pandas as pd
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.errors import MdpError
+from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_illumination
 from mdp_assets.science.illumination import write_corrected_images, write_illumination_functions
@@ -104,7 +105,10 @@ def illumination_functions(
     cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
-    settings = settings.for_plate(plate.manifest.settings, plate.barcode)
+    settings, stand_in = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
+                                          set(raw_images["Metadata_Channel"]))
+    if stand_in:
+        context.log.warning(stand_in)
     with storage.staging_dir("illumination_functions") as staged:
         if settings.uses_cellprofiler():
             pipeline = Path(settings.cellprofiler.illumination_pipeline)
@@ -115,7 +119,7 @@ def illumination_functions(
             parameters = settings.illumination.parameters()
             used = write_illumination_functions(raw_images, passing_sites(image_qc), staged, parameters)
             metadata = {"engine": "builtin", "channels": len(used), "images_per_channel": used,
-                        **parameters.__dict__}
+                        **parameters.__dict__, **({"engine_note": stand_in} if stand_in else {})}
         (staged / "illumination.json").write_text(json.dumps(metadata))
         return staged_output(staged, metadata)
 

@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from mdp_assets.config import IntakeSettings
+from mdp_assets.config import IntakeSettings, StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.plates.intake import IntakeCursor, evaluate_landing_zone
 from mdp_assets.services.registration import register_ready_plate
@@ -21,7 +21,8 @@ from mdp_assets.storage.resource import MdpStorage
     "through every level. Broken plates are skipped with the reason, plates stuck short of their images are "
     "reported incomplete with what they lack; the landing zone is never modified.",
 )
-def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, intake: IntakeSettings):
+def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, intake: IntakeSettings,
+                     settings: StepSettings):
     cursor = IntakeCursor.load(context.cursor)
     landing = storage.landing()
     decisions = evaluate_landing_zone(
@@ -36,7 +37,7 @@ def new_plate_sensor(context: dg.SensorEvaluationContext, storage: MdpStorage, i
     )
     ready = []
     for decision in [d for d in decisions if d.status == "ready"]:
-        problem = register_ready_plate(storage, decision.plate)
+        problem = register_ready_plate(storage, decision.plate, settings)
         if problem is None:
             ready.append(decision)
         else:

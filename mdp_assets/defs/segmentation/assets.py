@@ -7,6 +7,7 @@ import pandas as pd
 
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_analysis
 from mdp_assets.science.image_qc import empty_or_failed_wells
@@ -37,7 +38,10 @@ def segmentation_masks(
     cellprofiler: CellProfilerEngine,
 ):
     plate = storage.plate(context.partition_key)
-    settings = settings.for_plate(plate.manifest.settings, plate.barcode)
+    settings, stand_in = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
+                                          set(raw_images["Metadata_Channel"]))
+    if stand_in:
+        context.log.warning(stand_in)
     with storage.staging_dir("segmentation_masks") as staged:
         if settings.uses_cellprofiler():
             pipeline = Path(settings.cellprofiler.analysis_pipeline)
@@ -53,7 +57,8 @@ def segmentation_masks(
                                 plate.manifest.cell_channel, settings.segmentation.parameters(),
                                 site_progress(context.log.info, "segmentation_masks", len(corrected)))
             nuclei = int(sites["Count_Nuclei"].sum()) if len(sites) else 0
-            metadata = {"engine": "builtin", "sites": len(sites), "nuclei": nuclei}
+            metadata = {"engine": "builtin", "sites": len(sites), "nuclei": nuclei,
+                        **({"engine_note": stand_in} if stand_in else {})}
         if "Metadata_Plate" not in sites.columns:  # every per-site table names its plate
             sites.insert(0, "Metadata_Plate", plate.barcode)
         sites.to_parquet(staged / "sites.parquet", index=False)

@@ -8,9 +8,24 @@ channels; a plate with other channels gets the same pipeline for its own.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+from mdp_assets.errors import MdpError
+
 CELL_PAINTING_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 _HEAD = ("{name}:[module_num:{n}|svn_version:'Unknown'|variable_revision_number:{v}|show_window:False|notes:{notes}|"
          "batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]")
+
+
+def pipeline_input_channels(pipeline: Path) -> set[str]:
+    """The channels a LoadData-driven pipeline reads: every `Orig<Channel>` image it names (the LoadData
+    columns FileName_Orig<Channel> mdp writes). Pipelines that take their input otherwise name none here."""
+    try:
+        text = pipeline.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise MdpError(f"cannot read the CellProfiler pipeline: {exc}", path=pipeline) from None
+    return set(re.findall(r"(?<![A-Za-z0-9_])Orig([A-Za-z][A-Za-z0-9_]*)", text))
 
 
 def _module(name: str, n: int, v: int, body: str, notes: str = "[]") -> str:
@@ -79,3 +94,8 @@ def illumination_pipeline(channels: tuple[str, ...] | list[str], filter_size: in
     header = ("CellProfiler Pipeline: http://www.cellprofiler.org\nVersion:5\nDateRevision:400\nGitHash:\n"
               f"ModuleCount:{len(modules)}\nHasImagePlaneDetails:False\n")
     return header + "\n" + "\n".join(module + "\n" for module in modules)
+
+
+def missing_pipeline_channels(pipeline: Path, channels: set[str]) -> list[str]:
+    """The channels the analysis pipeline reads that a plate does not have."""
+    return sorted(pipeline_input_channels(pipeline) - channels)
