@@ -1,15 +1,21 @@
 """Real Opera Phenix plates (LZW-compressed TIFFs with Harmony XML) through every level, with the metadata
 their XML states on the rows: pixel size, channel names, objective, exposure and acquisition time."""
 
+import os
 import shutil
 import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import dagster as dg
 
 import pandas as pd
 import pytest
 
+from mdp_assets.config import StepSettings
 from mdp_assets.plates.naming import channel_identifier
 from mdp_assets.services.registration import register_plate
-from mdp_assets_tests.conftest import REALDATA, defs_for, stored, write_manifest
+from mdp_assets.storage.resource import MdpStorage
+from mdp_assets_tests.conftest import REALDATA, defs_for, make_deployment, stored, write_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +84,34 @@ def test_real_phenix_plate_reaches_well_embeddings_with_its_xml_metadata(storage
     assert cells["Metadata_PhysicalSizeX_um"].tolist() == pytest.approx([0.59797608095667] * len(cells))
     assert set(cells["Metadata_batch"]) == {"pe2loaddata"} and set(cells["Metadata_Plate"]) == {barcode}
     assert cells["Metadata_AcquisitionTime"].notna().all()
+
+
+CELLPROFILER = Path(__file__).resolve().parents[1] / ".mdp" / "cellprofiler"
+
+
+@pytest.mark.parametrize("version, engine", [(1, "cellprofiler 4.2.8.1"), (5, "builtin")])
+def test_the_default_engine_choice_takes_a_real_phenix_plate_to_well_embeddings(tmp_path, version, engine):
+    """`engine.kind: auto` as shipped: CellProfiler's Cell Painting pipeline for the plate that has its five
+    channels (Harmony 4), the built-in engine, with the reason, for the one without a DNA stain (Harmony 5)."""
+    if not (CELLPROFILER / "bin" / "python").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must build CellProfiler first (make cellprofiler); nothing at {CELLPROFILER}")
+        pytest.skip("CellProfiler environment not built (make cellprofiler)")
+    deployment = make_deployment(tmp_path, engine={"kind": "auto", "cellprofiler": {"environment": str(CELLPROFILER),
+                                                                                     "workers": 2}})
+    storage = MdpStorage.from_deployment(deployment)
+    barcode = _phenix_plate(storage, version)
+    register_plate(storage, barcode, settings=StepSettings.from_config(deployment.config))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("plates", [barcode])
+        result = defs_for(storage).resolve_job_def("plate_job").execute_in_process(instance=instance,
+                                                                                   partition_key=barcode)
+        assert result.success
+        masks = result.asset_materializations_for_node("segmentation_masks")[0].metadata
+        made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "well_embeddings" in made
+    assert masks["engine"].value == engine
+    if engine == "builtin":
+        assert "reads channels ['DNA'] the plate does not have" in masks["engine_note"].value
+    cells = pd.read_parquet(stored(storage, "single_cell_features", barcode) / "table.parquet")
+    assert len(cells) > 0 and (cells["Metadata_Plate"] == barcode).all()
