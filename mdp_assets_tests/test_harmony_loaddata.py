@@ -55,3 +55,32 @@ def test_mdp_loaddata_command_writes_the_reference_csv(tmp_path):
                  "--pe2loaddata-config", str(PE2LOADDATA / "Version1" / "config_v1.yml")])
     assert code == 0
     assert output.read_text() == (PE2LOADDATA / "Version1" / "load_data_version1.csv").read_text()
+
+
+@pytest.mark.parametrize("version", [1, 5, 7])
+def test_index_acquisition_metadata_in_units_as_the_xml_writes_them(version):
+    """Every Harmony version's index: pixel size (metres -> µm), exposure (s -> ms), objective, AbsTime, each
+    image's value read here from the XML itself (Harmony 6+ states channel values once, in Maps/Map/Entry)."""
+    import xml.etree.ElementTree as ET
+
+    from mdp_assets.plates.harmony import acquisition_metadata
+
+    path = find_index_file(PE2LOADDATA / f"Version{version}" / "images")
+    _, images = read_harmony_index(path)
+    ours = acquisition_metadata(images).set_index("file_name")
+    local = lambda element: element.tag.rsplit("}", 1)[-1]  # noqa: E731
+    root = ET.parse(path).getroot()
+    entries = {e.get("ChannelID"): {local(c): c for c in e} for e in root.iter()
+               if local(e) == "Entry" and e.get("ChannelID")}
+    for image in (e for e in root.iter() if local(e) == "Image" and e.get("Version")):
+        fields = {**entries.get(next(c.text for c in image if local(c) == "ChannelID"), {}),
+                  **{local(c): c for c in image}}
+        row = ours.loc[fields["URL"].text]
+        assert fields["ImageResolutionX"].get("Unit") == "m" and fields["ExposureTime"].get("Unit") == "s"
+        assert row["Metadata_PhysicalSizeX_um"] == pytest.approx(float(fields["ImageResolutionX"].text) * 1e6)
+        assert row["Metadata_ExposureTime_ms"] == pytest.approx(float(fields["ExposureTime"].text) * 1e3)
+        assert row["Metadata_ObjectiveMagnification"] == float(fields["ObjectiveMagnification"].text)
+        assert row["Metadata_ObjectiveNA"] == float(fields["ObjectiveNA"].text)
+        assert row["Metadata_AcquisitionTime"] == fields["AbsTime"].text
+    if version == 7:
+        assert ours["Metadata_PhysicalSizeX_um"].iloc[0] == pytest.approx(0.296688132474701)
