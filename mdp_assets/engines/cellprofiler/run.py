@@ -61,7 +61,10 @@ def run_analysis(
     merged = merge_groups(outputs)
     sites = _image_sites(merged.image, raw_images)
     (staged / OBJECT_TABLES).mkdir()
-    merged.image.merge(sites, on="ImageNumber", how="left").to_parquet(staged / OBJECT_TABLES / "Image.parquet", index=False)
+    image_table = merged.image.merge(sites, on="ImageNumber", how="left")
+    if "Metadata_Plate" not in image_table.columns:  # every per-image table names its plate
+        image_table.insert(0, "Metadata_Plate", context.partition_key)
+    image_table.to_parquet(staged / OBJECT_TABLES / "Image.parquet", index=False)
     for name, table in merged.objects.items():
         table.to_parquet(staged / OBJECT_TABLES / f"{name}.parquet", index=False)
     index = _write_masks(sites, merged.image, groups, outputs, staged)
