@@ -45,7 +45,7 @@ def contents_from_names(names: list[str], scheme: NamingScheme, index: Path | No
     table = read_harmony_index(index)[1] if index is not None else None
     indexed = list(table["URL"]) if table is not None else []
     not_arrived = _not_arrived(indexed, images, scheme)
-    channels = {p.channel_token: p.channel for p in (*images.values(), *not_arrived)}
+    channels = {p.channel_token: channel_identifier(p.channel) for p in (*images.values(), *not_arrived)}
     if table is not None:
         for file_name, name in zip(table["URL"], table["ChannelName"]):
             parsed = scheme.parse(file_name)
@@ -65,7 +65,7 @@ def _listed(items: list[str]) -> str:
 def read_contents(folder: PlateFolder) -> PlateContents:
     """Parse every image name and name every channel: the manifest's mapping of the file token, else the
     instrument's index (Harmony), else the image's own metadata (OME-XML or Harmony tag), mapped again by
-    the manifest; a token nothing names keeps its own name."""
+    the manifest; a token nothing names is named by itself ('5' -> 'Ch5'), as the inventory does."""
     scheme = folder.naming_scheme()
     if not folder.images_dir.is_dir():
         raise MdpError("images folder not found (manifest field 'images_subdir')", path=folder.images_dir)
@@ -90,7 +90,8 @@ def read_contents(folder: PlateFolder) -> PlateContents:
         if found is None:
             info = read_tiff_info(folder.images_dir / file_name)
             found = info.channel_names[0] if len(info.channel_names) == 1 else None
-        channels[token] = (folder.manifest.channels.get(found) or channel_identifier(found)) if found else token
+        channels[token] = (folder.manifest.channels.get(found) or channel_identifier(found)) if found else \
+            channel_identifier(token)
     index = find_index_file(folder.images_dir)
     indexed = list(read_harmony_index(index)[1]["URL"]) if index is not None else []
     not_arrived = _not_arrived(indexed, images, scheme)

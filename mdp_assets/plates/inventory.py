@@ -70,11 +70,11 @@ def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instru
     info = read_tiff_info(path)
     channel = name.channel
     if not name.channel_is_named:
-        # Channel names: the manifest's mapping of the file token, else the instrument's index (Harmony),
-        # else the OME-XML of a single-channel file; a name found there may be mapped by the manifest too.
+        # Channel names: the manifest's mapping of the file token, else the instrument's plate file (Harmony
+        # index, HTD), else the image's own metadata (OME-XML, Harmony or MetaSeries XML) of a single-channel
+        # file, mapped by the manifest too; else the token itself ('5' -> 'Ch5').
         found = instrument_channels.get(path.name) or (info.channel_names[0] if len(info.channel_names) == 1 else None)
-        if found:
-            channel = plate.manifest.channels.get(found) or channel_identifier(found)
+        channel = (plate.manifest.channels.get(found) or channel_identifier(found)) if found else channel_identifier(channel)
     exposure = next((e for e in info.exposure_ms if e is not None), None)
     return {
         "Metadata_Plate": plate.barcode,
