@@ -125,3 +125,23 @@ def register_toy_plate(storage: MdpStorage, barcode: str, origin: str = "interna
     manifest = PlateManifest(barcode=barcode, origin=origin, identifiable_patient_data=identifiable_patient_data,
                              released=released, platemap="platemap.csv", naming_scheme="phenix", expected_image_count=1)
     storage.registry().write(Plate(manifest, pd.DataFrame({"Metadata_Well": ["A01", "A02"]})))
+
+
+def run_plate(storage: MdpStorage, instance: dg.DagsterInstance, barcode: str, raise_on_error: bool = True):
+    """Register a landing-zone plate as intake does and run plate_job over it in process: (result, the levels
+    materialized, the asset checks evaluated by name)."""
+    from mdp_assets.services.registration import register_plate
+
+    register_plate(storage, barcode)
+    instance.add_dynamic_partitions("plates", [barcode])
+    job = defs_for(storage).resolve_job_def("plate_job")
+    result = job.execute_in_process(instance=instance, partition_key=barcode, raise_on_error=raise_on_error)
+    made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    return result, made, {c.check_name: c for c in result.get_asset_check_evaluations()}
+
+
+def table_of(storage: MdpStorage, asset: str, plate: str):
+    """The stored Parquet table of one plate's level."""
+    import pandas as pd
+
+    return pd.read_parquet(stored(storage, asset, plate) / "table.parquet")

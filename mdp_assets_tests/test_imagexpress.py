@@ -5,14 +5,12 @@ import re
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from mdp_assets.plates.imagexpress import read_htd
 from mdp_assets.plates.inventory import PlateFolder, inventory_plate
 from mdp_assets.plates.naming import looks_like_image
-from mdp_assets.services.registration import register_plate
-from mdp_assets_tests.conftest import defs_for, stored, write_manifest
+from mdp_assets_tests.conftest import run_plate, table_of, write_manifest
 
 PLATE = Path(__file__).parent / "data" / "imagexpress-9987_Plate_3434"
 
@@ -68,14 +66,9 @@ def test_metaxpress_thumbnails_are_not_plate_images():
 @pytest.mark.slow
 def test_a_real_imagexpress_plate_goes_through_every_level(storage, instance):
     folder = _plate(storage.landing_path)
-    register_plate(storage, folder.name)
-    instance.add_dynamic_partitions("plates", [folder.name])
-    result = defs_for(storage).resolve_job_def("plate_job").execute_in_process(instance=instance,
-                                                                               partition_key=folder.name)
-    assert result.success
-    made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert {"single_cell_features", "well_profiles", "well_embeddings"} <= made
-    cells = pd.read_parquet(stored(storage, "single_cell_features", folder.name) / "table.parquet")
+    result, made, _ = run_plate(storage, instance, folder.name)
+    assert result.success and {"single_cell_features", "well_profiles", "well_embeddings"} <= made
+    cells = table_of(storage, "single_cell_features", folder.name)
     assert set(cells["Metadata_Well"]) == {"B02", "B03"} and len(cells) > 10
     assert (cells["Metadata_PhysicalSizeX_um"] == 1.3672).all()
     assert "Cells_Intensity_MeanIntensity_Texas_Red" in cells.columns

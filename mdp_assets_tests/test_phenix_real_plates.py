@@ -15,7 +15,7 @@ from mdp_assets.config import StepSettings
 from mdp_assets.plates.naming import channel_identifier
 from mdp_assets.services.registration import register_plate
 from mdp_assets.storage.resource import MdpStorage
-from mdp_assets_tests.conftest import REALDATA, defs_for, make_deployment, stored, write_manifest
+from mdp_assets_tests.conftest import REALDATA, defs_for, make_deployment, run_plate, stored, write_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +56,8 @@ def _index_values(path) -> dict[str, dict[str, str]]:
 @pytest.mark.parametrize("version", sorted(PLATES))
 def test_real_phenix_plate_reaches_well_embeddings_with_its_xml_metadata(storage, instance, version):
     barcode = _phenix_plate(storage, version)
-    register_plate(storage, barcode)
-    instance.add_dynamic_partitions("plates", [barcode])
-    result = defs_for(storage).resolve_job_def("plate_job").execute_in_process(instance=instance, partition_key=barcode)
-    assert result.success
-    made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert set(LEVELS) <= made, set(LEVELS) - made
+    result, made, _ = run_plate(storage, instance, barcode)
+    assert result.success and set(LEVELS) <= made, set(LEVELS) - made
 
     raw = pd.read_parquet(stored(storage, "raw_images", barcode) / "table.parquet").set_index("file_name")
     written = _index_values(PE2LOADDATA / f"Version{version}" / "images" / "Index.idx.xml")

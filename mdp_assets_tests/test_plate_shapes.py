@@ -1,14 +1,12 @@
 """Plates of any shape: every level completes, or stops with a message that says what is missing."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import tifffile
 from scipy import ndimage
 
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
-from mdp_assets.services.registration import register_plate
-from mdp_assets_tests.conftest import defs_for, stored
+from mdp_assets_tests.conftest import run_plate, table_of
 
 pytestmark = pytest.mark.slow
 
@@ -19,17 +17,11 @@ def _run(storage, instance, spec: DemoPlateSpec, before_run=None):
     folder = write_demo_plate(storage.landing_path, spec)
     if before_run:
         before_run(folder)
-    register_plate(storage, spec.barcode)
-    instance.add_dynamic_partitions("plates", [spec.barcode])
-    job = defs_for(storage).resolve_job_def("plate_job")
-    result = job.execute_in_process(instance=instance, partition_key=spec.barcode, raise_on_error=False)
-    made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    return result, made, checks
+    return run_plate(storage, instance, spec.barcode, raise_on_error=False)
 
 
 def _cells(storage, barcode):
-    return pd.read_parquet(stored(storage, "single_cell_features", barcode) / "table.parquet")
+    return table_of(storage, "single_cell_features", barcode)
 
 
 def test_one_well_one_site(storage, instance):
@@ -69,7 +61,7 @@ def test_a_1536_well_plate_with_two_letter_rows(storage, instance):
     spec = DemoPlateSpec(barcode="SHAPE-1536", rows=("A", "Z", "AF"), columns=(1, 47, 48), **SMALL)
     result, made, _ = _run(storage, instance, spec)
     assert result.success and "well_embeddings" in made
-    raw = pd.read_parquet(stored(storage, "raw_images", spec.barcode) / "table.parquet")
+    raw = table_of(storage, "raw_images", spec.barcode)
     assert "r32c48f01p01-ch1sk1fk1fl1.tiff" in set(raw["file_name"])
     assert {"AF48", "Z47", "A01"} <= set(_cells(storage, spec.barcode)["Metadata_Well"])
 

@@ -11,8 +11,7 @@ import tifffile
 from mdp_assets.plates.harmony import HARMONY_IMAGE_XML_TAG
 from mdp_assets.plates.inventory import PlateFolder, inventory_plate
 from mdp_assets.plates.tiff_metadata import read_plane, read_tiff_info
-from mdp_assets.services.registration import register_plate
-from mdp_assets_tests.conftest import REALDATA, defs_for, stored, write_manifest
+from mdp_assets_tests.conftest import REALDATA, run_plate, table_of, write_manifest
 
 PHENIX_V1 = REALDATA / "pe2loaddata-phenix" / "Version1" / "images"
 # (tifffile compression, its arguments for a lossless encoding); one well each, columns 1..8 of row A.
@@ -61,14 +60,9 @@ def test_pixel_size_comes_from_the_manifest_when_no_file_states_it(tmp_path):
 @pytest.mark.slow
 def test_a_plate_in_every_compression_goes_through_every_level(storage, instance):
     folder = _resaved_plate(storage.landing_path)
-    register_plate(storage, folder.name)
-    instance.add_dynamic_partitions("plates", [folder.name])
-    result = defs_for(storage).resolve_job_def("plate_job").execute_in_process(instance=instance,
-                                                                               partition_key=folder.name)
-    assert result.success
-    made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert {"single_cell_features", "well_profiles", "well_embeddings"} <= made
-    cells = pd.read_parquet(stored(storage, "single_cell_features", folder.name) / "table.parquet")
+    result, made, _ = run_plate(storage, instance, folder.name)
+    assert result.success and {"single_cell_features", "well_profiles", "well_embeddings"} <= made
+    cells = table_of(storage, "single_cell_features", folder.name)
     per_well = cells.groupby("Metadata_compression").size()
     # The same pixels in every well: the same cells, whatever the compression.
     assert len(per_well) == len(COMPRESSIONS) and per_well.nunique() == 1, per_well.to_dict()
