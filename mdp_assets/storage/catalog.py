@@ -305,6 +305,15 @@ def last_materialized(path: Path) -> dict[str, datetime]:
 
 
 def query(path: Path, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run a person's SQL over the catalog: read-only, and with no access to any other file (DuckDB's external
+    access off and locked, so `read_csv('/etc/passwd')` or `COPY ... TO` fail)."""
     with connect(path, read_only=True) as con:
-        result = con.execute(sql)
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        try:
+            result = con.execute(sql)
+        except duckdb.Error as exc:
+            raise MdpError(f"catalog query refused or failed: {str(exc).splitlines()[0][:300]}", path=path) from None
+        if result.description is None:
+            return [], []
         return [d[0] for d in result.description], result.fetchall()
