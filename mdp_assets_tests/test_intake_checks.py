@@ -51,6 +51,9 @@ def _state(folder):
      "5 images but the manifest's expected_image_count is 6; missing: A01 site 1 ER (`mdp register --allow-incomplete`"),
     ("more images", "well_position,treatment\nA01,DMSO\n", (), {"expected_image_count": 4},
      "6 images but the manifest's expected_image_count is 4"),
+    ("negative control matches nothing", "well_position,treatment\nA01,DMSO\n", (),
+     {"negative_control": {"column": "treatment", "value": "dmso"}},
+     "negative_control value 'dmso' matches no well of platemap column 'treatment' (its values: ['DMSO'])"),
 ])
 def test_a_bad_plate_is_refused_at_intake_naming_file_and_field(storage, case, platemap, drop, manifest, message):
     folder = _plate(storage.landing_path, platemap, drop, **manifest)

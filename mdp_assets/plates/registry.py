@@ -145,6 +145,12 @@ def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool 
                 f"(it has {[c.removeprefix('Metadata_') for c in platemap.columns]})",
                 path=folder.platemap_path,
             )
+    control = manifest.negative_control
+    if control is not None and control.value not in set(platemap[metadata_name(control.column)]):
+        # A typo here would silently normalize every plate to all its cells instead of its controls.
+        values = sorted(set(platemap[metadata_name(control.column)]))
+        raise MdpError(f"negative_control value {control.value!r} matches no well of platemap column "
+                       f"{control.column!r} (its values: {values[:20]})", path=folder.root / "plate.yaml")
     clashing = sorted(set(metadata_name(k) for k in manifest.annotations) & set(platemap.columns))
     if clashing:
         raise MdpError(f"manifest annotations {[c.removeprefix('Metadata_') for c in clashing]} are also platemap "
