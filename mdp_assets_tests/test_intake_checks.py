@@ -125,3 +125,30 @@ def test_a_plate_the_cellprofiler_pipeline_cannot_read(storage):
     assert chosen.engine == "builtin" and "reads channels ['DNA'] the plate does not have" in why
     full = {"DNA", "ER", "RNA", "AGP", "Mito"}
     assert engine_for_plate(StepSettings(engine="cellprofiler", engine_is_auto=True), full)[0].engine == "cellprofiler"
+
+
+@pytest.mark.parametrize("link", ["platemap", "image", "images folder"])
+def test_links_out_of_the_plate_folder_are_refused_before_anything_is_read(storage, tmp_path, link):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "platemap.csv").write_text("well_position,treatment\nA01,DMSO\n")
+    folder = _plate(storage.landing_path)
+    if link == "platemap":
+        (folder / "platemap.csv").unlink()
+        (folder / "platemap.csv").symlink_to("/etc/passwd")
+    elif link == "image":
+        image = folder / "r01c01f01p01-ch3sk1fk1fl1.tiff"
+        shutil.move(image, outside / image.name)
+        image.symlink_to(outside / image.name)
+    else:
+        shutil.copytree(folder, outside / "images", ignore=shutil.ignore_patterns("*.csv", "*.yaml"))
+        write_manifest(folder, barcode="BR00122249", origin="internal", platemap="platemap.csv",
+                       naming_scheme="phenix", expected_image_count=6, channels=CHANNELS, nuclei_channel="Mito",
+                       images_subdir="linked")
+        (folder / "linked").symlink_to(outside / "images")
+    with pytest.raises(MdpError, match="links that lead outside the plate folder"):
+        register_plate(storage, folder.name)
+    assert storage.registry().get(folder.name) is None
+    snapshot = next(s for s in snapshot_landing_zone(storage.landing_path) if s.name == folder.name)
+    judged = assess_plate(snapshot, snapshot.newest_mtime_s + 600, 30)
+    assert judged.status == "rejected" and "links that lead outside the plate folder" in judged.reason, judged

@@ -38,6 +38,30 @@ class PlateContents:
         return {name.well for name in self.images.values()}
 
 
+def links_leaving(root: Path, relpaths: list[str]) -> list[str]:
+    """Which of these paths inside a plate folder resolve outside it (a symlink to /etc/passwd, an images
+    folder linked to another plate): mdp reads nothing through them."""
+    base = root.resolve()
+    leaving = []
+    for relpath in relpaths:
+        target = (root / relpath).resolve()
+        if target != base and base not in target.parents:
+            leaving.append(relpath)
+    return leaving
+
+
+def check_inside_plate_folder(folder: PlateFolder) -> None:
+    """The platemap, the images folder and every image must be inside the plate folder, links included."""
+    images = folder.manifest.images_subdir
+    named = [folder.manifest.platemap, images]
+    if folder.images_dir.is_dir() and not links_leaving(folder.root, [images]):
+        named += [f"{images}/{p.name}" for p in folder.images_dir.iterdir() if looks_like_image(p.name)]
+    leaving = links_leaving(folder.root, named)
+    if leaving:
+        raise MdpError(f"links that lead outside the plate folder: {_listed(leaving)}; mdp reads a plate only from "
+                       "inside its folder (copy the files in instead)", path=folder.root)
+
+
 def contents_from_names(names: list[str], scheme: NamingScheme, index: Path | None = None) -> PlateContents:
     """Contents from file names and the instrument's index if there is one (its channel names mapped by the
     scheme's names): what the intake sensor can see cheaply."""

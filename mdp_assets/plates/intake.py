@@ -19,7 +19,7 @@ from typing import Literal
 
 from mdp_assets.errors import MdpError
 from mdp_assets.checksums import sha256_text
-from mdp_assets.plates.contents import contents_from_names, missing_images
+from mdp_assets.plates.contents import contents_from_names, links_leaving, missing_images
 from mdp_assets.plates.harmony import INDEX_FILE_NAMES
 from mdp_assets.plates.manifest import MANIFEST_NAME, load_manifest
 from mdp_assets.plates.naming import NamingScheme, looks_like_image
@@ -138,6 +138,10 @@ def assess_plate(
         return decide("rejected", str(exc))
     if manifest.barcode != snapshot.name:
         return decide("rejected", f"manifest barcode {manifest.barcode!r} differs from the folder name")
+    leaving = links_leaving(snapshot.path, [manifest.platemap, manifest.images_subdir])
+    if leaving:  # checked before counting: a linked images folder would otherwise look empty forever
+        return decide("rejected", f"links that lead outside the plate folder: {leaving}; mdp reads a plate only "
+                      "from inside its folder")
     images = snapshot.image_names(manifest.images_subdir)
     if len(images) < manifest.expected_image_count:
         stalled_for = now_s - snapshot.newest_mtime_s
@@ -165,6 +169,10 @@ def assess_plate(
     scheme = NamingScheme(manifest.naming_scheme, manifest.naming_pattern, manifest.channels)
     prefix = "" if manifest.images_subdir in (".", "") else manifest.images_subdir.rstrip("/") + "/"
     folder = fetch(snapshot, [manifest.platemap, *(prefix + name for name in images)])
+    leaving = links_leaving(folder, [manifest.platemap, manifest.images_subdir, *(prefix + n for n in images)])
+    if leaving:
+        return decide("rejected", f"links that lead outside the plate folder: {leaving[:MAX_LISTED]}; mdp reads a "
+                      "plate only from inside its folder", files_read=True)
     problems = _validate_files(snapshot, scheme, images, folder / manifest.images_subdir)
     if problems:
         listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else "")

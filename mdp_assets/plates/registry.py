@@ -21,7 +21,7 @@ import pandas as pd
 
 from mdp_assets.checksums import atomic_path
 from mdp_assets.errors import MdpError
-from mdp_assets.plates.contents import check_contents
+from mdp_assets.plates.contents import check_contents, check_inside_plate_folder
 from mdp_assets.plates.inventory import PlateFolder
 from mdp_assets.plates.manifest import Origin, PlateManifest
 from mdp_assets.plates.platemap import metadata_name, read_platemap
@@ -137,6 +137,7 @@ def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool 
     than expected, recording how many it had; `accepted_image_count` is that number from an earlier
     registration."""
     manifest = folder.manifest
+    check_inside_plate_folder(folder)
     platemap = read_platemap(folder.platemap_path, manifest.platemap_well_column)
     for needed in (manifest.treatment_column, manifest.negative_control and manifest.negative_control.column):
         if needed and metadata_name(needed) not in platemap.columns:
