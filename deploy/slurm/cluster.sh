@@ -86,6 +86,14 @@ start() {
         echo $! > "$dir/slurmd.pid"
     fi
     for _ in $(seq 150); do node_idle && break; sleep 0.2; done
+    sleep 0.5  # a daemon that cannot bind its port (another cluster on it) exits at once
+    for daemon in slurmctld slurmd; do
+        if ! alive "$dir/$daemon.pid"; then
+            echo "cluster.sh: $daemon exited; its log ($dir/log/$daemon.log) ends:" >&2
+            tail -3 "$dir/log/$daemon.log" >&2 2>/dev/null || true
+            stop; exit 1
+        fi
+    done
     if ! node_idle; then
         echo "cluster.sh: the node did not come up within 30 s; logs in $dir/log" >&2
         tail -5 "$dir/log/slurmctld.log" "$dir/log/slurmd.log" >&2 2>/dev/null || true
