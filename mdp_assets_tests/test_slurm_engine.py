@@ -200,7 +200,20 @@ def test_a_failed_group_is_submitted_again_alone_and_its_log_kept(slurm, tmp_pat
     assert [int(j["ArrayTaskId"]) for j in completed_jobs(slurm["jobcomp"])[before:]] == [1, 1]
 
 
-def test_array_specs_name_the_groups_to_run():
-    assert _array_spec([0, 1, 2, 3]) == "0-3"
-    assert _array_spec([5]) == "5"
-    assert _array_spec([0, 2, 3, 5, 7, 8]) == "0,2-3,5,7-8"
+def test_the_deployments_slurm_settings_become_the_sbatch_call(tmp_path):
+    deployment = make_deployment(tmp_path, engine={"kind": "cellprofiler", "cellprofiler": {
+        "executor": "slurm", "slurm": {"partition": "cpu", "account": "lab", "time_limit": "01:30:00",
+                                       "cpus_per_group": 2, "memory": "6G", "wells_per_group": 4, "max_running": 10,
+                                       "sbatch_args": ["--qos=long"]}}})
+    engine = cellprofiler_engine(deployment)
+    assert isinstance(engine, SlurmCellProfilerEngine) and engine.work_dir == str(deployment.data_root / "slurm")
+    assert engine.for_wells(384).workers == 96 and engine.for_wells(10).workers == 3 and engine.for_wells(1).workers == 1
+    command = engine.sbatch_command("mdp-P1-segmentation_masks", [0, 1, 2, 3, 7], tmp_path, tmp_path / "logs",
+                                    tmp_path / "group.sh")
+    assert command == ["sbatch", "--parsable", "--job-name=mdp-P1-segmentation_masks", "--array=0-3,7%10",
+                       "--cpus-per-task=2", "--time=01:30:00", f"--output={tmp_path}/logs/%x_%A_%a.log",
+                       f"--chdir={tmp_path}", "--partition=cpu", "--account=lab", "--mem=6G", "--qos=long",
+                       str(tmp_path / "group.sh")]
+    assert _array_spec([0, 2, 3, 5, 7, 8]) == "0,2-3,5,7-8" and _array_spec([5]) == "5"
+    local = cellprofiler_engine(make_deployment(tmp_path / "local", engine={"kind": "cellprofiler"}))
+    assert not isinstance(local, SlurmCellProfilerEngine) and local.for_wells(384) is local

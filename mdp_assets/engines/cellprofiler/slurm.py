@@ -175,7 +175,8 @@ class SlurmCellProfilerEngine(CellProfilerEngine):
         shutil.rmtree(folder, ignore_errors=True)  # the Pipes files; each task's log stays in `logs`
         return outcome, versions
 
-    def _submit(self, name: str, indices: list[int], folder: Path, logs: Path, script: Path) -> str:
+    def sbatch_command(self, name: str, indices: list[int], folder: Path, logs: Path, script: Path) -> list[str]:
+        """The sbatch call that submits these groups (array task ids) as one job array."""
         array = _array_spec(indices) + (f"%{self.max_running}" if self.max_running else "")
         command = ["sbatch", "--parsable", f"--job-name={name}", f"--array={array}",
                    f"--cpus-per-task={self.cpus_per_group}", f"--time={self.time_limit}",
@@ -183,7 +184,10 @@ class SlurmCellProfilerEngine(CellProfilerEngine):
         command += [f"--partition={self.partition}"] if self.partition else []
         command += [f"--account={self.account}"] if self.account else []
         command += [f"--mem={self.memory}"] if self.memory else []
-        completed = self._slurm([*command, *self.sbatch_args, str(script)])
+        return [*command, *self.sbatch_args, str(script)]
+
+    def _submit(self, name: str, indices: list[int], folder: Path, logs: Path, script: Path) -> str:
+        completed = self._slurm(self.sbatch_command(name, indices, folder, logs, script))
         job_id = completed.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise MdpError(f"sbatch gave no job id: {completed.stdout!r} {completed.stderr!r}")
