@@ -42,7 +42,7 @@ cellprofiler:
 test: install system-packages
 	$(BIN)/python -m pytest
 
-## system-packages: Debian's postgresql, chromium and chromium-driver, when missing (as root)
+## system-packages: Debian's postgresql, chromium, chromium-driver, slurm and munge, when missing (as root)
 system-packages:
 	deploy/system-packages.sh
 

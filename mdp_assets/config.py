@@ -180,11 +180,34 @@ class ConsensusSettings(dg.Config):
     operation: Literal["median", "modz"] = "median"
 
 
+class SlurmSettings(dg.Config):
+    """CellProfiler groups as SLURM jobs (`engine.cellprofiler.executor: slurm`): one array task per group of
+    wells, submitted with sbatch; the CellProfiler environment and the data root must be on a filesystem the
+    compute nodes share at the same paths."""
+
+    model_config = _Section
+    partition: str | None = Field(None, description="sbatch --partition; default: the cluster's default partition")
+    account: str | None = Field(None, description="sbatch --account")
+    time_limit: str = Field("04:00:00", description="sbatch --time of one group's job")
+    cpus_per_group: int = Field(1, ge=1, description="sbatch --cpus-per-task of one group's job")
+    memory: str | None = Field("8G", description="sbatch --mem of one group's job; null: the partition's default")
+    wells_per_group: int = Field(4, ge=1, description="wells in one group, so one job (array task)")
+    max_running: int = Field(0, ge=0, description="array tasks of one step running at once (--array=...%N); 0: no limit")
+    retries: int = Field(2, ge=0, description="times a failed group is submitted again, alone")
+    sbatch_args: list[str] = Field(default_factory=list, description="more sbatch options, e.g. [--qos=long]")
+    work_dir: str | None = Field(None, description="shared folder of job scripts and logs; default <data_root>/slurm")
+    slurm_conf: str | None = Field(None, description="SLURM_CONF for sbatch and squeue; default: the cluster's own")
+    poll_seconds: float = Field(5.0, gt=0, description="how often squeue is asked whether the jobs are done")
+
+
 class CellProfilerSettings(dg.Config):
     """CellProfiler 4.2.8.1 in its own environment (`make cellprofiler`), and the lab's pipelines."""
 
     model_config = _Section
     environment: str = Field(".mdp/cellprofiler", description="the virtual environment `make cellprofiler` builds")
+    executor: Literal["local", "slurm"] = Field(
+        "local", description="where CellProfiler groups run: local processes, or SLURM jobs (engine.cellprofiler.slurm)")
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     workers: int = Field(0, ge=0, description="CellProfiler processes at once; 0: one per core")
     java_home: str | None = Field(None, description="JAVA_HOME; default: found from javac")
     illumination_pipeline: str = Field(str(SHIPPED_PIPELINES / "illumination.cppipe"),
@@ -288,7 +311,8 @@ PLATE_OVERRIDABLE: tuple[str, ...] = (
 _PATH_FIELDS = (
     ("data_root",), ("dagster_home",), ("storage", "landing", "folder"),
     ("engine", "cellprofiler", "environment"), ("engine", "cellprofiler", "illumination_pipeline"),
-    ("engine", "cellprofiler", "analysis_pipeline"), ("execution", "workspace"),
+    ("engine", "cellprofiler", "analysis_pipeline"), ("engine", "cellprofiler", "slurm", "work_dir"),
+    ("engine", "cellprofiler", "slurm", "slurm_conf"), ("execution", "workspace"),
 )
 
 

@@ -23,6 +23,7 @@ from mdp_assets.defs.storage import costs as storage_costs_assets
 from mdp_assets.defs.storage.lifecycle import build_lifecycle
 from mdp_assets.defs.storage.verify import build_verify_checks, build_verify_job_and_schedule
 from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine
+from mdp_assets.engines.cellprofiler.executor import cellprofiler_engine
 from mdp_assets.services.reprocess import consumers_of
 from mdp_assets.storage.io_manager import PlateLevelIOManager
 from mdp_assets.storage.resource import MdpStorage
@@ -67,7 +68,7 @@ def build_definitions(
     storage = storage or MdpStorage.from_deployment(deployment)
     storage.policy()  # a policy that breaks its own rules stops the definitions from loading, naming the rule
     settings = StepSettings.from_config(deployment.config)
-    cellprofiler = cellprofiler or CellProfilerEngine.from_settings(deployment.config.engine.cellprofiler)
+    cellprofiler = cellprofiler or cellprofiler_engine(deployment)
     assets = [a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.AssetsDefinition)]
     assets = [a.map_asset_specs(lambda spec: spec.replace_attributes(code_version=settings.code_version(spec.key.path[-1])))
               for a in assets]

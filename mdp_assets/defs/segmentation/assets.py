@@ -10,7 +10,7 @@ from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_analysis
-from mdp_assets.science.image_qc import empty_or_failed_wells
+from mdp_assets.science.image_qc import empty_or_failed_wells, passing_sites
 from mdp_assets.science.segmentation import write_masks
 from mdp_assets.services.runs import site_progress
 from mdp_assets.storage.partitions import StoredPartition, staged_output
@@ -46,8 +46,9 @@ def segmentation_masks(
         if settings.uses_cellprofiler():
             pipeline = Path(settings.cellprofiler.analysis_pipeline)
             context.log.info(f"engine: CellProfiler, pipeline {pipeline}")
-            metadata = run_analysis(context, cellprofiler, pipeline, storage.root / ".work", raw_images, image_qc,
-                                    illumination_functions.root, staged)
+            wells = len({well for well, _ in passing_sites(image_qc)})  # the SLURM engine's groups follow them
+            metadata = run_analysis(context, cellprofiler.for_wells(wells), pipeline, storage.root / ".work",
+                                    raw_images, image_qc, illumination_functions.root, staged)
             sites = pd.read_parquet(staged / "sites.parquet")
         else:
             context.log.info("engine: built-in" + ("" if cellprofiler.available() else

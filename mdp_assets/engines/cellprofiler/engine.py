@@ -51,6 +51,10 @@ class CellProfilerEngine(dg.ConfigurableResource):
     def available(self) -> bool:
         return self.python.exists()
 
+    def for_wells(self, wells: int) -> CellProfilerEngine:
+        """The engine for a step over `wells` wells; the SLURM engine sets its number of groups from it."""
+        return self
+
     def _java_home(self) -> str | None:
         if self.java_home:
             return self.java_home
