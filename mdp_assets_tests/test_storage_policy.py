@@ -1,6 +1,7 @@
 """The storage policy: tiers, origin rules, size limits, the git and S3 tiers, the lifecycle and costs."""
 
 import json
+import stat
 import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -114,6 +115,21 @@ def test_released_collaborator_plate_may_go_public(tmp_path, instance):
     storage = _policy(tmp_path, {"archive": _fs("archive", access="public")}, {"shared": [{"tier": "archive"}]})
     result = _materialize(storage, instance, _toy("shared", "collaborator-academic", released=True))
     assert result.success and (stored(storage, "shared", "P1") / "table.parquet").exists()
+
+
+@pytest.mark.parametrize("origin, patient, mode", [("collaborator-industry", False, "0640"),
+                                                  ("internal", True, "0600"), ("internal", False, None)])
+def test_restricted_plates_files_have_no_world_access(tmp_path, instance, origin, patient, mode):
+    tier = _fs("drive", **({"restricted_file_mode": mode} if mode else {}))
+    storage = _policy(tmp_path, {"drive": tier}, {"level": [{"tier": "drive"}]})
+    assert _materialize(storage, instance, _toy("level", origin, patient)).success
+    folder = stored(storage, "level", "P1")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+    if mode is None:  # an internal plate keeps the process's usual permissions
+        assert modes["table.parquet"] & 0o004
+    else:
+        assert all(m & 0o007 == 0 for m in modes.values()), modes
+        assert modes["table.parquet"] == int(mode, 8) and modes[folder.name] & 0o700 == 0o700
 
 
 def test_git_tier_commits_and_enforces_the_per_file_limit(tmp_path, instance):

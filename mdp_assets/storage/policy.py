@@ -55,7 +55,14 @@ class Tier(BaseModel):
     usage_speed: Literal["instant", "download", "none"]
     limits: Limits = Field(default_factory=Limits)
     cost: Cost = Field(default_factory=Cost)
+    restricted_file_mode: str = Field(
+        "0640", pattern=r"^0?[0-7]{3}$",
+        description="files of collaborator and identifiable-patient plates, in octal: no world access by default")
     description: str = ""
+
+    @property
+    def restricted_mode(self) -> int:
+        return int(self.restricted_file_mode, 8)
 
     @model_validator(mode="after")
     def _backend_fields(self) -> Tier:

@@ -142,6 +142,8 @@ class PartitionStore:
         (staged.root / RO_CRATE_FILE).write_text(json.dumps(ro_crate(provenance, record["files"]), indent=1))
         (staged.root / PARTITION_RECORD).write_text(json.dumps(record, indent=1, default=str))
         bookkeeping = catalog.bookkeeping_in(staged.root)
+        if any(p is not None and is_restricted(p) for p in plates):
+            restrict_files(staged.root, self.policy.tiers[tier].restricted_mode)
         store.write(staged.root, key, records, move=True,
                     message=f"mdp: {asset} of {partition or 'all plates'}, code version {made_by.code_version}")
         for stage in self.policy.stages(asset)[1:]:
@@ -154,3 +156,16 @@ class PartitionStore:
                                     asset, made_by.code_version, digest),
         )
         return record
+
+
+def is_restricted(plate: PlateAccess) -> bool:
+    """Collaborators' and identifiable patients' data: never readable by every account on the machine."""
+    return plate.identifiable_patient_data or plate.origin.startswith("collaborator")
+
+
+def restrict_files(root: Path, file_mode: int) -> None:
+    """Take world (and, by the mode, group) access off a staged partition before it enters its tier; folders
+    keep execute where their files keep read, so the owner and permitted group can still list them."""
+    folder_mode = file_mode | ((file_mode & 0o444) >> 2)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(folder_mode if path.is_dir() else file_mode)
