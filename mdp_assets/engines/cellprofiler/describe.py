@@ -68,12 +68,14 @@ class PipelineDescription:
     images_needed: tuple[str, ...]
     corrections: tuple[Correction, ...]
     illumination_made: tuple[str, ...]  # CorrectIlluminationCalculate outputs
+    calculations: tuple[tuple[str, str], ...]  # (illumination function, the image it is calculated from)
     saves: tuple[SavedImage, ...]
     export: Export | None
     primary: tuple[str, ...]
     secondary: tuple[tuple[str, str], ...]  # (object, from primary)
     tertiary: tuple[tuple[str, str, str], ...]  # (object, larger, smaller)
     group_by: tuple[str, ...]  # metadata the pipeline groups its image sets by
+    rules: tuple[tuple[str, str], ...] = field(default=())  # NamesAndTypes: (image name, rule)
     modules: tuple[str, ...] = field(default=())
 
     @property
@@ -134,7 +136,7 @@ def interpret(raw: dict, path: Path, sha256: str) -> PipelineDescription:
     input_kind = "LoadData" if "LoadData" in names else "NamesAndTypes"
     corrections, made, saves, primary, secondary, tertiary, group_by = [], [], [], [], [], [], []
     labels = {}
-    export = None
+    export, rules = None, []
     for module in modules:
         s, name = _settings(module), module["name"]
         if name == "CorrectIlluminationApply":
@@ -142,7 +144,7 @@ def interpret(raw: dict, path: Path, sha256: str) -> PipelineDescription:
             functions, methods = _all(s, "Select the illumination function"), _all(s, "Select how the illumination function is applied")
             corrections += [Correction(*values) for values in zip(images, outputs, functions, methods)]
         elif name == "CorrectIlluminationCalculate":
-            made.append(_first(s, "Name the output image"))
+            made.append((_first(s, "Name the output image"), _first(s, "Select the input image")))
         elif name == "ConvertObjectsToImage":
             labels[_first(s, "Name the output image")] = _first(s, "Select the input objects")
         elif name == "IdentifyPrimaryObjects":
@@ -153,6 +155,11 @@ def interpret(raw: dict, path: Path, sha256: str) -> PipelineDescription:
             tertiary.append((_first(s, "Name the tertiary objects to be identified"),
                              _first(s, "Select the larger identified objects"),
                              _first(s, "Select the smaller identified objects")))
+        elif name == "NamesAndTypes":
+            if _first(s, "Assign a name to") == "Images matching rules":
+                rules = list(zip(_all(s, "Name to assign these images")[1:], _all(s, "Select the rule criteria")))
+            else:
+                rules = [(_first(s, "Name to assign these images"), "every file")]
         elif name == "Groups" and _first(s, "Do you want to group your images?") == "Yes":
             group_by += [v for v in _all(s, "Metadata category") if v and v != "None"]
         elif name == "LoadData" and _first(s, "Group images by metadata?") == "Yes":
@@ -185,9 +192,9 @@ def interpret(raw: dict, path: Path, sha256: str) -> PipelineDescription:
     saves = [SavedImage(**{**save.__dict__, "objects": labels.get(save.image)}) for save in saves]
     return PipelineDescription(
         path=path, sha256=sha256, input=input_kind, images_needed=tuple(raw["images_needed"]),
-        corrections=tuple(corrections), illumination_made=tuple(made), saves=tuple(saves), export=export,
+        corrections=tuple(corrections), illumination_made=tuple(m[0] for m in made), calculations=tuple(made), saves=tuple(saves), export=export,
         primary=tuple(primary), secondary=tuple(secondary), tertiary=tuple(tertiary), group_by=tuple(group_by),
-        modules=tuple(names),
+        rules=tuple(rules), modules=tuple(names),
     )
 
 
