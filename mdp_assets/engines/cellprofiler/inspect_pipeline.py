@@ -16,7 +16,9 @@ mdp (engines/cellprofiler/describe.py) interprets this; nothing here knows about
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 
 def _setting(setting):
@@ -71,7 +73,9 @@ def image_sets(pipeline, file_list):
     pipeline.read_file_list(file_list)
     measurements = Measurements()
     workspace = Workspace(pipeline, None, None, None, measurements, ImageSetList())
-    if not pipeline.prepare_run(workspace):
+    # Only the input modules prepare: the others (ExportToDatabase creates its tables) are left alone.
+    first = next((m for m in pipeline.modules() if not (m.is_input_module() or m.is_load_module())), None)
+    if not pipeline.prepare_run(workspace, end_module=first):
         return {"error": "CellProfiler could not make image sets of these files (prepare_run failed)"}
     features = [f for f in measurements.get_feature_names("Image")
                 if f.startswith(("FileName_", "PathName_", "URL_", "Metadata_"))]
@@ -96,10 +100,14 @@ def main():
     set_awt_headless(True)
     set_headless()
     from cellprofiler_core.pipeline import Pipeline
+    from cellprofiler_core.preferences import set_default_image_directory, set_default_output_directory
     from cellprofiler_core.utilities.java import start_java, stop_java
 
     path = sys.argv[1]
     file_list = sys.argv[2] if len(sys.argv) > 2 else None
+    scratch = tempfile.mkdtemp(prefix="mdp-inspect-")  # nothing is written outside it
+    set_default_output_directory(scratch)
+    set_default_image_directory(scratch)
     if file_list:
         start_java()  # NamesAndTypes makes image sets in Java
     try:
@@ -117,6 +125,7 @@ def main():
     finally:
         if file_list:
             stop_java()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
