@@ -91,8 +91,7 @@ def test_the_nf1_labs_pipelines_run_unmodified_through_every_level_and_equal_cel
                                                                       raise_on_error=False)
     finally:
         direct.join()
-    failures = [e.event_specific_data.error.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert result.success, failures
+    assert result.success, _failures(result)
     events = {e.materialization.asset_key.to_user_string(): e.materialization.metadata
               for e in result.get_asset_materialization_events()}
     assert "well_embeddings" in events and "single_cell_profiles" in events
@@ -163,3 +162,59 @@ def test_the_labs_pipelines_are_read_by_cellprofiler_core():
     assert (analysis.primary, analysis.secondary, analysis.tertiary) == (
         ("Nuclei",), (("Cells", "Nuclei"),), (("Cytoplasm", "Cells", "Nuclei"),))
     assert analysis.saved_labels() == {}
+
+
+EXAMPLE = REALDATA / "cellprofiler-examplehuman" / "ExampleHuman"
+
+
+def _examplehuman_plate(tmp_path, analysis: Path):
+    from mdp_assets.storage.resource import MdpStorage
+
+    deployment = make_deployment(tmp_path / "eh", engine={"kind": "cellprofiler", "cellprofiler": {
+        "environment": str(ENVIRONMENT), "workers": 1, "analysis_pipeline": str(analysis)}})
+    storage = MdpStorage.from_deployment(deployment)
+    plate = storage.landing_path / "AS_09125"
+    plate.mkdir(parents=True)
+    for image in sorted((EXAMPLE / "images").glob("*.tif")):
+        shutil.copy(image, plate / image.name)
+    (plate / "platemap.csv").write_text("well_position,treatment\nD03,untreated\n")
+    (plate / "plate.yaml").write_text(__import__("yaml").safe_dump({
+        "barcode": "AS_09125", "origin": "public", "platemap": "platemap.csv", "naming_scheme": "regex",
+        "naming_pattern": r"^AS_09125_050116030001_(?P<well>[A-P]\d{2})f(?P<site>\d{2})d(?P<channel>\d)\.tif$",
+        "channels": {"0": "DNA", "1": "PH3", "2": "cellbody"}, "expected_image_count": 3, "treatment_column": "treatment",
+    }))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("plates", ["AS_09125"])
+        result = defs_for(storage).resolve_job_def("plate_job").execute_in_process(
+            instance=instance, partition_key="AS_09125", raise_on_error=False,
+            op_selection=["raw_images", "image_qc", "illumination_functions", "corrected_images", "segmentation_masks"])
+    return result, _failures(result)
+
+
+def _failures(result) -> list[str]:
+    """Each failed step's error, with its cause (the MdpError the step raised)."""
+    out = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            out.append(error.message + (error.cause.message if error.cause else ""))
+    return out
+
+
+def test_a_pipeline_that_finds_no_objects_in_most_sites_fails_with_that_message(tmp_path):
+    _python()
+    blind = tmp_path / "blind.cppipe"  # ExampleHuman, looking for nuclei 800 to 1000 px across: it finds none
+    blind.write_text((EXAMPLE / "ExampleHuman.cppipe").read_text().replace(
+        "Typical diameter of objects, in pixel units (Min,Max):8,80",
+        "Typical diameter of objects, in pixel units (Min,Max):800,1000", 1))
+    result, failures = _examplehuman_plate(tmp_path, blind)
+    assert not result.success
+    assert any("blind.cppipe found no Nuclei in 1 of 1 sites (D03 site 0)" in f for f in failures), failures
+
+
+def test_a_pipeline_whose_namesandtypes_rules_match_none_of_the_plates_files_is_refused_naming_its_rules(tmp_path):
+    _python()
+    result, failures = _examplehuman_plate(tmp_path, ANALYSIS)  # the NF1 rules (DAPI, GFP, RFP) on ExampleHuman
+    assert not result.success
+    assert any("NamesAndTypes of NF1_analysis_3channel.cppipe" in f and 'file does contain "DAPI"' in f
+               for f in failures), failures

@@ -25,6 +25,7 @@ from pathlib import Path
 from mdp_assets.errors import MdpError
 
 INSPECT = Path(__file__).resolve().parent / "inspect_pipeline.py"
+MARKER = "MDP_PIPELINE_DESCRIPTION"  # inspect_pipeline.py's line
 OUTPUT_FOLDER = "Default Output Folder"
 OUTPUT_SUBFOLDER = "Default Output Folder sub-folder"
 
@@ -210,8 +211,11 @@ def _inspect(python: Path, pipeline: Path, file_list: Path | None = None) -> dic
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
         raise MdpError(f"CellProfiler cannot read the pipeline:\n{tail}", path=pipeline)
+    line = next((line for line in done.stdout.splitlines() if line.startswith(MARKER)), None)
+    if line is None:
+        raise MdpError(f"CellProfiler gave no description of the pipeline:\n{done.stdout[-2000:]}", path=pipeline)
     try:
-        return json.loads(done.stdout)
+        return json.loads(line[len(MARKER):])
     except json.JSONDecodeError as exc:
         raise MdpError(f"CellProfiler's description of the pipeline is not JSON: {exc}", path=pipeline) from None
 
@@ -236,9 +240,7 @@ def match_files(python: Path, pipeline: Path, paths: list[Path]) -> list[dict]:
         listing = Path(folder) / "files.txt"
         listing.write_text("".join(f"{Path(p).resolve().as_uri()}\n" for p in paths))
         raw = _inspect(python, pipeline, listing)
-    if "error" in raw:
-        raise MdpError(raw["error"], path=pipeline)
-    return raw["image_sets"]
+    return raw.get("image_sets", [])  # CellProfiler's prepare_run fails when its input modules make no image set
 
 
 _METADATA = re.compile(r"\\g<([^>]+)>")

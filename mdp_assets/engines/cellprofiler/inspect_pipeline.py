@@ -21,6 +21,9 @@ import sys
 import tempfile
 
 
+MARKER = "MDP_PIPELINE_DESCRIPTION"
+
+
 def _setting(setting):
     kind = type(setting).__name__
     try:
@@ -121,7 +124,8 @@ def main():
         result = describe(pipeline)
         if file_list:
             result.update(image_sets(pipeline, file_list))
-        json.dump(result, sys.stdout)
+        # Java logs to stdout too: the description is the one line that starts with the marker.
+        sys.stdout.write(f"\n{MARKER} {json.dumps(result)}\n")
     finally:
         if file_list:
             stop_java()
