@@ -44,7 +44,7 @@ PACKAGE = Path(__file__).resolve().parent
 SHIPPED_PIPELINES = PACKAGE / "pipelines"
 SHIPPED_POLICIES = PACKAGE / "policies"
 # Steps whose output depends on the engine (CellProfiler or built-in), so their code version names it.
-ENGINE_STEPS = ("illumination_functions", "segmentation_masks", "single_cell_features")
+ENGINE_STEPS = ("illumination_functions", "corrected_images", "segmentation_masks", "single_cell_features")
 
 _Section = ConfigDict(extra="forbid")
 # The science modules' parameter classes hold the defaults, each defined once there.
@@ -595,6 +595,10 @@ class StepSettings(dg.ConfigurableResource):
         by_asset: dict[str, dict[str, Any]] = {
             "image_qc": self.qc.model_dump(),
             "illumination_functions": engine_step(cellprofiler.illumination_pipeline, self.illumination.model_dump()),
+            # CellProfiler's corrected_images are what the analysis pipeline reads, so they depend on it.
+            "corrected_images": {"engine": engine_step(cellprofiler.analysis_pipeline, {})["engine"],
+                                 **({"analysis_pipeline_sha256": file_sha256(cellprofiler.analysis_pipeline)}
+                                    if self.engine == "cellprofiler" else {})},
             "segmentation_masks": engine_step(cellprofiler.analysis_pipeline, self.segmentation.model_dump()),
             "single_cell_features": {"engine": engine_step(cellprofiler.analysis_pipeline, {})["engine"]},
             "single_cell_crops": {"crop_size": self.crops.size},

@@ -14,6 +14,8 @@ LOCAL_IMPORTS_ALLOWED = {
     ("engines/cellprofiler/engine.py", "dagster_k8s"),  # an optional extra
     ("engines/cellprofiler/runner.py", "cellprofiler"),  # runs in CellProfiler's own Python 3.9 environment
     ("engines/cellprofiler/runner.py", "dagster_pipes"),
+    # runs in CellProfiler's environment; cellprofiler-core is imported once it is told to be headless
+    ("engines/cellprofiler/inspect_pipeline.py", "cellprofiler_core"),
 }
 
 

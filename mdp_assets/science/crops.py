@@ -6,12 +6,15 @@ Crops are centred on the nucleus, zero-padded at the image edge, and carry one e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import zarr
 
+from mdp_assets.errors import MdpError
+from mdp_assets.plates.tiff_metadata import read_plane
 from mdp_assets.science.image_store import read_stack
 
 
@@ -35,19 +38,41 @@ def crop_cells(
     return crops
 
 
+def site_images_reader(masks: pd.DataFrame, corrected_dir: Path, corrected: pd.DataFrame,
+                       raw_paths: dict[tuple[str, int], dict[str, Path]]) -> Callable[[str, int], np.ndarray]:
+    """The images a site's crops are cut from: the corrected stack the analysis read, or, where none was
+    written (CellProfiler read the raw images), the raw images in channel order."""
+    written = {(r.Metadata_Well, int(r.Metadata_Site)): r.file_name for r in corrected.itertuples(index=False)
+               if isinstance(r.file_name, str)}
+
+    def read(well: str, site: int) -> np.ndarray:
+        if (well, site) in written:
+            return read_stack(corrected_dir / written[(well, site)])[0]
+        paths = raw_paths[(well, site)]
+        return np.stack([read_plane(paths[c]) for c in sorted(paths)])
+
+    return read
+
+
 def write_crop_store(
     features: pd.DataFrame,
     masks: pd.DataFrame,
     masks_dir: Path,
-    corrected_dir: Path,
+    read_site: Callable[[str, int], np.ndarray],
     image_channels: list[str],
     out_dir: Path,
     size: int,
 ) -> dict:
     """A zarr v3 store `crops.zarr` (array `images`, N x (C + 1) x size x size, chunked by cells) and
-    `index.parquet` (the Metadata_ columns of every crop, row i = crop i)."""
+    `index.parquet` (the Metadata_ columns of every crop, row i = crop i). Crops come from the saved masks:
+    cells of sites without masks get no crop (and are not in the index); the centre is the mask's first
+    object's (nucleus-like) centre, the CellMask its second (cell-like) object."""
     order = ["Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"]
-    cells = features.sort_values(order).reset_index(drop=True)
+    with_masks = {(r.Metadata_Well, int(r.Metadata_Site)) for r in masks.itertuples(index=False)
+                  if isinstance(r.file_name, str)}
+    keep = [(w, int(s)) in with_masks for w, s in zip(features["Metadata_Well"], features["Metadata_Site"])]
+    skipped = len(features) - sum(keep)
+    cells = features[keep].sort_values(order).reset_index(drop=True)
     channel_names = [*image_channels, "CellMask"]
     chunk = max(1, min(256, len(cells)))
     images = zarr.create_array(
@@ -63,9 +88,12 @@ def write_crop_store(
         site_cells = cells[(cells["Metadata_Well"] == site.Metadata_Well) & (cells["Metadata_Site"] == site.Metadata_Site)]
         if site_cells.empty or not isinstance(site.file_name, str):
             continue  # no cells, or the engine's pipeline saved no label images for this site
-        labels, _ = read_stack(masks_dir / site.file_name)
-        stack, _ = read_stack(corrected_dir / site.corrected_file_name)
-        centers = site_cells[["Nuclei_AreaShape_Center_X", "Nuclei_AreaShape_Center_Y"]].to_numpy()
+        labels, objects = read_stack(masks_dir / site.file_name)
+        stack = read_site(site.Metadata_Well, int(site.Metadata_Site))
+        center = objects[0] if objects else "Nuclei"
+        if f"{center}_AreaShape_Center_X" not in site_cells.columns:
+            raise MdpError(f"single cells have no {center}_AreaShape_Center_X/Y (the centre of the mask's first object)")
+        centers = site_cells[[f"{center}_AreaShape_Center_X", f"{center}_AreaShape_Center_Y"]].to_numpy()
         crops = crop_cells(stack, labels[1], site_cells["Metadata_ObjectNumber"].to_numpy(), centers, size)
         start = int(site_cells.index[0])
         images[start : start + len(crops)] = crops
@@ -73,4 +101,4 @@ def write_crop_store(
     index = cells[[c for c in cells.columns if c.startswith("Metadata_")]].copy()
     index.insert(0, "crop_index", np.arange(len(index)))
     index.to_parquet(out_dir / "index.parquet", index=False)
-    return {"cells": offset, "channels": channel_names, "crop_size": size}
+    return {"cells": offset, "channels": channel_names, "crop_size": size, "cells_without_masks": skipped}

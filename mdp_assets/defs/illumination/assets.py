@@ -11,7 +11,7 @@ from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.errors import MdpError
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
-from mdp_assets.engines.cellprofiler.run import run_illumination
+from mdp_assets.engines.cellprofiler.run import run_illumination, write_analysis_images
 from mdp_assets.science.illumination import write_corrected_images, write_illumination_functions
 from mdp_assets.science.image_qc import failing_sites, measure_plate_quality, passing_sites
 from mdp_assets.services.runs import site_progress
@@ -129,17 +129,31 @@ def illumination_functions(
     group_name=GROUP,
     kinds={"tiff"},
     metadata={"lifecycle": "transient"},
-    description="Illumination-corrected images (CorrectIlluminationApply, divide), one (C, Y, X) float32 OME-TIFF "
-    "per QC-passing site. A transient level: kept only until every level that reads it is made.",
+    description="The images the analysis reads, one (C, Y, X) OME-TIFF per QC-passing site. Built-in engine: "
+    "mdp's correction (CorrectIlluminationApply, divide), float32. CellProfiler: the corrected images the lab's "
+    "illumination pipeline saved, in their own dtype; none when the analysis pipeline reads raw images (it "
+    "corrects them itself, or not at all): correction happens once. A transient level.",
 )
 def corrected_images(
     context: dg.AssetExecutionContext, raw_images: pd.DataFrame, image_qc: pd.DataFrame,
-    illumination_functions: StoredPartition, storage: MdpStorage,
+    illumination_functions: StoredPartition, storage: MdpStorage, settings: StepSettings,
+    cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
+    plate = storage.plate(context.partition_key)
+    settings, _ = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
+                                   set(raw_images["Metadata_Channel"]))
     with storage.staging_dir("corrected_images") as staged:
         good = passing_sites(image_qc)
-        sites = write_corrected_images(raw_images, good, illumination_functions.root, staged,
-                                       site_progress(context.log.info, "corrected_images", len(good)))
+        extra = {}
+        if settings.uses_cellprofiler():
+            made = write_analysis_images(cellprofiler, Path(settings.cellprofiler.analysis_pipeline), raw_images,
+                                         image_qc, illumination_functions.root, staged)
+            sites = made.pop("sites")
+            extra = made
+            context.log.info(f"corrected_images: the analysis pipeline reads {made['analysis_reads']}")
+        else:
+            sites = write_corrected_images(raw_images, good, illumination_functions.root, staged,
+                                           site_progress(context.log.info, "corrected_images", len(good)))
         sites.insert(0, "Metadata_Plate", context.partition_key)
         sites.to_parquet(staged / "sites.parquet", index=False)
         all_sites = raw_images[["Metadata_Well", "Metadata_Site"]].drop_duplicates().itertuples(index=False)
@@ -147,5 +161,6 @@ def corrected_images(
         excluded = sorted(f"{w} site {s}" for w, s in all_sites if (w, int(s)) not in kept)
         return staged_output(
             staged,
-            {"sites": len(sites), "sites_excluded_by_qc": len(excluded), "excluded_sites": ", ".join(excluded) or "none"},
+            {"sites": len(sites), "sites_excluded_by_qc": len(excluded), "excluded_sites": ", ".join(excluded) or "none",
+             **extra},
         )

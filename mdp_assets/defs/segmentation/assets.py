@@ -50,6 +50,8 @@ def segmentation_masks(
             metadata = run_analysis(context, cellprofiler.for_wells(wells), pipeline, storage.root / ".work",
                                     raw_images, image_qc, illumination_functions.root, staged)
             sites = pd.read_parquet(staged / "sites.parquet")
+            if metadata["masks"].startswith("none"):
+                context.log.warning(f"masks: {metadata['masks']}")
         else:
             context.log.info("engine: built-in" + ("" if cellprofiler.available() else
                              f" (no CellProfiler environment at {cellprofiler.environment}; `make cellprofiler`)"))

@@ -6,9 +6,9 @@ import pandas as pd
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.run import OBJECT_TABLES, cellprofiler_features
-from mdp_assets.plates.inventory import site_acquisition_metadata
+from mdp_assets.plates.inventory import site_acquisition_metadata, site_images
 from mdp_assets.science.cell_qc import OUTLIER, flagged_by_well, outlier_column, plate_cell_qc
-from mdp_assets.science.crops import write_crop_store
+from mdp_assets.science.crops import site_images_reader, write_crop_store
 from mdp_assets.science.features import plate_features
 from mdp_assets.science.profiles import metadata_first
 from mdp_assets.services.runs import site_progress
@@ -81,17 +81,20 @@ def single_cell_crops(
     plate = storage.plate(context.partition_key)
     size = settings.for_plate(plate.manifest.settings, plate.barcode).crops.size
     channels = sorted(raw_images["Metadata_Channel"].unique())
+    masks = pd.read_parquet(segmentation_masks.path("sites.parquet"))
+    reader = site_images_reader(masks, corrected_images.root, pd.read_parquet(corrected_images.path("sites.parquet")),
+                                site_images(raw_images))
     with storage.staging_dir("single_cell_crops") as staged:
-        summary = write_crop_store(
-            single_cell_features,
-            pd.read_parquet(segmentation_masks.path("sites.parquet")),
-            segmentation_masks.root,
-            corrected_images.root,
-            channels,
-            staged,
-            size,
-        )
-        return staged_output(staged, {"cells": summary["cells"], "channels": ", ".join(summary["channels"])})
+        summary = write_crop_store(single_cell_features, masks, segmentation_masks.root, reader, channels, staged, size)
+        metadata = {"cells": summary["cells"], "channels": ", ".join(summary["channels"]),
+                    "cells_without_masks": summary["cells_without_masks"]}
+        if summary["cells_without_masks"]:
+            why = ("the analysis pipeline saved no label images of its objects (ConvertObjectsToImage + SaveImages), "
+                   "so there is nothing to cut cells out by" if masks["file_name"].isna().all() else
+                   "their sites have no saved label images")
+            metadata["crops_missing"] = f"{summary['cells_without_masks']} of {len(single_cell_features)} cells have no crop: {why}"
+            context.log.warning(metadata["crops_missing"])
+        return staged_output(staged, metadata)
 
 
 @dg.asset(

@@ -56,41 +56,54 @@ def _normalize_image(table: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=renamed).sort_values("ImageNumber").reset_index(drop=True)
 
 
-def read_csv_output(folder: Path) -> CellProfilerOutput:
-    """ExportToSpreadsheet's output folder (one CSV per table)."""
-    image_path = folder / "Image.csv"
+def read_csv_output(folder: Path, prefix: str = "") -> CellProfilerOutput:
+    """ExportToSpreadsheet's output folder (one CSV per table, `<prefix><Table>.csv`)."""
+    image_path = folder / f"{prefix}Image.csv"
     if not image_path.exists():
-        raise MdpError("no Image.csv: is this a CellProfiler ExportToSpreadsheet output folder?", path=folder)
+        raise MdpError(f"no {prefix}Image.csv: is this a CellProfiler ExportToSpreadsheet output folder?", path=folder)
     try:
         output = CellProfilerOutput(_normalize_image(pd.read_csv(image_path)))
-        for path in sorted(folder.glob("*.csv")):
-            if path.stem not in NOT_OBJECTS:
-                output.objects[path.stem] = _normalize_object(path.stem, pd.read_csv(path), path)
+        for path in sorted(folder.glob(f"{prefix}*.csv")):
+            name = path.stem[len(prefix):]
+            if name not in NOT_OBJECTS:
+                output.objects[name] = _normalize_object(name, pd.read_csv(path), path)
     except pd.errors.ParserError as exc:
         raise MdpError(f"malformed CellProfiler CSV: {exc}", path=folder) from exc
     return output
 
 
-def read_sqlite_output(database: Path) -> CellProfilerOutput:
-    """ExportToDatabase's SQLite file (Per_Image and Per_<Object> tables)."""
+def read_sqlite_output(database: Path, prefix: str = "") -> CellProfilerOutput:
+    """ExportToDatabase's SQLite file (`<prefix>Per_Image` and `<prefix>Per_<Object>` tables)."""
     if not database.exists():
         raise MdpError("CellProfiler SQLite output not found", path=database)
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
         tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        if "Per_Image" not in tables:
-            raise MdpError("no Per_Image table: is this a CellProfiler ExportToDatabase file?", path=database)
-        output = CellProfilerOutput(_normalize_image(pd.read_sql_query("SELECT * FROM Per_Image", connection)))
+        if f"{prefix}Per_Image" not in tables:
+            raise MdpError(f"no {prefix}Per_Image table: is this a CellProfiler ExportToDatabase file?", path=database)
+        output = CellProfilerOutput(_normalize_image(pd.read_sql_query(f'SELECT * FROM "{prefix}Per_Image"', connection)))
         for table in tables:
-            name = table.removeprefix("Per_")
-            if table.startswith("Per_") and name not in NOT_OBJECTS | {"RelationshipTypes", "Relationships"}:
+            name = table.removeprefix(f"{prefix}Per_")
+            if table.startswith(f"{prefix}Per_") and name not in NOT_OBJECTS | {"RelationshipTypes", "Relationships"}:
                 frame = pd.read_sql_query(f'SELECT * FROM "{table}"', connection)
                 output.objects[name] = _normalize_object(name, frame, database)
     return output
 
 
-def read_output(folder: Path) -> CellProfilerOutput:
-    databases = sorted(folder.glob("*.db"))
-    return read_sqlite_output(databases[0]) if databases else read_csv_output(folder)
+def read_output(folder: Path, export=None) -> CellProfilerOutput:
+    """A CellProfiler run's output folder, read as its export module (describe.Export) says: the SQLite file
+    ExportToDatabase names, or ExportToSpreadsheet's CSVs. Without a description: a `*.db` file, else CSVs."""
+    if export is None:
+        databases = sorted(folder.glob("*.db"))
+        return read_sqlite_output(databases[0]) if databases else read_csv_output(folder)
+    where = folder / export.subfolder if export.subfolder else folder
+    if export.kind == "database":
+        database = where / export.file_name
+        if not database.exists():
+            found = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+            raise MdpError(f"ExportToDatabase wrote no {export.file_name} (the file its settings name); the output "
+                           f"folder holds {found[:20]}", path=where)
+        return read_sqlite_output(database, export.table_prefix)
+    return read_csv_output(where, export.table_prefix)
 
 
 def merge_groups(outputs: Iterable[CellProfilerOutput]) -> CellProfilerOutput:
@@ -107,21 +120,49 @@ def merge_groups(outputs: Iterable[CellProfilerOutput]) -> CellProfilerOutput:
     )
 
 
+def _parents(output: CellProfilerOutput, name: str) -> list[str]:
+    table = output.objects[name]
+    return [p for p in output.objects if p != name and f"{name}_Parent_{p}" in table.columns]
+
+
+def compartments(output: CellProfilerOutput) -> tuple[str, list[tuple[str, str, str]]]:
+    """How the exported objects make one cell, read from the tables' parent columns (whatever the pipeline
+    names its objects): (the cell object, [(object, joined on column, of object)]). A tertiary object (two
+    parents, as IdentifyTertiaryObjects makes) joins its larger parent, the cell, and its smaller one;
+    otherwise an object with a parent is the cell and its parent joins it; a lone object is the cell."""
+    if not output.objects:
+        raise MdpError("the pipeline exported no object table")
+    for name in sorted(output.objects):
+        parents = _parents(output, name)
+        if len(parents) >= 2:
+            larger = next((p for p in parents if any(q in parents for q in _parents(output, p))), parents[0])
+            smaller = next(p for p in parents if p != larger)
+            return larger, [(name, f"{name}_Parent_{larger}", larger), (smaller, f"{name}_Parent_{smaller}", name)]
+    for name in sorted(output.objects, key=lambda n: -len(output.objects[n])):
+        parents = _parents(output, name)
+        if parents:
+            return name, [(parents[0], f"{name}_Parent_{parents[0]}", name)]
+    if len(output.objects) == 1:
+        return next(iter(output.objects)), []
+    raise MdpError(f"the exported objects {sorted(output.objects)} are not related by parent columns "
+                   "(IdentifySecondaryObjects / IdentifyTertiaryObjects make them); mdp cannot tell which is the cell")
+
+
 def single_cells(output: CellProfilerOutput) -> pd.DataFrame:
-    """One row per cell: Cells, its Cytoplasm and its Nuclei (by CellProfiler's parent relationships), with the
-    image's Metadata_ columns. Feature names keep their compartment prefix; ids become Metadata_ columns."""
-    for needed in ("Cells", "Cytoplasm", "Nuclei"):
-        if needed not in output.objects:
-            raise MdpError(f"the pipeline produced no {needed!r} objects; found {sorted(output.objects)}")
-    cells, cytoplasm, nuclei = (output.objects[n] for n in ("Cells", "Cytoplasm", "Nuclei"))
-    merged = cells.merge(
-        cytoplasm, left_on=["ImageNumber", "ObjectNumber"], right_on=["ImageNumber", "Cytoplasm_Parent_Cells"],
-        how="left", suffixes=("", "_cytoplasm"),
-    ).merge(
-        nuclei.rename(columns={"ObjectNumber": "Nuclei_ObjectNumber"}),
-        left_on=["ImageNumber", "Cytoplasm_Parent_Nuclei"], right_on=["ImageNumber", "Nuclei_ObjectNumber"], how="left",
-    )
-    merged = merged.drop(columns=[c for c in ("ObjectNumber_cytoplasm", "Nuclei_ObjectNumber") if c in merged.columns])
+    """One row per cell and the objects related to it (for a Cell Painting pipeline: Cells, its Cytoplasm and
+    its Nuclei, by CellProfiler's parent relationships), with the image's Metadata_ columns. Feature names
+    keep their compartment prefix; ids become Metadata_ columns. Object names come from the tables."""
+    cell, joins = compartments(output)
+    merged = output.objects[cell]
+    for name, column, of in joins:
+        key = ["ImageNumber", "ObjectNumber"] if of == cell else ["ImageNumber", f"{of}_ObjectNumber"]
+        table = output.objects[name].rename(columns={"ObjectNumber": f"{name}_ObjectNumber"})
+        if of == cell:
+            merged = merged.merge(table, left_on=key, right_on=["ImageNumber", column], how="left")
+        else:
+            merged = merged.merge(table, left_on=["ImageNumber", column], right_on=["ImageNumber", f"{name}_ObjectNumber"],
+                                  how="left")
+    merged = merged.drop(columns=[f"{name}_ObjectNumber" for name, _, _ in joins if f"{name}_ObjectNumber" in merged.columns])
     image_metadata = [c for c in output.image.columns if c.startswith("Image_Metadata_")]
     metadata = output.image[["ImageNumber", *image_metadata]].rename(
         columns={c: c.removeprefix("Image_") for c in image_metadata})
