@@ -124,3 +124,9 @@ def test_rerun_detection_and_consensus(storage, instance):
     for compound in ("compound_A", "compound_B", "compound_C"):
         profile = consensus.set_index("Metadata_Perturbation").loc[compound, features].to_numpy(dtype=float)
         assert np.linalg.norm(profile - dmso) > 3, f"{compound} is distinguishable from DMSO"
+    # Profile quality across plates: both plates' wells together, each treatment against both plates' DMSO.
+    meta = result.asset_materializations_for_node("consensus_profiles")[0].metadata
+    assert meta["across_plates_quality"].value == "computed"
+    assert meta["across_plates_treatments"].value == 3 and meta["across_plates_fraction_retrieved"].value >= 2 / 3
+    for compound in ("compound_A", "compound_B", "compound_C"):
+        assert f"- {compound}: mAP " in meta["across_plates_per_treatment"].value

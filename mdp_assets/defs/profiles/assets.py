@@ -138,7 +138,27 @@ def consensus_profiles(
     table = consensus(stacked.drop(columns="Metadata_Plate"), [PERTURBATION], operation=operation)
     table = table.merge(plate_counts.reset_index(), on=PERTURBATION)
     table = table[metadata_columns(table) + features]
+    across = across_plate_quality(usable, features, storage, settings)
     return storage.table_output("consensus_profiles", table, {
         "perturbations": len(table), "operation": operation, "plates": len(usable), "features": len(features),
         "plates_left_out": ", ".join(left_out) or "none",
+        **{f"across_plates_{k}": v for k, v in across.summary().items()},
+        **({"across_plates_per_treatment": dg.MetadataValue.md("\n".join(
+            f"- {r[PERTURBATION]}: mAP {r['mean_average_precision']:.3f}, corrected p {r['corrected_p_value']:.3g}"
+            for _, r in across.per_treatment.iterrows()))} if across.computable else {}),
     })
+
+
+def across_plate_quality(well_profiles: dict[str, pd.DataFrame], features: list[str], storage: MdpStorage,
+                         settings: StepSettings):
+    """copairs mAP over every plate's wells together: a treatment's replicates on all plates against all
+    plates' negative controls (each plate's own control definition), over the features all plates kept."""
+    marked = []
+    for plate, table in well_profiles.items():
+        query = storage.plate(plate).negative_control_query
+        controls = table.query(query).index if query else []
+        marked.append(table[[PERTURBATION, "Metadata_Plate", *features]].assign(
+            Metadata_negative_control=table.index.isin(controls)))
+    pooled = pd.concat(marked, ignore_index=True)
+    return replicate_retrieval(pooled, PERTURBATION, "`Metadata_negative_control`",
+                               settings.profile_quality.parameters())
