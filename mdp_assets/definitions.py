@@ -13,11 +13,13 @@ import dagster as dg
 from mdp_assets.config import Deployment, IntakeSettings, StepSettings, load_deployment
 from mdp_assets.defs.embeddings import assets as embeddings_assets
 from mdp_assets.defs.illumination import assets as illumination_assets
+from mdp_assets.defs.illumination import checks as illumination_checks
 from mdp_assets.defs.jobs import build_jobs
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.defs.profiles import assets as profiles_assets
 from mdp_assets.defs.raw import assets as raw_assets
 from mdp_assets.defs.segmentation import assets as segmentation_assets
+from mdp_assets.defs.segmentation import checks as segmentation_checks
 from mdp_assets.defs.single_cell import assets as single_cell_assets
 from mdp_assets.defs.storage import costs as storage_costs_assets
 from mdp_assets.defs.storage.lifecycle import build_lifecycle
@@ -36,6 +38,8 @@ ASSET_MODULES = [
     embeddings_assets,
     storage_costs_assets,
 ]
+# The levels' own checks, each its own step over the stored partition: they run with their asset or alone.
+CHECK_MODULES = [illumination_checks, segmentation_checks]
 
 # Opt-in reprocessing: a level whose code version changed, or whose inputs were re-made, is re-materialized
 # by the automation daemon, partition by partition; levels never made are left to the intake sensor.
@@ -80,7 +84,7 @@ def build_definitions(
     costs_job, costs_schedule = storage_costs_assets.build_storage_costs_job(verify_checks)
     return dg.Definitions(
         assets=assets,
-        asset_checks=[verify_checks],
+        asset_checks=[*dg.load_asset_checks_from_modules(CHECK_MODULES), verify_checks],
         jobs=[*build_jobs(verify_checks), verify_job, lifecycle_job, costs_job],
         schedules=[verify_schedule, lifecycle_schedule, costs_schedule],
         sensors=[new_plate_sensor, release_sensor],

@@ -167,8 +167,23 @@ def test_verify_names_a_corrupt_file_and_flags_it(two_plates, monkeypatch, capsy
     result = defs.resolve_job_def("verify_job").execute_in_process(instance=instance, raise_on_error=False)
     checks = {c.asset_key.to_user_string(): c for c in result.get_asset_check_evaluations()}
     assert not checks["segmentation_masks"].passed
-    assert victim.as_uri() in checks["segmentation_masks"].metadata["files"].value
+    damaged = checks["segmentation_masks"].metadata["damaged_files"].value.records  # a table in the UI
+    assert [(r.data["partition"], r.data["uri"], r.data["status"]) for r in damaged] == [
+        ("PROV-2", victim.as_uri(), "corrupt")]
     assert checks["raw_images"].passed and checks["well_profiles"].passed
+    assert checks["raw_images"].metadata["files_checked"].value > 0
+
+    # One level's check alone re-reads only that level's files.
+    job = defs.resolve_implicit_global_asset_job_def()
+    alone = job.get_subset(asset_selection=set(), asset_check_selection={
+        dg.AssetCheckKey(dg.AssetKey("raw_images"), "stored_files_intact")}).execute_in_process(instance=instance)
+    evaluations = alone.get_asset_check_evaluations()
+    assert [(c.asset_key.to_user_string(), c.passed) for c in evaluations] == [("raw_images", True)]
+    with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
+        latest = dict(con.execute("SELECT asset_key = 'raw_images', max(checked_at) FROM stored_files GROUP BY 1").fetchall())
+        count = con.execute("SELECT count(*) FROM stored_files WHERE asset_key = 'raw_images'").fetchone()[0]
+    assert latest[True] > latest[False]  # the other levels' files kept the verify_job's time
+    assert evaluations[0].metadata["files_checked"].value == count
 
 
 def test_a_qc_threshold_changed_in_mdp_yaml_makes_image_qc_and_the_levels_below_stale(two_plates):

@@ -22,50 +22,22 @@ GROUP = "qc_and_illumination"
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"parquet"},
-    check_specs=[
-        dg.AssetCheckSpec("qc_pass_fraction", asset="image_qc", description="share of images passing QC"),
-        dg.AssetCheckSpec("no_blurred_images", asset="image_qc", description="names every image below the focus limit"),
-        dg.AssetCheckSpec("no_saturated_images", asset="image_qc", description="names every image over the saturation limit"),
-    ],
     description="Per image: focus (ImageQuality_PowerLogLogSlope) and saturation (ImageQuality_PercentMaximal) "
     "as CellProfiler's MeasureImageQuality defines them, and a pass flag. Failing sites are excluded below.",
 )
-def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settings: StepSettings, storage: MdpStorage):
+def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settings: StepSettings,
+             storage: MdpStorage) -> dg.Output:
     plate = storage.plate(context.partition_key)
     qc = settings.for_plate(plate.manifest.settings, plate.barcode).qc
     thresholds = qc.thresholds()
     table = measure_plate_quality(raw_images, thresholds)
     fraction = float(table["qc_pass"].mean())
-    failed = table.loc[~table["qc_pass"], "file_name"].tolist()
-    yield storage.table_output("image_qc", table, {
+    return storage.table_output("image_qc", table, {
         "images": len(table),
         "pass_fraction": fraction,
-        "failed_images": len(failed),
+        "failed_images": int((~table["qc_pass"]).sum()),
         "thresholds": thresholds.__dict__,
     })
-    yield dg.AssetCheckResult(
-        check_name="qc_pass_fraction",
-        passed=fraction >= qc.min_pass_fraction,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"pass_fraction": fraction, "minimum": qc.min_pass_fraction, "failed": ", ".join(failed[:50]) or "none"},
-    )
-    for check, flag, measure in [
-        ("no_blurred_images", "qc_blurred", "ImageQuality_PowerLogLogSlope"),
-        ("no_saturated_images", "qc_saturated", "ImageQuality_PercentMaximal"),
-    ]:
-        bad = table[table[flag]]
-        yield dg.AssetCheckResult(
-            check_name=check,
-            passed=bad.empty,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "images": len(bad),
-                "files": dg.MetadataValue.md(
-                    "\n".join(f"- {r.file_name}: {getattr(r, measure):.3f}" for r in bad.itertuples()) or "none"
-                ),
-                "excluded_downstream": True,
-            },
-        )
 
 
 @dg.asset(

@@ -9,7 +9,6 @@ from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_analysis
-from mdp_assets.science.image_qc import empty_or_failed_wells
 from mdp_assets.science.segmentation import write_masks
 from mdp_assets.storage.partitions import StoredPartition, staged_output
 from mdp_assets.storage.resource import MdpStorage
@@ -20,8 +19,6 @@ from mdp_assets.storage.resource import MdpStorage
     group_name="masks",
     kinds={"tiff", "scikit-image"},
     pool=CELLPROFILER_POOL,
-    check_specs=[dg.AssetCheckSpec("no_empty_or_failed_wells", asset="segmentation_masks",
-                                   description="names every well with no usable site or no nucleus")],
     description="Per site, a (2, Y, X) int32 OME-TIFF of Nuclei and Cells labels (built-in engine: Otsu + shape "
     "declumping for nuclei, propagation-style watershed for cells; a cell carries its nucleus' label).",
 )
@@ -34,7 +31,7 @@ def segmentation_masks(
     storage: MdpStorage,
     settings: StepSettings,
     cellprofiler: CellProfilerEngine,
-):
+) -> dg.Output:
     plate = storage.plate(context.partition_key)
     settings = settings.for_plate(plate.manifest.settings, plate.barcode)
     with storage.staging_dir("segmentation_masks") as staged:
@@ -43,7 +40,6 @@ def segmentation_masks(
             context.log.info(f"engine: CellProfiler, pipeline {pipeline}")
             metadata = run_analysis(context, cellprofiler, pipeline, storage.root / ".work", raw_images, image_qc,
                                     illumination_functions.root, staged)
-            sites = pd.read_parquet(staged / "sites.parquet")
         else:
             context.log.info("engine: built-in" + ("" if cellprofiler.available() else
                              f" (no CellProfiler environment at {cellprofiler.environment}; `make cellprofiler`)"))
@@ -53,12 +49,4 @@ def segmentation_masks(
             sites.to_parquet(staged / "sites.parquet", index=False)
             nuclei = int(sites["Count_Nuclei"].sum()) if len(sites) else 0
             metadata = {"engine": "builtin", "sites": len(sites), "nuclei": nuclei}
-        problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)
-        yield staged_output(staged, metadata)
-    yield dg.AssetCheckResult(
-        check_name="no_empty_or_failed_wells",
-        passed=not problems,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"wells": len(problems),
-                  "problems": dg.MetadataValue.md("\n".join(f"- {w}: {why}" for w, why in problems.items()) or "none")},
-    )
+        return staged_output(staged, metadata)
