@@ -9,6 +9,7 @@ from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_analysis
+from mdp_assets.science.plots import cell_count_plate_map, markdown_image
 from mdp_assets.science.segmentation import write_masks
 from mdp_assets.storage.partitions import StoredPartition, staged_output
 from mdp_assets.storage.resource import MdpStorage
@@ -49,4 +50,6 @@ def segmentation_masks(
             sites.to_parquet(staged / "sites.parquet", index=False)
             nuclei = int(sites["Count_Nuclei"].sum()) if len(sites) else 0
             metadata = {"engine": "builtin", "sites": len(sites), "nuclei": nuclei}
-        return staged_output(staged, metadata)
+        sites = pd.read_parquet(staged / "sites.parquet")
+        picture = cell_count_plate_map(sites, set(raw_images["Metadata_Well"]), plate.barcode, plate.control_wells())
+        return staged_output(staged, {**metadata, "plate_map": dg.MetadataValue.md(markdown_image(picture, "cells per well"))})
