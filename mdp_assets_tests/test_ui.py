@@ -1,0 +1,125 @@
+"""Everything launchable from the Dagster UI works: `dagster-webserver` and `dagster-daemon` on 127.0.0.1 over a
+deployment with two demo plates, driven through the webserver's GraphQL API as the UI drives it. A backfill of
+two plates for every level runs through the queue and finishes; then every asset key alone (one plate where it
+is partitioned), with the checks the UI's Materialize adds, succeeds; and every asset check alone succeeds.
+The tests share one server and run in file order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mdp_assets_tests.ui_server import UiServer
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(os.environ.get("MDP_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+PLATE_LEVELS = ["raw_images", "image_qc", "illumination_functions", "corrected_images", "segmentation_masks",
+                "single_cell_features", "single_cell_crops", "single_cell_profiles", "well_profiles",
+                "single_cell_embeddings", "well_embeddings"]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    server = UiServer.prepare(tmp_path_factory.mktemp("ui"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        server.keep_logs(ARTIFACTS / "ui-logs")
+
+
+def toposorted(nodes: list[dict]) -> list[dict]:
+    by_key = {n["assetKey"]["path"][0]: n for n in nodes}
+    done: list[str] = []
+
+    def visit(key: str) -> None:
+        if key in done:
+            return
+        for dep in by_key[key]["dependencyKeys"]:
+            visit(dep["path"][0])
+        done.append(key)
+
+    for key in sorted(by_key):
+        visit(key)
+    return [by_key[k] for k in done]
+
+
+def checks_of(node: dict) -> list[tuple[str, str]]:
+    return [(node["assetKey"]["path"][0], c["name"]) for c in node["assetChecksOrError"]["checks"]]
+
+
+def materialized(instance: dg.DagsterInstance, run_id: str) -> set[tuple[str, str | None]]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return {(r.event_log_entry.asset_materialization.asset_key.to_user_string(),
+             r.event_log_entry.asset_materialization.partition) for r in records}
+
+
+def check_evaluations(instance: dg.DagsterInstance, run_id: str) -> dict[tuple[str, str], bool]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    found = {}
+    for record in records:
+        evaluation = record.event_log_entry.dagster_event.asset_check_evaluation_data
+        found[(evaluation.asset_key.to_user_string(), evaluation.check_name)] = evaluation.passed
+    return found
+
+
+@pytest.fixture(scope="module")
+def instance(ui):
+    with dg.DagsterInstance.from_config(str(ui.deployment.dagster_home)) as opened:
+        yield opened
+
+
+def test_a_backfill_of_two_plates_for_every_level_runs_and_finishes(ui, instance):
+    backfill_id = ui.launch_backfill(PLATE_LEVELS, ui.plates)
+    backfill = ui.wait_backfill(backfill_id)
+    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    assert backfill["error"] is None and backfill["numPartitions"] == 2
+    by_plate = {next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition"): run for run in backfill["runs"]}
+    assert sorted(by_plate) == ui.plates and all(run["status"] == "SUCCESS" for run in backfill["runs"]), backfill
+    made = set().union(*(materialized(instance, run["runId"]) for run in backfill["runs"]))
+    assert made == {(level, plate) for level in PLATE_LEVELS for plate in ui.plates}
+    # The runs went through the instance's queue (the limits of mdp.yaml's execution: apply).
+    for run in backfill["runs"]:
+        events = [e.dagster_event.event_type for e in instance.all_logs(run["runId"]) if e.is_dagster_event]
+        assert dg.DagsterEventType.RUN_ENQUEUED in events
+
+
+def test_every_asset_alone_materializes_with_its_checks(ui, instance):
+    nodes = toposorted(ui.asset_nodes())
+    assert {n["assetKey"]["path"][0] for n in nodes} == {*PLATE_LEVELS, "consensus_profiles", "storage_costs"}
+    plate = ui.plates[0]
+    for node in nodes:
+        key = node["assetKey"]["path"][0]
+        partition = plate if node["isPartitioned"] else None
+        run_id = ui.launch_run([key], checks_of(node), partition)
+        run = ui.wait_run(run_id)
+        assert run["status"] == "SUCCESS", (key, run_id, ui.folder / "logs")
+        assert [a["path"] for a in run["assetSelection"]] == [[key]]
+        assert materialized(instance, run_id) == {(key, partition)}
+        evaluated = check_evaluations(instance, run_id)
+        assert set(evaluated) == set(checks_of(node)), key
+        assert all(evaluated.values()), (key, evaluated)
+
+
+def test_every_asset_check_runs_alone(ui, instance):
+    nodes = ui.asset_nodes()
+    own = [(node, check) for node in nodes for check in checks_of(node) if check[1] != "stored_files_intact"]
+    assert {check for _, check in own} == {("image_qc", "qc_pass_fraction"), ("image_qc", "no_blurred_images"),
+                                           ("image_qc", "no_saturated_images"),
+                                           ("segmentation_masks", "no_empty_or_failed_wells")}
+    for node, check in own:
+        run_id = ui.launch_run([], [check], ui.plates[1])
+        assert ui.wait_run(run_id)["status"] == "SUCCESS", check
+        assert check_evaluations(instance, run_id) == {check: True}
+        assert materialized(instance, run_id) == set()
+    # The storage verification of every level in one run, and of one level alone.
+    every = [(n["assetKey"]["path"][0], "stored_files_intact") for n in nodes]
+    for selection in (every, every[:1]):
+        run_id = ui.launch_run([], selection, None)
+        assert ui.wait_run(run_id)["status"] == "SUCCESS"
+        assert check_evaluations(instance, run_id) == {check: True for check in selection}
