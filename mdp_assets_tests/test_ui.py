@@ -2,7 +2,8 @@
 deployment with two demo plates, driven through the webserver's GraphQL API as the UI drives it. A backfill of
 two plates for every level runs through the queue and finishes; then every asset key alone (one plate where it
 is partitioned), with the checks the UI's Materialize adds, succeeds; and every asset check alone succeeds.
-The tests share one server and run in file order."""
+Then a person's moves in headless Chromium: materialize one asset of one plate, backfill both plates for every
+level, look at a plate map. The tests share one server and run in file order."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mdp_assets_tests.ui_server import UiServer
+from mdp_assets_tests.ui_server import Browser, UiServer, backfill_ids
 
 pytestmark = pytest.mark.slow
 
@@ -123,3 +124,79 @@ def test_every_asset_check_runs_alone(ui, instance):
         run_id = ui.launch_run([], selection, None)
         assert ui.wait_run(run_id)["status"] == "SUCCESS"
         assert check_evaluations(instance, run_id) == {check: True for check in selection}
+
+
+def test_a_person_materializes_backfills_and_sees_the_plate_map_in_a_browser(ui, instance, tmp_path):
+    """Headless Chromium: materialize one asset of one plate from its asset page, backfill two plates for every
+    level from plate_job's page, wait until both succeed, and open a plate map. Screenshots in tmp_path."""
+    from selenium.webdriver.common.by import By
+
+    plate = ui.plates[0]
+    browser = Browser(ui.url, tmp_path)
+    try:
+        # 1. raw_images of one plate, from its asset page.
+        before = {r.run_id for r in instance.get_runs(dg.RunsFilter(tags={"dagster/partition": plate}))}
+        browser.open("/assets/raw_images")
+        browser.dismiss_welcome()
+        browser.click(browser.button("Materialize…"))
+        for confirm in browser.driver.find_elements(By.XPATH, "//button[normalize-space()='Confirm']"):
+            confirm.click()  # "upstream not materialized" (not the case for raw_images)
+        browser.wait_for(lambda: "Launch runs to materialize raw_images" in browser.dialog_text(), what="the dialog")
+        browser.click(browser.driver.find_element(By.XPATH, "//*[@role='dialog']//*[contains(text(), 'Select a partition')]"))
+        option = browser.wait_for(lambda: next(iter(browser.driver.find_elements(
+            By.XPATH, f"//span[normalize-space()='{plate}']")), None), what=f"the option {plate}")
+        option.click()
+        browser.wait_for(lambda: "1 partition" in browser.dialog_text(), what="one partition selected")
+        browser.screenshot("1-materialize-dialog")
+        browser.click(browser.button("Launch 1 run", within_dialog=True))
+        new_run = browser.wait_for(lambda: next((r for r in instance.get_runs(dg.RunsFilter(
+            tags={"dagster/partition": plate})) if r.run_id not in before), None), what="the launched run")
+        assert ui.wait_run(new_run.run_id)["status"] == "SUCCESS"
+        assert materialized(instance, new_run.run_id) == {("raw_images", plate)}
+        browser.open(f"/assets/raw_images?view=events&partition={plate}")
+        browser.wait_for_text(f"Partition {plate} materialized in run {new_run.run_id[:8]}", "internal-drive")
+        browser.screenshot("2-materialized")
+
+        # 2. Every level of both plates: plate_job's "Materialize all…", all partitions, a backfill.
+        known = backfill_ids(ui)
+        browser.open("/locations/mdp/jobs/plate_job")
+        browser.click(browser.button("Materialize all…"))
+        for confirm in browser.driver.find_elements(By.XPATH, "//button[normalize-space()='Confirm']"):
+            confirm.click()
+        browser.wait_for(lambda: "Launch runs to materialize 11 assets" in browser.dialog_text(), what="the dialog")
+        browser.click(browser.button("All", within_dialog=True))
+        browser.wait_for(lambda: "2 partitions" in browser.dialog_text(), what="two partitions selected")
+        assert all(p in browser.dialog_text() for p in ui.plates)
+        browser.screenshot("3-backfill-dialog")
+        browser.click(browser.button("Launch backfill", within_dialog=True))
+        backfill_id = browser.wait_for(lambda: next(iter(backfill_ids(ui) - known), None), what="the backfill")
+        backfill = ui.wait_backfill(backfill_id)
+        assert backfill["status"] == "COMPLETED_SUCCESS" and len(backfill["runs"]) == 2, backfill
+        assert all(run["status"] == "SUCCESS" for run in backfill["runs"])
+        made = set().union(*(materialized(instance, run["runId"]) for run in backfill["runs"]))
+        assert made == {(level, p) for level in PLATE_LEVELS for p in ui.plates}
+        browser.open(f"/runs/b/{backfill_id}")
+        browser.wait_for_text("2 partitions", "Succeeded", "100% completed")
+        browser.screenshot("4-backfill-succeeded")
+
+        # 3. The plate map of a plate: cells per well, drawn into segmentation_masks' metadata.
+        browser.open(f"/assets/segmentation_masks?view=events&partition={plate}")
+        browser.wait_for_text(f"Partition {plate} materialized", "plate_map")
+        show = browser.driver.find_element(By.XPATH, "//td[normalize-space()='plate_map']/following-sibling::td"
+                                                     "//*[normalize-space(text())='[Show Markdown]']")
+        browser.click(show)
+        image = browser.wait_for(lambda: next(iter(browser.driver.find_elements(
+            By.XPATH, "//*[@role='dialog']//img[@alt='cells per well']")), None), what="the plate map image")
+        browser.wait_for(lambda: int(image.get_attribute("naturalWidth") or 0) > 300, what="the image decoded")
+        rendered = image.rect
+        src = image.get_attribute("src")
+        browser.screenshot("5-plate-map")
+    finally:
+        browser.close()
+    assert rendered["width"] > 300 and rendered["height"] > 150
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey("segmentation_masks"), asset_partitions=[plate]), limit=1).records
+    markdown = records[0].asset_materialization.metadata["plate_map"].value
+    assert src == markdown[markdown.index("(") + 1:-1]  # the picture of this plate
+    for name in ("1-materialize-dialog", "2-materialized", "3-backfill-dialog", "4-backfill-succeeded", "5-plate-map"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000, name

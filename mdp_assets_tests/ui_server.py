@@ -91,8 +91,8 @@ class UiServer:
         env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPOSITORY), env.get("PYTHONPATH", "")] if p)
         return env
 
-    def start(self, timeout_s: float = 180) -> None:
-        self.port = free_port()
+    def start(self, timeout_s: float = 180, port: int | None = None) -> None:
+        self.port = port or free_port()
         workspace = str(runs.workspace_file(self.deployment))
         logs = self.folder / "logs"
         logs.mkdir(exist_ok=True)
@@ -193,3 +193,86 @@ class UiServer:
                 return backfill
             time.sleep(2)
         raise AssertionError(f"backfill {backfill_id} not finished within {timeout_s:.0f} s")
+
+
+# -- a real browser ------------------------------------------------------------------------------------
+class Browser:
+    """Debian's headless Chromium driven by selenium, with the few moves the UI tests make."""
+
+    def __init__(self, base_url: str, screenshots: Path):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+
+        options = Options()
+        options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+            options.add_argument(argument)
+        self.driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"),
+                                       options=options)
+        self.base_url = base_url
+        self.screenshots = screenshots
+        screenshots.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self.driver.quit()
+
+    def open(self, path: str) -> None:
+        self.driver.get(self.base_url + path)
+
+    def text(self) -> str:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.TAG_NAME, "body").text
+
+    def dialog_text(self) -> str:
+        from selenium.webdriver.common.by import By
+
+        return "\n".join(d.text for d in self.driver.find_elements(By.XPATH, "//*[@role='dialog']"))
+
+    def wait_for(self, condition, timeout_s: float = 90, what: str = "") -> Any:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            return WebDriverWait(self.driver, timeout_s, poll_frequency=0.5).until(lambda _: condition())
+        except Exception as exc:
+            self.screenshot("timeout")
+            raise AssertionError(f"timed out waiting for {what}; page:\n{self.text()[:3000]}") from exc
+
+    def wait_for_text(self, *texts: str, timeout_s: float = 90) -> None:
+        self.wait_for(lambda: all(t in self.text() for t in texts), timeout_s, f"{texts}")
+
+    def button(self, label: str, within_dialog: bool = False, starts_with: bool = False):
+        """The visible button whose text is `label` (waits for it)."""
+        from selenium.webdriver.common.by import By
+
+        scope = "//*[@role='dialog']" if within_dialog else ""
+        test = f"starts-with(normalize-space(), '{label}')" if starts_with else f"normalize-space()='{label}'"
+
+        def found():
+            buttons = [b for b in self.driver.find_elements(By.XPATH, f"{scope}//button[{test}]") if b.is_displayed()]
+            return buttons[0] if buttons else None
+
+        return self.wait_for(found, what=f"button {label!r}")
+
+    def click(self, element) -> None:
+        self.driver.execute_script("arguments[0].click()", element)
+
+    def dismiss_welcome(self) -> None:
+        """A new browser may be greeted by a newsletter dialog (the instance's `nux: enabled: false` hides it)."""
+        from selenium.webdriver.common.by import By
+
+        for button in self.driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+            button.click()
+
+    def screenshot(self, name: str) -> Path:
+        path = self.screenshots / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+
+BACKFILLS = """{ partitionBackfillsOrError(limit: 50) { ... on PartitionBackfills { results { id } } } }"""
+
+
+def backfill_ids(server: UiServer) -> set[str]:
+    return {b["id"] for b in server.query(BACKFILLS)["partitionBackfillsOrError"]["results"]}
