@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from mdp_assets.science.plots import (illumination_images, markdown_image, plate_map, plate_shape,
-                                      well_position)
+from mdp_assets.science.plots import (INLINE_MARKDOWN_CHARS, illumination_images, inline_plate_map, markdown_image,
+                                      plate_map, plate_shape, plate_thumbnail, well_position)
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -48,3 +48,29 @@ def test_illumination_images_and_markdown():
     assert _pixels(png).shape[1] > _pixels(illumination_images({"DNA": functions["DNA"]}, "plate")).shape[1]
     text = markdown_image(png, "alt")
     assert text.startswith("![alt](data:image/png;base64,") and base64.b64decode(text.split(",", 1)[1][:-1]) == png
+
+
+def test_a_plate_thumbnail_fits_in_place_and_keeps_the_layout():
+    rng = np.random.default_rng(0)
+    for rows, columns in (("ABCDEFGH", 12), ("ABCDEFGHIJKLMNOP", 24)):
+        # Cell counts with an edge effect and noise, as plates have them.
+        values = {f"{r}{c:02d}": float(round(30 - 1.5 * abs(i - len(rows) / 2) - abs(c - columns / 2) / 2
+                                             + rng.normal(0, 3)))
+                  for i, r in enumerate(rows) for c in range(1, columns + 1)}
+        markdown = inline_plate_map(values, "cells per well", controls={"B02"})
+        assert len(markdown) < INLINE_MARKDOWN_CHARS, (len(rows), len(markdown))  # the UI shows it in place
+        png = base64.b64decode(markdown.split(",", 1)[1].split(")", 1)[0])
+        image = _pixels(png)
+        cell = image.shape[1] // columns
+        assert image.shape[0] == len(rows) * cell  # one square per well, in plate layout
+        # Each well's colour follows its value: the darkest well holds the smallest value.
+        centres = {w: image[well_position(w)[0] * cell + cell // 2, well_position(w)[1] * cell + cell // 2, :3].sum()
+                   for w in values}
+        span = max(values.values()) - min(values.values())
+        assert values[min(centres, key=centres.get)] - min(values.values()) <= span / 8
+        assert max(values.values()) - values[max(centres, key=centres.get)] <= span / 8
+    assert f"{min(values.values()):.0f} (dark) to {max(values.values()):.0f} (yellow)" in markdown
+    assert "outlined: negative controls" in markdown
+    dense = {f"{chr(65 + r % 26) if r < 26 else 'A' + chr(65 + r - 26)}{c:02d}": float(rng.random())
+             for r in range(32) for c in range(1, 49)}
+    assert plate_thumbnail(dense, budget=700) is None  # too big to show in place: the figure alone then

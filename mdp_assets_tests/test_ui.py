@@ -179,24 +179,35 @@ def test_a_person_materializes_backfills_and_sees_the_plate_map_in_a_browser(ui,
         browser.wait_for_text("2 partitions", "Succeeded", "100% completed")
         browser.screenshot("4-backfill-succeeded")
 
-        # 3. The plate map of a plate: cells per well, drawn into segmentation_masks' metadata.
+        # 3. The plate map of a plate (cells per well, in segmentation_masks' metadata): in place, and the figure.
         browser.open(f"/assets/segmentation_masks?view=events&partition={plate}")
-        browser.wait_for_text(f"Partition {plate} materialized", "plate_map")
-        show = browser.driver.find_element(By.XPATH, "//td[normalize-space()='plate_map']/following-sibling::td"
+        browser.wait_for_text(f"Partition {plate} materialized", "plate_map", "cells per well:")
+        thumbnail = browser.wait_for(lambda: next(iter(browser.driver.find_elements(
+            By.XPATH, "//td[normalize-space()='plate_map']/following-sibling::td//img[@alt='cells per well']")), None),
+            what="the plate map shown in place")
+        browser.wait_for(lambda: int(thumbnail.get_attribute("naturalWidth") or 0) > 0, what="the thumbnail decoded")
+        shown = thumbnail.rect
+        browser.screenshot("5-plate-map-in-place")
+        show = browser.driver.find_element(By.XPATH, "//td[normalize-space()='plate_map_figure']/following-sibling::td"
                                                      "//*[normalize-space(text())='[Show Markdown]']")
         browser.click(show)
-        image = browser.wait_for(lambda: next(iter(browser.driver.find_elements(
-            By.XPATH, "//*[@role='dialog']//img[@alt='cells per well']")), None), what="the plate map image")
-        browser.wait_for(lambda: int(image.get_attribute("naturalWidth") or 0) > 300, what="the image decoded")
-        rendered = image.rect
-        src = image.get_attribute("src")
-        browser.screenshot("5-plate-map")
+        figure = browser.wait_for(lambda: next(iter(browser.driver.find_elements(
+            By.XPATH, f"//*[@role='dialog']//img[@alt='{plate}: cells (nuclei) per well']")), None),
+            what="the plate map figure")
+        browser.wait_for(lambda: int(figure.get_attribute("naturalWidth") or 0) > 300, what="the figure decoded")
+        rendered = figure.rect
+        sources = {"plate_map": thumbnail.get_attribute("src"), "plate_map_figure": figure.get_attribute("src")}
+        browser.screenshot("6-plate-map-figure")
     finally:
         browser.close()
+    assert shown["width"] == 12 * shown["height"] / 8 and shown["width"] >= 12 * 4  # 96 wells, in plate layout
     assert rendered["width"] > 300 and rendered["height"] > 150
     records = instance.fetch_materializations(dg.AssetRecordsFilter(
         asset_key=dg.AssetKey("segmentation_masks"), asset_partitions=[plate]), limit=1).records
-    markdown = records[0].asset_materialization.metadata["plate_map"].value
-    assert src == markdown[markdown.index("(") + 1:-1]  # the picture of this plate
-    for name in ("1-materialize-dialog", "2-materialized", "3-backfill-dialog", "4-backfill-succeeded", "5-plate-map"):
+    metadata = records[0].asset_materialization.metadata
+    for key, src in sources.items():  # the pictures of this plate's latest materialization
+        markdown = metadata[key].value
+        assert src == markdown[markdown.index("](") + 2:markdown.index(")", markdown.index("]("))], key
+    for name in ("1-materialize-dialog", "2-materialized", "3-backfill-dialog", "4-backfill-succeeded",
+                 "5-plate-map-in-place", "6-plate-map-figure"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000, name

@@ -25,7 +25,7 @@ from mdp_assets.services.instance import instance_config
 from mdp_assets.services.registration import add_partitions, register_plate
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets_tests.conftest import REPOSITORY, make_deployment
-from tools.local_stack import free_port
+from tools.local_stack import _signals_not_ignored, free_port
 
 LOCATION, REPOSITORY_NAME, ASSET_JOB = "mdp", "__repository__", "__ASSET_JOB"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -101,7 +101,8 @@ class UiServer:
             "daemon": [str(runs.BIN / "dagster-daemon"), "run", "-w", workspace],
         }
         for name, command in commands.items():
-            with open(logs / f"{name}.log", "ab") as log:
+            # Started from a backgrounded shell (make, CI) they would otherwise ignore SIGTERM (local_stack.py).
+            with open(logs / f"{name}.log", "ab") as log, _signals_not_ignored():
                 self.processes[name] = subprocess.Popen(command, env=self.environment(), stdout=log,
                                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s

@@ -13,6 +13,7 @@ import io
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from PIL import Image
 
 # Screening plate formats by the number of wells they hold: rows, columns.
 PLATE_FORMATS = ((96, (8, 12)), (384, (16, 24)), (1536, (32, 48)))
@@ -101,6 +103,61 @@ def illumination_images(functions: Mapping[str, np.ndarray], title: str) -> byte
     return _png(figure)
 
 
+# The UI shows markdown metadata in place only when it is shorter than this; longer goes behind "[Show Markdown]".
+INLINE_MARKDOWN_CHARS = 1000
+
+def plate_thumbnail(values: Mapping[str, float | None], controls: set[str] = frozenset(),
+                    vmin: float | None = None, vmax: float | None = None, budget: int = 700) -> bytes | None:
+    """A small palette PNG of the plate, wells as flat squares in viridis, negative controls outlined in black,
+    wells without a value grey: small enough (base64 under `budget` characters) for the UI to show it in
+    place. The largest wells and finest colour steps that fit; None when nothing fits (a dense 1536-well plate)."""
+    shape = plate_shape(list(values) + list(controls))
+    known = [float(v) for v in values.values() if v is not None and not math.isnan(float(v))]
+    low = vmin if vmin is not None else min(known, default=0.0)
+    high = vmax if vmax is not None else max(known, default=1.0)
+    shares = np.full(shape, np.nan)
+    for well, value in values.items():
+        if value is not None and not math.isnan(float(value)):
+            shares[well_position(well)] = min(max((float(value) - low) / ((high - low) or 1.0), 0.0), 1.0)
+    for steps in (32, 16, 8):
+        for cell in (16, 12, 9, 6, 4):
+            png = _thumbnail_png(shares, controls, steps, cell)
+            if len(base64.b64encode(png)) <= budget:
+                return png
+    return None
+
+
+def _thumbnail_png(shares: np.ndarray, controls: set[str], steps: int, cell: int) -> bytes:
+    black, grey, white = steps, steps + 1, steps + 2  # palette: viridis steps, then these
+    levels = np.where(np.isnan(shares), grey, np.round(np.nan_to_num(shares) * (steps - 1))).astype(np.uint8)
+    pixels = np.repeat(np.repeat(levels, cell, axis=0), cell, axis=1)
+    pixels[::cell, :] = white
+    pixels[:, ::cell] = white
+    for well in controls:
+        row, column = well_position(well)
+        y, x = row * cell, column * cell
+        pixels[y + 1:y + cell, [x + 1, x + cell - 1]] = black
+        pixels[[y + 1, y + cell - 1], x + 1:x + cell] = black
+    palette = [round(255 * c) for i in range(steps) for c in colormaps["viridis"](i / (steps - 1))[:3]]
+    image = Image.fromarray(pixels, mode="P")
+    image.putpalette(palette + [0, 0, 0, 221, 221, 221, 255, 255, 255])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def inline_plate_map(values: Mapping[str, float | None], what: str, controls: set[str] = frozenset(),
+                     vmin: float | None = None, vmax: float | None = None) -> str:
+    """Markdown the UI shows in place: the plate thumbnail and one line saying what the colours mean."""
+    known = [float(v) for v in values.values() if v is not None and not math.isnan(float(v))]
+    low = vmin if vmin is not None else min(known, default=0.0)
+    high = vmax if vmax is not None else max(known, default=1.0)
+    legend = f"{what}: {_short(low)} (dark) to {_short(high)} (yellow)" + \
+        ("; outlined: negative controls" if controls else "") + "; grey: no value"
+    png = plate_thumbnail(values, controls, low, high, budget=INLINE_MARKDOWN_CHARS - len(legend) - 60)
+    return (markdown_image(png, what) + "  \n" if png is not None else "") + legend
+
+
 def markdown_image(png: bytes, alt: str) -> str:
     """Markdown the Dagster UI renders as the image itself (a base64 PNG data URI)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
@@ -124,18 +181,34 @@ def _png(figure: Figure) -> bytes:
 
 
 # -- the pictures of each level, from what the level made ---------------------------------------------------
-def qc_plate_map(image_qc: pd.DataFrame, barcode: str, controls: set[str]) -> bytes:
+@dataclass(frozen=True)
+class PlateMap:
+    """A per-well figure of one plate, as the UI shows it: in place (`inline`, markdown under the UI's limit)
+    and as the full labelled figure (`figure`, a PNG)."""
+
+    inline: str
+    figure: bytes
+    title: str
+
+
+def _plate_map(values: Mapping[str, float | None], title: str, what: str, controls: set[str],
+               vmin: float | None = None, vmax: float | None = None) -> PlateMap:
+    return PlateMap(inline_plate_map(values, what, controls, vmin, vmax),
+                    plate_map(values, title, what, controls, vmin, vmax), title)
+
+
+def qc_plate_map(image_qc: pd.DataFrame, barcode: str, controls: set[str]) -> PlateMap:
     """Image QC: per well, the share of its images that pass (focus and saturation)."""
     by_well = image_qc.groupby("Metadata_Well")["qc_pass"].mean()
-    return plate_map(by_well.to_dict(), f"{barcode}: QC pass fraction per well", "images passing QC",
-                     controls, vmin=0.0, vmax=1.0)
+    return _plate_map(by_well.to_dict(), f"{barcode}: QC pass fraction per well", "images passing QC",
+                      controls, vmin=0.0, vmax=1.0)
 
 
-def cell_count_plate_map(sites: pd.DataFrame, wells: set[str], barcode: str, controls: set[str]) -> bytes:
+def cell_count_plate_map(sites: pd.DataFrame, wells: set[str], barcode: str, controls: set[str]) -> PlateMap:
     """Segmentation: nuclei found per well, over its QC-passing sites (grey: no usable site)."""
     counts = sites.groupby("Metadata_Well")["Count_Nuclei"].sum() if len(sites) else {}
     values = {well: (float(counts[well]) if well in counts else None) for well in wells}
-    return plate_map(values, f"{barcode}: cells (nuclei) per well", "cells", controls, vmin=0.0)
+    return _plate_map(values, f"{barcode}: cells (nuclei) per well", "cells per well", controls, vmin=0.0)
 
 
 def illumination_figure(folder: Path, barcode: str) -> bytes:

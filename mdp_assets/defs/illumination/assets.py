@@ -12,7 +12,8 @@ from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfil
 from mdp_assets.engines.cellprofiler.run import run_illumination
 from mdp_assets.science.illumination import write_corrected_images, write_illumination_functions
 from mdp_assets.science.image_qc import measure_plate_quality, passing_sites
-from mdp_assets.science.plots import illumination_figure, markdown_image, qc_plate_map
+from mdp_assets.defs.pictures import figure_metadata, plate_map_metadata
+from mdp_assets.science.plots import illumination_figure, qc_plate_map
 from mdp_assets.storage.partitions import StoredPartition, staged_output
 from mdp_assets.storage.resource import MdpStorage
 
@@ -38,8 +39,7 @@ def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settin
         "pass_fraction": fraction,
         "failed_images": int((~table["qc_pass"]).sum()),
         "thresholds": thresholds.__dict__,
-        "plate_map": dg.MetadataValue.md(markdown_image(qc_plate_map(table, plate.barcode, plate.control_wells()),
-                                                        "QC pass fraction per well")),
+        **plate_map_metadata(qc_plate_map(table, plate.barcode, plate.control_wells())),
     })
 
 
@@ -74,8 +74,8 @@ def illumination_functions(
             metadata = {"engine": "builtin", "channels": len(used), "images_per_channel": used,
                         **parameters.__dict__}
         (staged / "illumination.json").write_text(json.dumps(metadata))
-        picture = markdown_image(illumination_figure(staged, plate.barcode), "illumination function per channel")
-        return staged_output(staged, {**metadata, "illumination_functions": dg.MetadataValue.md(picture)})
+        picture = figure_metadata(illumination_figure(staged, plate.barcode), "illumination function per channel")
+        return staged_output(staged, {**metadata, "illumination_functions": picture})
 
 
 @dg.asset(

@@ -6,10 +6,11 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
+from mdp_assets.defs.pictures import plate_map_metadata
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_analysis
-from mdp_assets.science.plots import cell_count_plate_map, markdown_image
+from mdp_assets.science.plots import cell_count_plate_map
 from mdp_assets.science.segmentation import write_masks
 from mdp_assets.storage.partitions import StoredPartition, staged_output
 from mdp_assets.storage.resource import MdpStorage
@@ -52,4 +53,4 @@ def segmentation_masks(
             metadata = {"engine": "builtin", "sites": len(sites), "nuclei": nuclei}
         sites = pd.read_parquet(staged / "sites.parquet")
         picture = cell_count_plate_map(sites, set(raw_images["Metadata_Well"]), plate.barcode, plate.control_wells())
-        return staged_output(staged, {**metadata, "plate_map": dg.MetadataValue.md(markdown_image(picture, "cells per well"))})
+        return staged_output(staged, {**metadata, **plate_map_metadata(picture)})
