@@ -17,6 +17,7 @@ from mdp_assets.defs.illumination import checks as illumination_checks
 from mdp_assets.defs.jobs import build_jobs
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.defs.profiles import assets as profiles_assets
+from mdp_assets.defs.reprocess import reprocess_stale_levels
 from mdp_assets.defs.raw import assets as raw_assets
 from mdp_assets.defs.segmentation import assets as segmentation_assets
 from mdp_assets.defs.segmentation import checks as segmentation_checks
@@ -87,7 +88,7 @@ def build_definitions(
         asset_checks=[*dg.load_asset_checks_from_modules(CHECK_MODULES), verify_checks],
         jobs=[*build_jobs(verify_checks), verify_job, lifecycle_job, costs_job],
         schedules=[verify_schedule, lifecycle_schedule, costs_schedule],
-        sensors=[new_plate_sensor, release_sensor],
+        sensors=[new_plate_sensor, release_sensor, reprocess_stale_levels],
         resources={
             "storage": storage,
             "intake": IntakeSettings(**deployment.config.intake.model_dump()),

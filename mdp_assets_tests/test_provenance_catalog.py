@@ -217,3 +217,50 @@ def test_provenance_names_the_materializations_the_step_loaded(two_plates):
             assert item["data_version"] == upstream.asset_materialization.tags["dagster/data_version"]
             checked += 1
     assert checked == 7  # 1 + 4 + 1 + 1 inputs of the four levels
+
+
+def _tick(defs: dg.Definitions, instance, storage):
+    """One evaluation of the reprocess sensor, as the daemon makes it once a person has turned it on."""
+    sensor = defs.resolve_sensor_def("reprocess_stale_levels")
+    context = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def(),
+                                      resources={"storage": storage})
+    return sensor(context)
+
+
+def test_the_reprocess_sensor_turned_on_after_a_change_remakes_exactly_the_stale_levels(two_plates):
+    storage, instance, defs = two_plates
+    assert defs.resolve_sensor_def("reprocess_stale_levels").default_status == dg.DefaultSensorStatus.STOPPED
+    idle = _tick(defs, instance, storage)
+    assert isinstance(idle, dg.SkipReason) and "up to date" in idle.skip_message
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    before = max(r.storage_id for key in keys
+                 for r in instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1).records)
+
+    changed = _changed(storage)  # the built-in nuclei_min_area changed in mdp.yaml
+    requests = _tick(changed, instance, storage)
+    expected = SEGMENTATION_AND_BELOW | {"corrected_images"}  # the transient level is made again to be read
+    assert sorted(r.partition_key for r in requests) == PLATES
+    for request in requests:
+        assert request.job_name == "plate_job" and request.tags["mdp/command"] == "reprocess"
+        assert {k.to_user_string() for k in request.asset_selection} == expected
+        assert "segmentation_masks: code version changed" in request.tags["mdp/reasons"]
+        assert {(k.asset_key.to_user_string(), k.name) for k in request.asset_check_keys} == {
+            ("segmentation_masks", "no_empty_or_failed_wells")}  # the level's own checks, not the verification
+        job = changed.resolve_job_def("plate_job").get_subset(asset_selection=set(request.asset_selection),
+                                                              asset_check_selection=set(request.asset_check_keys))
+        result = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
+        assert result.success
+        assert {c.check_name for c in result.get_asset_check_evaluations()} == {"no_empty_or_failed_wells"}
+    consensus = _tick(changed, instance, storage)  # the plates are done: now the consensus
+    assert [(r.job_name, r.partition_key) for r in consensus] == [("consensus_job", None)]
+    assert changed.resolve_job_def("consensus_job").execute_in_process(instance=instance).success
+    assert isinstance(_tick(changed, instance, storage), dg.SkipReason)
+
+    # From the event log: what was made after the change is exactly the stale levels, each plate once.
+    made = []
+    for key in keys:
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, after_storage_id=before),
+                                                  limit=100).records
+        made += [(key.to_user_string(), r.partition_key) for r in records]
+    assert sorted(made) == sorted([(level, plate) for level in expected for plate in PLATES]
+                                  + [("consensus_profiles", None)])

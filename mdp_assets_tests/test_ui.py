@@ -8,11 +8,13 @@ level, look at a plate map. The tests share one server and run in file order."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from mdp_assets.storage.resource import MdpStorage
 from mdp_assets_tests.ui_server import Browser, UiServer, backfill_ids
 
 pytestmark = pytest.mark.slow
@@ -143,8 +145,9 @@ def test_a_person_materializes_backfills_and_sees_the_plate_map_in_a_browser(ui,
             confirm.click()  # "upstream not materialized" (not the case for raw_images)
         browser.wait_for(lambda: "Launch runs to materialize raw_images" in browser.dialog_text(), what="the dialog")
         browser.click(browser.driver.find_element(By.XPATH, "//*[@role='dialog']//*[contains(text(), 'Select a partition')]"))
-        option = browser.wait_for(lambda: next(iter(browser.driver.find_elements(
-            By.XPATH, f"//span[normalize-space()='{plate}']")), None), what=f"the option {plate}")
+        # The option in the partition list (not the page's own mention of the plate behind the dialog).
+        option = browser.wait_for(lambda: browser.on_top(f"//span[normalize-space()='{plate}']"),
+                                  what=f"the option {plate}")
         option.click()
         browser.wait_for(lambda: "1 partition" in browser.dialog_text(), what="one partition selected")
         browser.screenshot("1-materialize-dialog")
@@ -211,3 +214,40 @@ def test_a_person_materializes_backfills_and_sees_the_plate_map_in_a_browser(ui,
     for name in ("1-materialize-dialog", "2-materialized", "3-backfill-dialog", "4-backfill-succeeded",
                  "5-plate-map-in-place", "6-plate-map-figure"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000, name
+
+
+def test_turning_on_the_reprocess_sensor_remakes_the_damaged_level_through_the_queue(ui, instance):
+    """The documented UI action for "re-make what is out of date": Automation > reprocess_stale_levels > on."""
+    from mdp_assets_tests.conftest import stored
+    from mdp_assets_tests.ui_server import SENSOR, START_SENSOR, STOP_SENSOR, sensor_selector
+
+    selector = sensor_selector("reprocess_stale_levels")
+    sensor = ui.query(SENSOR, {"selector": selector})["sensorOrError"]
+    assert sensor["sensorState"]["status"] == "STOPPED" and "stale levels" in sensor["description"]
+    plate = ui.plates[1]
+    victim = stored(MdpStorage.from_deployment(ui.deployment), "raw_images", plate) / "table.parquet"
+    victim.write_bytes(victim.read_bytes()[:-20] + b"\0" * 20)  # a damaged file on the drive
+    run_id = ui.launch_run([], [("raw_images", "stored_files_intact")], None)  # the check finds and flags it
+    ui.wait_run(run_id)
+    assert check_evaluations(instance, run_id) == {("raw_images", "stored_files_intact"): False}
+
+    known = {r.run_id for r in instance.get_runs(dg.RunsFilter(tags={"mdp/command": "reprocess"}))}
+    started = ui.query(START_SENSOR, {"selector": selector})["startSensor"]
+    assert started["__typename"] == "Sensor" and started["sensorState"]["status"] == "RUNNING", started
+    try:
+        deadline = time.monotonic() + 180
+        while not (runs := [r for r in instance.get_runs(dg.RunsFilter(tags={"mdp/command": "reprocess"}))
+                            if r.run_id not in known]) and time.monotonic() < deadline:
+            time.sleep(2)
+        assert len(runs) == 1, "the sensor requested one run"
+        run = ui.wait_run(runs[0].run_id)
+        assert run["status"] == "SUCCESS"
+        assert runs[0].tags["mdp/plate"] == plate and "raw_images: stored files corrupt" in runs[0].tags["mdp/reasons"]
+        # Exactly the damaged level; it came back identical, so nothing below it is out of date.
+        assert materialized(instance, runs[0].run_id) == {("raw_images", plate)}
+    finally:
+        state = ui.query(SENSOR, {"selector": selector})["sensorOrError"]["sensorState"]
+        ui.query(STOP_SENSOR, {"id": state["id"], "selectorId": state["selectorId"]})
+    run_id = ui.launch_run([], [("raw_images", "stored_files_intact")], None)
+    ui.wait_run(run_id)
+    assert check_evaluations(instance, run_id) == {("raw_images", "stored_files_intact"): True}

@@ -256,6 +256,18 @@ class Browser:
 
         return self.wait_for(found, what=f"button {label!r}")
 
+    def on_top(self, xpath: str):
+        """The first element matching `xpath` that is not covered by another (a dialog's backdrop), or None."""
+        from selenium.webdriver.common.by import By
+
+        for element in self.driver.find_elements(By.XPATH, xpath):
+            if element.is_displayed() and self.driver.execute_script(
+                    "const r = arguments[0].getBoundingClientRect();"
+                    "const top = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);"
+                    "return top !== null && (top === arguments[0] || arguments[0].contains(top));", element):
+                return element
+        return None
+
     def click(self, element) -> None:
         self.driver.execute_script("arguments[0].click()", element)
 
@@ -277,3 +289,15 @@ BACKFILLS = """{ partitionBackfillsOrError(limit: 50) { ... on PartitionBackfill
 
 def backfill_ids(server: UiServer) -> set[str]:
     return {b["id"] for b in server.query(BACKFILLS)["partitionBackfillsOrError"]["results"]}
+
+
+START_SENSOR = """mutation Start($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
+  __typename ... on Sensor { name sensorState { status } } ... on Error { message } } }"""
+STOP_SENSOR = """mutation Stop($id: String!, $selectorId: String!) { stopSensor(id: $id, selectorId: $selectorId) {
+  __typename ... on StopSensorMutationResult { instigationState { status } } ... on Error { message } } }"""
+SENSOR = """query Sensor($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+  ... on Sensor { name description minIntervalSeconds sensorState { id selectorId status } } ... on Error { message } } }"""
+
+
+def sensor_selector(name: str) -> dict[str, str]:
+    return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY_NAME, "sensorName": name}
