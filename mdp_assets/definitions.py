@@ -17,7 +17,7 @@ from mdp_assets.defs.illumination import checks as illumination_checks
 from mdp_assets.defs.jobs import build_jobs
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.defs.profiles import assets as profiles_assets
-from mdp_assets.defs.reprocess import reprocess_stale_levels
+from mdp_assets.defs.reprocess import build_reprocess_sensor
 from mdp_assets.defs.raw import assets as raw_assets
 from mdp_assets.defs.segmentation import assets as segmentation_assets
 from mdp_assets.defs.segmentation import checks as segmentation_checks
@@ -83,12 +83,13 @@ def build_definitions(
     verify_job, verify_schedule = build_verify_job_and_schedule(verify_checks)
     lifecycle_job, lifecycle_schedule, release_sensor = build_lifecycle(consumers_of(assets))
     costs_job, costs_schedule = storage_costs_assets.build_storage_costs_job(verify_checks)
+    plate_jobs = build_jobs(verify_checks)  # plate_job, consensus_job
     return dg.Definitions(
         assets=assets,
         asset_checks=[*dg.load_asset_checks_from_modules(CHECK_MODULES), verify_checks],
-        jobs=[*build_jobs(verify_checks), verify_job, lifecycle_job, costs_job],
+        jobs=[*plate_jobs, verify_job, lifecycle_job, costs_job],
         schedules=[verify_schedule, lifecycle_schedule, costs_schedule],
-        sensors=[new_plate_sensor, release_sensor, reprocess_stale_levels],
+        sensors=[new_plate_sensor, release_sensor, build_reprocess_sensor(plate_jobs)],
         resources={
             "storage": storage,
             "intake": IntakeSettings(**deployment.config.intake.model_dump()),

@@ -229,7 +229,9 @@ def _tick(defs: dg.Definitions, instance, storage):
 
 def test_the_reprocess_sensor_turned_on_after_a_change_remakes_exactly_the_stale_levels(two_plates):
     storage, instance, defs = two_plates
-    assert defs.resolve_sensor_def("reprocess_stale_levels").default_status == dg.DefaultSensorStatus.STOPPED
+    sensor = defs.resolve_sensor_def("reprocess_stale_levels")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert {job.name for job in sensor.jobs} == {"plate_job", "consensus_job"}  # the daemon refuses untargeted runs
     idle = _tick(defs, instance, storage)
     assert isinstance(idle, dg.SkipReason) and "up to date" in idle.skip_message
     keys = defs.resolve_asset_graph().get_all_asset_keys()

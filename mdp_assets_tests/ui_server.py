@@ -293,7 +293,7 @@ def backfill_ids(server: UiServer) -> set[str]:
 
 START_SENSOR = """mutation Start($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
   __typename ... on Sensor { name sensorState { status } } ... on Error { message } } }"""
-STOP_SENSOR = """mutation Stop($id: String!, $selectorId: String!) { stopSensor(id: $id, selectorId: $selectorId) {
+STOP_SENSOR = """mutation Stop($id: String!, $selectorId: String!) { stopSensor(id: $id, jobSelectorId: $selectorId) {
   __typename ... on StopSensorMutationResult { instigationState { status } } ... on Error { message } } }"""
 SENSOR = """query Sensor($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
   ... on Sensor { name description minIntervalSeconds sensorState { id selectorId status } } ... on Error { message } } }"""

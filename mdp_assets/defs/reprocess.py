@@ -24,14 +24,19 @@ UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Da
               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
-@dg.sensor(
-    name=SENSOR,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Turn on after a pipeline, parameter or engine change: re-makes exactly the stale levels of every "
-    "plate (one plate_job run per plate, the reasons in its tags), then the consensus. Off by default: the lab "
-    "chooses when changed code re-makes data. The same plan as `mdp reprocess`.",
-)
+def build_reprocess_sensor(jobs: list) -> dg.SensorDefinition:
+    """The sensor over `plate_job` and `consensus_job` (the jobs it submits runs of)."""
+    return dg.sensor(
+        name=SENSOR,
+        jobs=jobs,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Turn on after a pipeline, parameter or engine change: re-makes exactly the stale levels of "
+        "every plate (one plate_job run per plate, the reasons in its tags), then the consensus. Off by default: "
+        "the lab chooses when changed code re-makes data. The same plan as `mdp reprocess`.",
+    )(reprocess_stale_levels)
+
+
 def reprocess_stale_levels(context: dg.SensorEvaluationContext, storage: MdpStorage):
     instance = context.instance
     if instance.get_runs_count(dg.RunsFilter(tags={COMMAND_TAG: COMMAND}, statuses=UNFINISHED)):
