@@ -13,11 +13,14 @@ import dagster as dg
 from mdp_assets.config import Deployment, IntakeSettings, StepSettings, load_deployment
 from mdp_assets.defs.embeddings import assets as embeddings_assets
 from mdp_assets.defs.illumination import assets as illumination_assets
+from mdp_assets.defs.illumination import checks as illumination_checks
 from mdp_assets.defs.jobs import build_jobs
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.defs.profiles import assets as profiles_assets
+from mdp_assets.defs.reprocess import build_reprocess_sensor
 from mdp_assets.defs.raw import assets as raw_assets
 from mdp_assets.defs.segmentation import assets as segmentation_assets
+from mdp_assets.defs.segmentation import checks as segmentation_checks
 from mdp_assets.defs.single_cell import assets as single_cell_assets
 from mdp_assets.defs.storage import costs as storage_costs_assets
 from mdp_assets.defs.storage.lifecycle import build_lifecycle
@@ -37,6 +40,8 @@ ASSET_MODULES = [
     embeddings_assets,
     storage_costs_assets,
 ]
+# The levels' own checks, each its own step over the stored partition: they run with their asset or alone.
+CHECK_MODULES = [illumination_checks, segmentation_checks]
 
 # Opt-in reprocessing: a level whose code version changed, or whose inputs were re-made, is re-materialized
 # by the automation daemon, partition by partition; levels never made are left to the intake sensor.
@@ -79,12 +84,13 @@ def build_definitions(
     verify_job, verify_schedule = build_verify_job_and_schedule(verify_checks)
     lifecycle_job, lifecycle_schedule, release_sensor = build_lifecycle(consumers_of(assets))
     costs_job, costs_schedule = storage_costs_assets.build_storage_costs_job(verify_checks)
+    plate_jobs = build_jobs(verify_checks)  # plate_job, consensus_job
     return dg.Definitions(
         assets=assets,
-        asset_checks=[verify_checks],
-        jobs=[*build_jobs(verify_checks), verify_job, lifecycle_job, costs_job],
+        asset_checks=[*dg.load_asset_checks_from_modules(CHECK_MODULES), verify_checks],
+        jobs=[*plate_jobs, verify_job, lifecycle_job, costs_job],
         schedules=[verify_schedule, lifecycle_schedule, costs_schedule],
-        sensors=[new_plate_sensor, release_sensor],
+        sensors=[new_plate_sensor, release_sensor, build_reprocess_sensor(plate_jobs)],
         resources={
             "storage": storage,
             "intake": IntakeSettings(**deployment.config.intake.model_dump()),

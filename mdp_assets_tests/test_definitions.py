@@ -49,7 +49,8 @@ def test_jobs_schedules_and_sensors():
     assert {j.name for j in defs.resolve_all_job_defs()} >= {
         "plate_job", "consensus_job", "verify_job", "lifecycle_job", "storage_costs_job"}
     assert {s.name for s in defs.schedules} == {"verify_schedule", "lifecycle_schedule", "storage_costs_schedule"}
-    assert {s.name for s in defs.sensors} == {"new_plate_sensor", "release_transient_levels"}
+    assert {s.name for s in defs.sensors} == {"new_plate_sensor", "release_transient_levels", "reprocess_stale_levels"}
+    assert all(s.description for s in [*defs.sensors, *defs.schedules]), "each says what it does"
 
 
 def test_image_qc_declares_its_check():

@@ -51,7 +51,7 @@ def test_every_level_of_a_demo_plate(storage, instance):
     qc = pd.read_parquet(_stored(storage, "image_qc") / "table.parquet")
     assert qc["qc_pass"].all() and len(qc) == 40
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert checks["qc_pass_fraction"].passed
+    assert checks["qc_pass_fraction"].passed and checks["qc_pass_fraction"].metadata["images"].value == 40
 
     illumination = np.load(_stored(storage, "illumination_functions") / "DNA.npy")
     assert illumination.shape == (192, 192) and illumination.min() >= 1.0

@@ -169,8 +169,23 @@ def test_verify_names_a_corrupt_file_and_flags_it(two_plates, monkeypatch, capsy
     result = defs.resolve_job_def("verify_job").execute_in_process(instance=instance, raise_on_error=False)
     checks = {c.asset_key.to_user_string(): c for c in result.get_asset_check_evaluations()}
     assert not checks["segmentation_masks"].passed
-    assert victim.as_uri() in checks["segmentation_masks"].metadata["files"].value
+    damaged = checks["segmentation_masks"].metadata["damaged_files"].value.records  # a table in the UI
+    assert [(r.data["partition"], r.data["uri"], r.data["status"]) for r in damaged] == [
+        ("PROV-2", victim.as_uri(), "corrupt")]
     assert checks["raw_images"].passed and checks["well_profiles"].passed
+    assert checks["raw_images"].metadata["files_checked"].value > 0
+
+    # One level's check alone re-reads only that level's files.
+    job = defs.resolve_implicit_global_asset_job_def()
+    alone = job.get_subset(asset_selection=set(), asset_check_selection={
+        dg.AssetCheckKey(dg.AssetKey("raw_images"), "stored_files_intact")}).execute_in_process(instance=instance)
+    evaluations = alone.get_asset_check_evaluations()
+    assert [(c.asset_key.to_user_string(), c.passed) for c in evaluations] == [("raw_images", True)]
+    with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
+        latest = dict(con.execute("SELECT asset_key = 'raw_images', max(checked_at) FROM stored_files GROUP BY 1").fetchall())
+        count = con.execute("SELECT count(*) FROM stored_files WHERE asset_key = 'raw_images'").fetchone()[0]
+    assert latest[True] > latest[False]  # the other levels' files kept the verify_job's time
+    assert evaluations[0].metadata["files_checked"].value == count
 
 
 def test_a_qc_threshold_changed_in_mdp_yaml_makes_image_qc_and_the_levels_below_stale(two_plates):
@@ -204,3 +219,52 @@ def test_provenance_names_the_materializations_the_step_loaded(two_plates):
             assert item["data_version"] == upstream.asset_materialization.tags["dagster/data_version"]
             checked += 1
     assert checked == 8  # 1 + 4 + 2 + 1 inputs of the four levels (well_profiles: single cells and their QC)
+
+
+def _tick(defs: dg.Definitions, instance, storage):
+    """One evaluation of the reprocess sensor, as the daemon makes it once a person has turned it on."""
+    sensor = defs.resolve_sensor_def("reprocess_stale_levels")
+    context = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def(),
+                                      resources={"storage": storage})
+    return sensor(context)
+
+
+def test_the_reprocess_sensor_turned_on_after_a_change_remakes_exactly_the_stale_levels(two_plates):
+    storage, instance, defs = two_plates
+    sensor = defs.resolve_sensor_def("reprocess_stale_levels")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert {job.name for job in sensor.jobs} == {"plate_job", "consensus_job"}  # the daemon refuses untargeted runs
+    idle = _tick(defs, instance, storage)
+    assert isinstance(idle, dg.SkipReason) and "up to date" in idle.skip_message
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    before = max(r.storage_id for key in keys
+                 for r in instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1).records)
+
+    changed = _changed(storage)  # the built-in nuclei_min_area changed in mdp.yaml
+    requests = _tick(changed, instance, storage)
+    expected = SEGMENTATION_AND_BELOW | {"corrected_images"}  # the transient level is made again to be read
+    assert sorted(r.partition_key for r in requests) == PLATES
+    for request in requests:
+        assert request.job_name == "plate_job" and request.tags["mdp/command"] == "reprocess"
+        assert {k.to_user_string() for k in request.asset_selection} == expected
+        assert "segmentation_masks: code version changed" in request.tags["mdp/reasons"]
+        assert {(k.asset_key.to_user_string(), k.name) for k in request.asset_check_keys} == {
+            ("segmentation_masks", "no_empty_or_failed_wells")}  # the level's own checks, not the verification
+        job = changed.resolve_job_def("plate_job").get_subset(asset_selection=set(request.asset_selection),
+                                                              asset_check_selection=set(request.asset_check_keys))
+        result = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
+        assert result.success
+        assert {c.check_name for c in result.get_asset_check_evaluations()} == {"no_empty_or_failed_wells"}
+    consensus = _tick(changed, instance, storage)  # the plates are done: now the consensus
+    assert [(r.job_name, r.partition_key) for r in consensus] == [("consensus_job", None)]
+    assert changed.resolve_job_def("consensus_job").execute_in_process(instance=instance).success
+    assert isinstance(_tick(changed, instance, storage), dg.SkipReason)
+
+    # From the event log: what was made after the change is exactly the stale levels, each plate once.
+    made = []
+    for key in keys:
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, after_storage_id=before),
+                                                  limit=100).records
+        made += [(key.to_user_string(), r.partition_key) for r in records]
+    assert sorted(made) == sorted([(level, plate) for level in expected for plate in PLATES]
+                                  + [("consensus_profiles", None)])

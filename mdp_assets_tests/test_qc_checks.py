@@ -1,5 +1,6 @@
 """Image QC as asset checks: failures name each file and well, and downstream levels exclude them."""
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,16 +27,20 @@ def test_blurred_image_fails_its_check_and_its_site_is_excluded(storage, instanc
     instance.add_dynamic_partitions("plates", [SPEC.barcode])
     result = defs.resolve_job_def("plate_job").execute_in_process(
         instance=instance, partition_key=SPEC.barcode,
-        op_selection=["raw_images", "image_qc", "illumination_functions", "corrected_images", "segmentation_masks",
-                      "single_cell_features"],
+        asset_selection=[dg.AssetKey(k) for k in ("raw_images", "image_qc", "illumination_functions",
+                                                  "corrected_images", "segmentation_masks", "single_cell_features")],
     )
     assert result.success
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["no_blurred_images"].passed
-    assert blurred.name in checks["no_blurred_images"].metadata["files"].value
-    assert checks["no_saturated_images"].passed
+    failing = checks["no_blurred_images"].metadata["failing_images"].value.records  # a table the UI shows
+    assert [(r.data["file_name"], r.data["Metadata_Well"], r.data["Metadata_Channel"]) for r in failing] == [
+        (blurred.name, "B02", "DNA")]
+    assert checks["no_saturated_images"].passed and checks["no_saturated_images"].metadata["images"].value == 0
+    assert checks["qc_pass_fraction"].metadata["pass_fraction"].value == pytest.approx(39 / 40)
     assert not checks["no_empty_or_failed_wells"].passed
-    assert "B02: every site failed image QC" in checks["no_empty_or_failed_wells"].metadata["problems"].value
+    problems = checks["no_empty_or_failed_wells"].metadata["problems"].value.records
+    assert [(r.data["well"], r.data["why"]) for r in problems] == [("B02", "every site failed image QC")]
 
     corrected = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     assert corrected["corrected_images"].metadata["excluded_sites"].value == "B02 site 1"

@@ -82,6 +82,14 @@ class Plate:
             return None
         return f"`{metadata_name(control.column)}` == {control.value!r}"
 
+    def control_wells(self) -> set[str]:
+        """The platemap's negative-control wells (none when the manifest names no negative control)."""
+        control = self.manifest.negative_control
+        column = metadata_name(control.column) if control is not None else None
+        if column is None or column not in self.platemap.columns:
+            return set()
+        return set(self.platemap.loc[self.platemap[column].astype(str) == str(control.value), "Metadata_Well"])
+
     def well_metadata(self, wells: list[str] | None = None) -> pd.DataFrame:
         """One row per well: Metadata_Plate, Metadata_Well, every platemap annotation, origin, perturbation.
         With `wells`, every one of them gets a row (annotations empty where the platemap has none)."""

@@ -12,9 +12,9 @@ from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.storage.tiers import TierStore
 
 
-def verify_stored_files(storage: MdpStorage) -> tuple[int, list[catalog.FileProblem]]:
-    """Re-read every cataloged file in its tier (a folder, a git repository, an S3 bucket) and compare its
-    sha256 with the catalog's; the catalog records each file's status."""
+def verify_stored_files(storage: MdpStorage, asset_keys: list[str] | None = None) -> tuple[int, list[catalog.FileProblem]]:
+    """Re-read every cataloged file (of the levels `asset_keys` names, else of all) in its tier (a folder, a git
+    repository, an S3 bucket) and compare its sha256 with the catalog's; the catalog records each file's status."""
     policy = storage.policy()
     stores: dict[str, TierStore | None] = {}
 
@@ -28,7 +28,7 @@ def verify_stored_files(storage: MdpStorage) -> tuple[int, list[catalog.FileProb
 
     if not storage.catalog_path.exists():
         return 0, []
-    return catalog.verify(storage.catalog_path, check)
+    return catalog.verify(storage.catalog_path, check, asset_keys)
 
 
 def rebuild_catalog(instance: dg.DagsterInstance, storage: MdpStorage) -> int:

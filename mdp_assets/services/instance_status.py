@@ -71,15 +71,20 @@ def _data_version_at(instance: dg.DagsterInstance, key: dg.AssetKey, partition: 
     return (record.asset_materialization.tags or {}).get(DATA_VERSION_TAG)
 
 
+def asset_graph_of(defs: dg.Definitions | dg.RepositoryDefinition):
+    """The asset graph of a Definitions or of the repository a sensor evaluates in (its code versions)."""
+    return defs.resolve_asset_graph() if isinstance(defs, dg.Definitions) else defs.asset_graph
+
+
 def stale_reasons(
     instance: dg.DagsterInstance,
-    defs: dg.Definitions,
+    defs: dg.Definitions | dg.RepositoryDefinition,
     asset_keys: list[dg.AssetKey],
     partition: str | None,
     current_input_fingerprint: str | None = None,
 ) -> dict[dg.AssetKey, str]:
     """For each stale asset of `asset_keys` (in the order given, upstream first): why it is stale."""
-    graph = defs.resolve_asset_graph()
+    graph = asset_graph_of(defs)
     reasons: dict[dg.AssetKey, str] = {}
     latest: dict[dg.AssetKey, LevelStatus | None] = {}
     for key in asset_keys:

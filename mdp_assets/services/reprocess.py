@@ -12,7 +12,7 @@ import dagster as dg
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.inventory import plate_fingerprint
 from mdp_assets.plates.registry import PARTITIONS
-from mdp_assets.services.instance_status import stale_reasons
+from mdp_assets.services.instance_status import asset_graph_of, stale_reasons
 from mdp_assets.services.lifecycle import release_consumed
 from mdp_assets.services.runs import RunOutcome, RunRequest
 from mdp_assets.storage import catalog
@@ -35,12 +35,12 @@ class PlateWork:
         return RunRequest(PLATE_JOB, self.plate, tuple(self.levels))
 
 
-def plate_levels(defs: dg.Definitions) -> list[dg.AssetKey]:
-    graph = defs.resolve_asset_graph()
+def plate_levels(defs: dg.Definitions | dg.RepositoryDefinition) -> list[dg.AssetKey]:
+    graph = asset_graph_of(defs)
     return [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def is not None]
 
 
-def plan_plate(instance: dg.DagsterInstance, defs: dg.Definitions, storage: MdpStorage, plate: str,
+def plan_plate(instance: dg.DagsterInstance, defs: dg.Definitions | dg.RepositoryDefinition, storage: MdpStorage, plate: str,
                levels: list[str] | None = None) -> PlateWork:
     """The stale levels of a plate (or, with `levels`, those levels whatever their state), with reasons."""
     keys = plate_levels(defs)
@@ -60,7 +60,7 @@ def plan_plate(instance: dg.DagsterInstance, defs: dg.Definitions, storage: MdpS
         key = dg.AssetKey.from_user_string(asset)
         if key in keys and key not in reasons:
             reasons[key] = f"stored files {statuses} (found by mdp verify)"
-    graph = defs.resolve_asset_graph()
+    graph = asset_graph_of(defs)
     for key in list(reasons):
         # A stale level that reads a released transient level needs that level made again first.
         for parent in graph.get(key).parent_keys:
@@ -77,7 +77,7 @@ def _released(storage: MdpStorage, asset: str, plate: str) -> bool:
     return bool(found and found.released)
 
 
-def consensus_reason(instance: dg.DagsterInstance, defs: dg.Definitions) -> str | None:
+def consensus_reason(instance: dg.DagsterInstance, defs: dg.Definitions | dg.RepositoryDefinition) -> str | None:
     return stale_reasons(instance, defs, [CONSENSUS], None).get(CONSENSUS)
 
 

@@ -209,12 +209,17 @@ class FileProblem:
 FileCheck = Callable[[str, str, str, str, str], str]
 
 
-def verify(path: Path, check: FileCheck) -> tuple[int, list[FileProblem]]:
-    """Check every cataloged file with `check(tier, asset_key, partition, relpath, sha256)`, which re-reads it
-    wherever its tier keeps it and says ok, missing, corrupt or uncommitted; record each row's status.
-    The catalog is not held while files are read, so runs can write to it meanwhile."""
+def verify(path: Path, check: FileCheck, asset_keys: list[str] | None = None) -> tuple[int, list[FileProblem]]:
+    """Check every cataloged file (of `asset_keys` only, when given) with `check(tier, asset_key, partition,
+    relpath, sha256)`, which re-reads it wherever its tier keeps it and says ok, missing, corrupt or
+    uncommitted; record each row's status. The catalog is not held while files are read, so runs can write to
+    it meanwhile."""
+    sql = "SELECT tier, asset_key, partition, relpath, uri, sha256 FROM stored_files"
     with connect(path, read_only=True) as con:
-        rows = con.execute("SELECT tier, asset_key, partition, relpath, uri, sha256 FROM stored_files").fetchall()
+        if asset_keys is None:
+            rows = con.execute(sql).fetchall()
+        else:
+            rows = con.execute(sql + " WHERE list_contains(?, asset_key)", [list(asset_keys)]).fetchall()
     problems, statuses = [], []
     now = datetime.now(timezone.utc)
     for tier, asset_key, partition, relpath, uri, expected in rows:

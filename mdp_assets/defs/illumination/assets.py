@@ -8,12 +8,13 @@ import pandas as pd
 
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.errors import MdpError
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_illumination, write_analysis_images
 from mdp_assets.science.illumination import write_corrected_images, write_illumination_functions
 from mdp_assets.science.image_qc import failing_sites, measure_plate_quality, passing_sites
+from mdp_assets.defs.pictures import figure_metadata, plate_map_metadata
+from mdp_assets.science.plots import illumination_figure, qc_plate_map
 from mdp_assets.services.runs import site_progress
 from mdp_assets.storage.partitions import StoredPartition, staged_output
 from mdp_assets.storage.resource import MdpStorage
@@ -25,66 +26,27 @@ GROUP = "qc_and_illumination"
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"parquet"},
-    check_specs=[
-        dg.AssetCheckSpec("qc_pass_fraction", asset="image_qc",
-                          description="share of sites passing QC; the plate stops only when the failing share "
-                          "exceeds qc.max_failing_site_fraction"),
-        dg.AssetCheckSpec("no_blurred_images", asset="image_qc", description="names every image judged blurred"),
-        dg.AssetCheckSpec("no_saturated_images", asset="image_qc", description="names every image judged saturated"),
-    ],
     description="Per image: focus (ImageQuality_PowerLogLogSlope) and saturation (ImageQuality_PercentMaximal) "
     "as CellProfiler's MeasureImageQuality defines them, their robust z-scores within the plate's channel, and a "
     "pass flag (qc settings in mdp.yaml or the plate's manifest). Failing sites are excluded below.",
 )
-def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settings: StepSettings, storage: MdpStorage):
+def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settings: StepSettings,
+             storage: MdpStorage) -> dg.Output:
     plate = storage.plate(context.partition_key)
     qc = settings.for_plate(plate.manifest.settings, plate.barcode).qc
     thresholds = qc.thresholds()
     table = measure_plate_quality(raw_images, thresholds)
     failing = failing_sites(table)
     sites = raw_images[["Metadata_Well", "Metadata_Site"]].drop_duplicates().shape[0]
-    failing_fraction = len(failing) / sites
-    yield storage.table_output("image_qc", table, {
+    return storage.table_output("image_qc", table, {
         "images": len(table),
         "pass_fraction": float(table["qc_pass"].mean()),
+        "failed_images": int((~table["qc_pass"]).sum()),
         "sites_failing": len(failing),
-        "site_pass_fraction": 1 - failing_fraction,
+        "site_pass_fraction": 1 - len(failing) / sites,
         "thresholds": thresholds.__dict__,
+        **plate_map_metadata(qc_plate_map(table, plate.barcode, plate.control_wells())),
     })
-    stops = failing_fraction > qc.max_failing_site_fraction
-    yield dg.AssetCheckResult(
-        check_name="qc_pass_fraction",
-        passed=not stops,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=(f"{len(failing)} of {sites} sites fail QC, more than the limit "
-                     f"{qc.max_failing_site_fraction:.0%}: the plate stops here" if stops else
-                     f"{len(failing)} of {sites} sites fail QC and are excluded below"),
-        metadata={"site_pass_fraction": 1 - failing_fraction, "max_failing_site_fraction": qc.max_failing_site_fraction,
-                  "failing_sites": ", ".join(failing[:100]) or "none"},
-    )
-    for check, flag, measure in [
-        ("no_blurred_images", "qc_blurred", "ImageQuality_PowerLogLogSlope"),
-        ("no_saturated_images", "qc_saturated", "ImageQuality_PercentMaximal"),
-    ]:
-        bad = table[table[flag]]
-        yield dg.AssetCheckResult(
-            check_name=check,
-            passed=bad.empty,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "images": len(bad),
-                "files": dg.MetadataValue.md(
-                    "\n".join(f"- {r.file_name}: {getattr(r, measure):.3f}" for r in bad.itertuples()) or "none"
-                ),
-                "excluded_downstream": True,
-            },
-        )
-    if stops:
-        # The table and the checks are recorded first, so the UI shows which sites failed and why.
-        raise MdpError(f"plate {plate.barcode}: {len(failing)} of {sites} sites fail image QC, more than "
-                       f"qc.max_failing_site_fraction ({qc.max_failing_site_fraction:.0%}); the plate stops before "
-                       f"illumination. Failing: {', '.join(failing[:20])}. Change the qc settings in mdp.yaml or the "
-                       "plate's manifest if these images are good, then re-materialize image_qc.")
 
 
 @dg.asset(
@@ -121,7 +83,8 @@ def illumination_functions(
             metadata = {"engine": "builtin", "channels": len(used), "images_per_channel": used,
                         **parameters.__dict__, **({"engine_note": stand_in} if stand_in else {})}
         (staged / "illumination.json").write_text(json.dumps(metadata))
-        return staged_output(staged, metadata)
+        picture = figure_metadata(illumination_figure(staged, plate.barcode), "illumination function per channel")
+        return staged_output(staged, {**metadata, "illumination_functions": picture})
 
 
 @dg.asset(

@@ -6,11 +6,13 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
+from mdp_assets.defs.pictures import plate_map_metadata
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_analysis
-from mdp_assets.science.image_qc import empty_or_failed_wells, passing_sites
+from mdp_assets.science.image_qc import passing_sites
+from mdp_assets.science.plots import cell_count_plate_map
 from mdp_assets.science.segmentation import write_masks
 from mdp_assets.services.runs import site_progress
 from mdp_assets.storage.partitions import StoredPartition, staged_output
@@ -22,8 +24,6 @@ from mdp_assets.storage.resource import MdpStorage
     group_name="masks",
     kinds={"tiff", "scikit-image"},
     pool=CELLPROFILER_POOL,
-    check_specs=[dg.AssetCheckSpec("no_empty_or_failed_wells", asset="segmentation_masks",
-                                   description="names every well with no usable site or no nucleus")],
     description="Per site, a (2, Y, X) int32 OME-TIFF of Nuclei and Cells labels (built-in engine: Otsu + shape "
     "declumping for nuclei, propagation-style watershed for cells; a cell carries its nucleus' label).",
 )
@@ -36,7 +36,7 @@ def segmentation_masks(
     storage: MdpStorage,
     settings: StepSettings,
     cellprofiler: CellProfilerEngine,
-):
+) -> dg.Output:
     plate = storage.plate(context.partition_key)
     settings, stand_in = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
                                           set(raw_images["Metadata_Channel"]))
@@ -65,12 +65,5 @@ def segmentation_masks(
         if "Metadata_Plate" not in sites.columns:  # every per-site table names its plate
             sites.insert(0, "Metadata_Plate", plate.barcode)
         sites.to_parquet(staged / "sites.parquet", index=False)
-        problems = empty_or_failed_wells(set(raw_images["Metadata_Well"]), sites)
-        yield staged_output(staged, metadata)
-    yield dg.AssetCheckResult(
-        check_name="no_empty_or_failed_wells",
-        passed=not problems,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"wells": len(problems),
-                  "problems": dg.MetadataValue.md("\n".join(f"- {w}: {why}" for w, why in problems.items()) or "none")},
-    )
+        picture = cell_count_plate_map(sites, set(raw_images["Metadata_Well"]), plate.barcode, plate.control_wells())
+        return staged_output(staged, {**metadata, **plate_map_metadata(picture)})
