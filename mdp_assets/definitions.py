@@ -20,7 +20,9 @@ from mdp_assets.defs.profiles import assets as profiles_assets
 from mdp_assets.defs.reprocess import build_reprocess_sensor
 from mdp_assets.defs.raw import assets as raw_assets
 from mdp_assets.defs.segmentation import assets as segmentation_assets
+from mdp_assets.defs.profiles import checks as profile_checks
 from mdp_assets.defs.segmentation import checks as segmentation_checks
+from mdp_assets.defs.single_cell import checks as single_cell_checks
 from mdp_assets.defs.single_cell import assets as single_cell_assets
 from mdp_assets.defs.storage import costs as storage_costs_assets
 from mdp_assets.defs.storage.lifecycle import build_lifecycle
@@ -41,7 +43,7 @@ ASSET_MODULES = [
     storage_costs_assets,
 ]
 # The levels' own checks, each its own step over the stored partition: they run with their asset or alone.
-CHECK_MODULES = [illumination_checks, segmentation_checks]
+CHECK_MODULES = [illumination_checks, segmentation_checks, single_cell_checks, profile_checks]
 
 # Opt-in reprocessing: a level whose code version changed, or whose inputs were re-made, is re-materialized
 # by the automation daemon, partition by partition; levels never made are left to the intake sensor.

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from mdp_assets.config import deployment_from_text
-from mdp_assets.defs.single_cell.assets import flagged_fraction_check
+from mdp_assets.defs.single_cell.checks import flagged_fraction_check
 from mdp_assets.errors import MdpError
 from mdp_assets.science.cell_qc import (
     DEFAULT_CONDITIONS,

@@ -1,5 +1,6 @@
 """Plates of any shape: every level completes, or stops with a message that says what is missing."""
 
+import dagster as dg
 import numpy as np
 import pytest
 import tifffile
@@ -20,6 +21,11 @@ def _run(storage, instance, spec: DemoPlateSpec, before_run=None):
     return run_plate(storage, instance, spec.barcode, raise_on_error=False)
 
 
+def _problems(checks) -> dict[str, str]:
+    """The no_empty_or_failed_wells check's table: well -> why."""
+    return {r.data["well"]: r.data["why"] for r in checks["no_empty_or_failed_wells"].metadata["problems"].value.records}
+
+
 def _cells(storage, barcode):
     return table_of(storage, "single_cell_features", barcode)
 
@@ -37,8 +43,8 @@ def test_wells_with_no_cells_are_reported_and_the_rest_go_on(storage, instance):
     spec = DemoPlateSpec(barcode="SHAPE-EMPTY", rows="BC", columns=(2, 3, 4), empty_wells=("B03", "C04"), **SMALL)
     result, made, checks = _run(storage, instance, spec)
     assert result.success and "well_embeddings" in made
-    problems = checks["no_empty_or_failed_wells"].metadata["problems"].value
-    assert "B03: no nuclei found" in problems and "C04: no nuclei found" in problems
+    problems = _problems(checks)
+    assert problems["B03"] == "no nuclei found" and problems["C04"] == "no nuclei found"
     assert set(_cells(storage, spec.barcode)["Metadata_Well"]) == {"B02", "B04", "C02", "C03"}
 
 
@@ -82,20 +88,22 @@ def test_a_well_whose_every_site_fails_qc_is_excluded_and_named(storage, instanc
     assert result.success and "well_embeddings" in made
     assert checks["qc_pass_fraction"].passed
     assert "B03 site 1, B03 site 2" in checks["qc_pass_fraction"].metadata["failing_sites"].value
-    assert "B03: every site failed image QC" in checks["no_empty_or_failed_wells"].metadata["problems"].value
+    assert _problems(checks)["B03"] == "every site failed image QC"
     assert "B03" not in set(_cells(storage, spec.barcode)["Metadata_Well"])
 
 
 def test_a_plate_mostly_failing_qc_stops_with_the_reason(storage, instance):
     spec = DemoPlateSpec(barcode="SHAPE-QCPLATE", rows="BC", columns=(2, 3, 4, 5), **SMALL)
-    storage_settings = {"r02c02", "r02c03", "r02c04", "r02c05", "r03c02"}
-    result, made, checks = _run(storage, instance, spec, lambda folder: _blur_with_absolute_limit(folder, storage_settings))
-    assert not checks["qc_pass_fraction"].passed
-    assert "5 of 8 sites fail QC, more than the limit 50%: the plate stops here" == checks["qc_pass_fraction"].description
-    assert not result.success
+    blurred = {"r02c02", "r02c03", "r02c04", "r02c05", "r03c02"}
+    result, made, checks = _run(storage, instance, spec, lambda folder: _blur_with_absolute_limit(folder, blurred))
+    check = checks["qc_pass_fraction"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.description.startswith("5 of 8 sites fail QC, more than the limit 50%: the plate stops here")
     assert "image_qc" in made and "illumination_functions" not in made and "single_cell_features" not in made
+    assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "5 of 8 sites fail image QC, more than qc.max_failing_site_fraction (50%)" in str(failure.step_failure_data.error.cause)
+    assert failure.step_key == "illumination_functions"
+    assert "5 of 8 sites fail QC, more than the limit 50%: the plate stops here" in str(failure.step_failure_data.error.cause)
 
 
 def _blur_with_absolute_limit(folder, wells):

@@ -12,7 +12,7 @@ import pytest
 from copairs import map as copairs_map
 from copairs.matching import assign_reference_index
 
-from mdp_assets.defs.profiles.assets import profile_quality_check
+from mdp_assets.defs.profiles.checks import profile_quality_check
 from mdp_assets.science.profile_quality import (
     NOT_COMPUTABLE_NO_REPLICATES,
     QualityParameters,

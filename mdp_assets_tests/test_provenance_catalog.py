@@ -249,12 +249,14 @@ def test_the_reprocess_sensor_turned_on_after_a_change_remakes_exactly_the_stale
         assert {k.to_user_string() for k in request.asset_selection} == expected
         assert "segmentation_masks: code version changed" in request.tags["mdp/reasons"]
         assert {(k.asset_key.to_user_string(), k.name) for k in request.asset_check_keys} == {
-            ("segmentation_masks", "no_empty_or_failed_wells")}  # the level's own checks, not the verification
+            ("segmentation_masks", "no_empty_or_failed_wells"), ("single_cell_qc", "flagged_fraction"),
+            ("profile_quality", "min_map")}  # the stale levels' own checks, not the verification
         job = changed.resolve_job_def("plate_job").get_subset(asset_selection=set(request.asset_selection),
                                                               asset_check_selection=set(request.asset_check_keys))
         result = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
         assert result.success
-        assert {c.check_name for c in result.get_asset_check_evaluations()} == {"no_empty_or_failed_wells"}
+        assert {c.check_name for c in result.get_asset_check_evaluations()} == {"no_empty_or_failed_wells",
+                                                                             "flagged_fraction", "min_map"}
     consensus = _tick(changed, instance, storage)  # the plates are done: now the consensus
     assert [(r.job_name, r.partition_key) for r in consensus] == [("consensus_job", None)]
     assert changed.resolve_job_def("consensus_job").execute_in_process(instance=instance).success

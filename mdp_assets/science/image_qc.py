@@ -145,6 +145,18 @@ def failing_sites(image_qc: pd.DataFrame) -> list[str]:
     return [f"{well} site {int(site)}" for (well, site), ok in by_site.items() if not ok]
 
 
+def too_many_failing(image_qc: pd.DataFrame, max_failing_site_fraction: float) -> str | None:
+    """Why a plate stops at QC (more than the allowed share of its sites fail), or None: it goes on without
+    its failing sites."""
+    failing = failing_sites(image_qc)
+    sites = image_qc[["Metadata_Well", "Metadata_Site"]].drop_duplicates().shape[0]
+    if not sites or len(failing) / sites <= max_failing_site_fraction:
+        return None
+    return (f"{len(failing)} of {sites} sites fail QC, more than the limit {max_failing_site_fraction:.0%}: the plate "
+            f"stops here (failing: {', '.join(failing[:20])}{' ...' if len(failing) > 20 else ''}); change the qc "
+            "settings in mdp.yaml or the plate's manifest if these images are good, then re-materialize image_qc")
+
+
 def empty_or_failed_wells(all_wells: set[str], sites: pd.DataFrame) -> dict[str, str]:
     """Wells with no usable site (every site failed QC) or no nucleus found: well -> why."""
     problems = {}

@@ -9,10 +9,11 @@ import pandas as pd
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
+from mdp_assets.errors import MdpError
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_illumination, write_analysis_images
 from mdp_assets.science.illumination import write_corrected_images, write_illumination_functions
-from mdp_assets.science.image_qc import failing_sites, measure_plate_quality, passing_sites
+from mdp_assets.science.image_qc import failing_sites, measure_plate_quality, passing_sites, too_many_failing
 from mdp_assets.defs.pictures import figure_metadata, plate_map_metadata
 from mdp_assets.science.plots import illumination_figure, qc_plate_map
 from mdp_assets.services.runs import site_progress
@@ -71,6 +72,9 @@ def illumination_functions(
                                           set(raw_images["Metadata_Channel"]))
     if stand_in:
         context.log.warning(stand_in)
+    stops = too_many_failing(image_qc, settings.qc.max_failing_site_fraction)
+    if stops:
+        raise MdpError(f"plate {plate.barcode}: {stops}")
     with storage.staging_dir("illumination_functions") as staged:
         if settings.uses_cellprofiler():
             pipeline = Path(settings.cellprofiler.illumination_pipeline)

@@ -7,7 +7,7 @@ import pandas as pd
 
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
-from mdp_assets.science.image_qc import failing_sites
+from mdp_assets.science.image_qc import failing_sites, too_many_failing
 from mdp_assets.storage.resource import MdpStorage
 
 FAILING_COLUMNS = ["file_name", "Metadata_Well", "Metadata_Site", "Metadata_Channel",
@@ -25,22 +25,20 @@ def failing_images_table(bad: pd.DataFrame, limit: int = 200) -> dg.TableMetadat
     return dg.MetadataValue.table(records, schema=schema)
 
 
-@dg.asset_check(asset="image_qc", partitions_def=plates_partitions, blocking=True,
+@dg.asset_check(asset="image_qc", partitions_def=plates_partitions,
                 description="share of sites passing QC; failing sites are excluded below, and the plate stops "
-                "(levels below are not made) only when more than qc.max_failing_site_fraction of its sites fail")
+                "(illumination_functions refuses it) only when more than qc.max_failing_site_fraction of its sites fail")
 def qc_pass_fraction(context: dg.AssetCheckExecutionContext, image_qc: pd.DataFrame, settings: StepSettings,
                      storage: MdpStorage) -> dg.AssetCheckResult:
     plate = storage.plate(context.op_execution_context.partition_key)
     limit = settings.for_plate(plate.manifest.settings, plate.barcode).qc.max_failing_site_fraction
     failing = failing_sites(image_qc)
     sites = image_qc[["Metadata_Well", "Metadata_Site"]].drop_duplicates().shape[0]
-    stops = len(failing) / sites > limit
+    stops = too_many_failing(image_qc, limit)
     return dg.AssetCheckResult(
-        passed=not stops,
+        passed=stops is None,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=(f"{len(failing)} of {sites} sites fail QC, more than the limit {limit:.0%}: the plate stops "
-                     "here; change the qc settings in mdp.yaml or the plate's manifest if these images are good"
-                     if stops else f"{len(failing)} of {sites} sites fail QC and are excluded below"),
+        description=stops or f"{len(failing)} of {sites} sites fail QC and are excluded below",
         metadata={"site_pass_fraction": 1 - len(failing) / sites, "max_failing_site_fraction": limit,
                   "images": len(image_qc), "failing_sites": ", ".join(failing[:100]) or "none",
                   "failed_images": failing_images_table(image_qc[~image_qc["qc_pass"]])},

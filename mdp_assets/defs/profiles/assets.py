@@ -68,9 +68,6 @@ def well_profiles(
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"parquet", "copairs"},
-    check_specs=[dg.AssetCheckSpec("min_map", asset="profile_quality",
-                                   description="every treatment's mAP reaches profile_quality.min_map (and the plate's "
-                                   "fraction retrieved profile_quality.min_fraction_retrieved); names those short")],
     description="Profile quality as the field judges it: copairs' replicate-retrieval mAP of every treatment's "
     "wells against the negative-control wells, its corrected p-value, and the fraction of treatments retrieved "
     "at the significance level; the negative controls split in two halves as the null check (near chance). "
@@ -78,37 +75,11 @@ def well_profiles(
 )
 def profile_quality(
     context: dg.AssetExecutionContext, well_profiles: pd.DataFrame, settings: StepSettings, storage: MdpStorage
-):
+) -> dg.Output:
     plate = storage.plate(context.partition_key)
     quality = settings.profile_quality
     result = replicate_retrieval(well_profiles, PERTURBATION, plate.negative_control_query, quality.parameters())
-    yield storage.table_output("profile_quality", result.per_treatment, result.summary())
-    yield profile_quality_check(result, quality.min_map, quality.min_fraction_retrieved)
-
-
-def profile_quality_check(result, min_map: float | None, min_fraction: float | None) -> dg.AssetCheckResult:
-    """Fails naming every treatment below `min_map`, or when the fraction retrieved is below `min_fraction`."""
-    if not result.computable:
-        return dg.AssetCheckResult(check_name="min_map", passed=True, severity=dg.AssetCheckSeverity.WARN,
-                                   metadata={"quality": result.not_computable})
-    short = result.below(min_map) if min_map is not None else result.per_treatment.iloc[0:0]
-    fraction = result.fraction_retrieved
-    fraction_short = min_fraction is not None and fraction < min_fraction
-    column = result.treatment_column
-    return dg.AssetCheckResult(
-        check_name="min_map",
-        passed=short.empty and not fraction_short,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "min_map": min_map if min_map is not None else "not set",
-            "min_fraction_retrieved": min_fraction if min_fraction is not None else "not set",
-            "fraction_retrieved": fraction,
-            "treatments_below_min_map": len(short),
-            "treatments": dg.MetadataValue.md("\n".join(
-                f"- {getattr(r, column)}: mAP {r.mean_average_precision:.3f} (corrected p {r.corrected_p_value:.3g})"
-                for r in short.itertuples()) or "none"),
-        },
-    )
+    return storage.table_output("profile_quality", result.per_treatment, result.summary())
 
 
 @dg.asset(

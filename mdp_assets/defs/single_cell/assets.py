@@ -7,7 +7,7 @@ from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.run import OBJECT_TABLES, cellprofiler_features
 from mdp_assets.plates.inventory import site_acquisition_metadata, site_images
-from mdp_assets.science.cell_qc import OUTLIER, flagged_by_well, outlier_column, plate_cell_qc
+from mdp_assets.science.cell_qc import OUTLIER, outlier_column, plate_cell_qc
 from mdp_assets.science.crops import site_images_reader, write_crop_store
 from mdp_assets.science.features import plate_features
 from mdp_assets.science.profiles import metadata_first
@@ -101,8 +101,6 @@ def single_cell_crops(
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"parquet", "scipy"},
-    check_specs=[dg.AssetCheckSpec("flagged_fraction", asset="single_cell_qc",
-                                   description="share of the plate's and of each well's cells flagged as outliers")],
     description="Single-cell QC by coSMicQC's method: per plate, cells whose named features (nucleus area, form "
     "factor, eccentricity, intensities, as configured in cell_qc.conditions) lie beyond z-score thresholds are "
     "flagged, as Metadata_cqc_<condition>_is_outlier columns (and Metadata_cqc_is_outlier for any), one row per "
@@ -111,12 +109,12 @@ def single_cell_crops(
 def single_cell_qc(
     context: dg.AssetExecutionContext, single_cell_features: StoredPartition, settings: StepSettings,
     storage: MdpStorage,
-):
+) -> dg.Output:
     cell_qc = settings.cell_qc
     table = plate_cell_qc(single_cell_features.path(TABLE_FILE), cell_qc.conditions)
     flagged = int(table[OUTLIER].sum())
     fraction = flagged / len(table) if len(table) else 0.0
-    yield storage.table_output("single_cell_qc", table, {
+    return storage.table_output("single_cell_qc", table, {
         "cells": len(table),
         "flagged_cells": flagged,
         "flagged_fraction": fraction,
@@ -124,24 +122,5 @@ def single_cell_qc(
         "conditions": cell_qc.conditions,
         "flagged_cells_in_profiles": "left out" if cell_qc.exclude_flagged else "kept",
     })
-    yield flagged_fraction_check(table, cell_qc.max_flagged_fraction)
 
 
-def flagged_fraction_check(table: pd.DataFrame, maximum: float) -> dg.AssetCheckResult:
-    """Fails when more than `maximum` of the plate's cells, or of any well's, are flagged; names those wells."""
-    fraction = float(table[OUTLIER].mean()) if len(table) else 0.0
-    wells = flagged_by_well(table)
-    over = wells[wells["flagged_fraction"] > maximum]
-    return dg.AssetCheckResult(
-        check_name="flagged_fraction",
-        passed=fraction <= maximum and over.empty,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "flagged_fraction": fraction,
-            "maximum": maximum,
-            "wells_over_maximum": len(over),
-            "wells": dg.MetadataValue.md("\n".join(
-                f"- {r.Metadata_Well}: {r.flagged} of {r.cells} cells ({r.flagged_fraction:.1%})"
-                for r in over.itertuples()) or "none"),
-        },
-    )
