@@ -5,6 +5,7 @@ import stat
 import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import boto3
 import dagster as dg
@@ -281,3 +282,36 @@ def test_storage_costs_price_exactly_what_is_stored(tmp_path, instance):
     masks = costs[(costs["level"] == "segmentation_masks")]["bytes"].sum()
     assert month4.get("external-drive", 0) >= masks, "masks move to the external drive after 90 days"
     assert (stored(storage, "storage_costs", None) / "storage_costs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _write_partitions(root: str, writer: int, count: int) -> None:
+    """One writer process: `count` partitions into the git tier at `root`, as the IO manager writes them."""
+    from mdp_assets.storage.tiers import PARTITION_RECORD, GitTier
+
+    tier = GitTier("profiles-git", Path(root))
+    for n in range(count):
+        staged = Path(root).parent / "staging" / f"w{writer}-{n}"
+        staged.mkdir(parents=True)
+        (staged / "table.parquet").write_bytes(f"writer {writer} partition {n}".encode())
+        records = record_files(staged)
+        (staged / PARTITION_RECORD).write_text(json.dumps({"files": [r.__dict__ for r in records]}))
+        tier.write(staged, f"level/W{writer}-{n}", records, move=True, message=f"w{writer} n{n}")
+
+
+def test_concurrent_writers_to_the_git_tier_all_commit(tmp_path):
+    """Four processes write ten partitions each at once: every one is committed (git's index.lock is taken in
+    turns), none is left uncommitted."""
+    import multiprocessing
+
+    root = tmp_path / "repo"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_partitions, args=(str(root), w, 10)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    log = subprocess.run(["git", "-C", str(root), "log", "--format=%s"], capture_output=True, text=True).stdout
+    assert len(log.splitlines()) == 40
+    assert subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
+                          text=True).stdout.strip() == ""

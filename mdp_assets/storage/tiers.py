@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,18 @@ class FilesystemTier:
 class GitTier(FilesystemTier):
     kind = "git"
 
+    @contextmanager
+    def _one_writer(self) -> Iterator[None]:
+        """Runs and plates finish at once: git's own index.lock refuses a second writer, so writers take turns
+        on a lock file beside the repository (held across init, add and commit)."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.root.parent / f".{self.root.name}.commit-lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _git(self, *args: str) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
         if not (self.root / ".git").exists():
@@ -138,15 +152,17 @@ class GitTier(FilesystemTier):
         return result.stdout
 
     def _committed(self, key: str, message: str) -> None:
-        self._git("add", "-A", "--", key)
-        if self._git("status", "--porcelain", "--", key).strip():
-            self._git("commit", "-q", "-m", message or f"mdp: store {key}", "--", key)
+        with self._one_writer():
+            self._git("add", "-A", "--", key)
+            if self._git("status", "--porcelain", "--", key).strip():
+                self._git("commit", "-q", "-m", message or f"mdp: store {key}", "--", key)
 
     def delete(self, key: str, message: str = "") -> None:
         super().delete(key)
-        self._git("add", "-A", "--", key)
-        if self._git("status", "--porcelain", "--", key).strip():
-            self._git("commit", "-q", "-m", message or f"mdp: remove {key}", "--", key)
+        with self._one_writer():
+            self._git("add", "-A", "--", key)
+            if self._git("status", "--porcelain", "--", key).strip():
+                self._git("commit", "-q", "-m", message or f"mdp: remove {key}", "--", key)
 
     def check_file(self, key: str, relpath: str, sha256: str) -> str:
         """As for a folder, and the file must be committed as it is (else "uncommitted")."""
