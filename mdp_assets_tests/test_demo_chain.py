@@ -25,6 +25,14 @@ def _run_plate(defs, instance, storage, barcode, seed):
     return result
 
 
+def _png_in(markdown: str) -> bytes:
+    """The PNG a markdown metadata value embeds as a base64 data URI."""
+    import base64
+    import re
+
+    return base64.b64decode(re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", markdown).group(1))
+
+
 def _stored(storage, asset, plate="DEMO-T1"):
     return stored(storage, asset, plate)
 
@@ -89,6 +97,10 @@ def test_every_level_of_a_demo_plate(storage, instance):
     quality_meta = {k: v.value for k, v in materialized["profile_quality"].metadata.items()}
     assert quality_meta["mean_average_precision"] == pytest.approx(quality["mean_average_precision"].mean())
     assert 0 <= quality_meta["fraction_retrieved"] <= 1 and checks["min_map"].passed
+    # Pictures the UI renders: mAP per treatment, and crops of the cells QC flagged beside cells it kept.
+    for level, key in [("profile_quality", "map_per_treatment"), ("single_cell_crops", "flagged_and_kept_cells")]:
+        png = _png_in(materialized[level].metadata[key].value)
+        assert png.startswith(b"\x89PNG") and len(png) > 2000, (level, key)
 
     for level, rows in [("single_cell_profiles", kept), ("well_profiles", 8), ("single_cell_embeddings", kept),
                         ("well_embeddings", 8)]:

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(os.environ.get("MDP_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 PLATE_LEVELS = ["raw_images", "image_qc", "illumination_functions", "corrected_images", "segmentation_masks",
-                "single_cell_features", "single_cell_crops", "single_cell_profiles", "well_profiles",
-                "single_cell_embeddings", "well_embeddings"]
+                "single_cell_features", "single_cell_crops", "single_cell_qc", "single_cell_profiles", "well_profiles",
+                "profile_quality", "single_cell_embeddings", "well_embeddings"]
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,8 @@ def test_every_asset_check_runs_alone(ui, instance):
     own = [(node, check) for node in nodes for check in checks_of(node) if check[1] != "stored_files_intact"]
     assert {check for _, check in own} == {("image_qc", "qc_pass_fraction"), ("image_qc", "no_blurred_images"),
                                            ("image_qc", "no_saturated_images"),
-                                           ("segmentation_masks", "no_empty_or_failed_wells")}
+                                           ("segmentation_masks", "no_empty_or_failed_wells"),
+                                           ("single_cell_qc", "flagged_fraction"), ("profile_quality", "min_map")}
     for node, check in own:
         run_id = ui.launch_run([], [check], ui.plates[1])
         assert ui.wait_run(run_id)["status"] == "SUCCESS", check
@@ -166,7 +167,7 @@ def test_a_person_materializes_backfills_and_sees_the_plate_map_in_a_browser(ui,
         browser.click(browser.button("Materialize all…"))
         for confirm in browser.driver.find_elements(By.XPATH, "//button[normalize-space()='Confirm']"):
             confirm.click()
-        browser.wait_for(lambda: "Launch runs to materialize 11 assets" in browser.dialog_text(), what="the dialog")
+        browser.wait_for(lambda: f"Launch runs to materialize {len(PLATE_LEVELS)} assets" in browser.dialog_text(), what="the dialog")
         browser.click(browser.button("All", within_dialog=True))
         browser.wait_for(lambda: "2 partitions" in browser.dialog_text(), what="two partitions selected")
         assert all(p in browser.dialog_text() for p in ui.plates)

@@ -15,6 +15,7 @@ import zarr
 
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.tiff_metadata import read_plane
+from mdp_assets.science.cell_qc import OUTLIER
 from mdp_assets.science.image_store import read_stack
 
 
@@ -102,3 +103,25 @@ def write_crop_store(
     index.insert(0, "crop_index", np.arange(len(index)))
     index.to_parquet(out_dir / "index.parquet", index=False)
     return {"cells": offset, "channels": channel_names, "crop_size": size, "cells_without_masks": skipped}
+
+
+def example_crops(store_dir: Path, cell_qc: pd.DataFrame, channel: str, per_group: int = 6,
+                  flag: str = OUTLIER) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `per_group` crops (one channel) of cells single-cell QC flagged and of cells it kept, read from a
+    crop store: what a person looks at to see what the QC removes. The first cells of each group, in plate order."""
+    index = pd.read_parquet(store_dir / "index.parquet")
+    keys = ["Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"]
+    flags = cell_qc[[*keys, flag]].astype({"Metadata_Site": int, "Metadata_ObjectNumber": int})
+    joined = index.astype({"Metadata_Site": int, "Metadata_ObjectNumber": int}).merge(flags, on=keys, how="inner")
+    images = zarr.open_array(str(store_dir / "crops.zarr"), mode="r")
+    names = list(images.attrs["channel_names"])
+    if channel not in names:
+        channel = names[0]
+    position = names.index(channel)
+
+    def crops(rows: pd.DataFrame) -> np.ndarray:
+        chosen = sorted(rows["crop_index"].head(per_group).tolist())
+        size = images.shape[-1]
+        return np.stack([images[i, position] for i in chosen]) if chosen else np.zeros((0, size, size), np.float32)
+
+    return crops(joined[joined[flag].astype(bool)]), crops(joined[~joined[flag].astype(bool)])

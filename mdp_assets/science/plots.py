@@ -215,3 +215,48 @@ def illumination_figure(folder: Path, barcode: str) -> bytes:
     """The illumination functions stored as <channel>.npy in `folder`, one panel per channel."""
     functions = {path.stem: np.load(path) for path in sorted(folder.glob("*.npy"))}
     return illumination_images(functions, f"{barcode}: illumination functions (divide the image by these)")
+
+
+def map_per_treatment(per_treatment: pd.DataFrame, treatment_column: str, threshold: float, title: str) -> bytes:
+    """Each treatment's mAP against its corrected p-value (-log10), the significance level as a line: what a
+    lab reads to see which treatments its profiles retrieve."""
+    figure = Figure(figsize=(5.2, 3.6), dpi=100)
+    axes = figure.add_subplot()
+    p_values = per_treatment["corrected_p_value"].clip(lower=1e-12).to_numpy(dtype=float)
+    maps = per_treatment["mean_average_precision"].to_numpy(dtype=float)
+    retrieved = per_treatment["below_corrected_p"].to_numpy(dtype=bool)
+    axes.scatter(maps[~retrieved], -np.log10(p_values[~retrieved]), color="#999999", label="not retrieved")
+    axes.scatter(maps[retrieved], -np.log10(p_values[retrieved]), color="#1f77b4", label="retrieved")
+    for name, x, y in zip(per_treatment[treatment_column], maps, -np.log10(p_values)):
+        axes.annotate(str(name), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    axes.axhline(-math.log10(threshold), color="#d62728", linestyle="--", linewidth=1,
+                 label=f"corrected p = {threshold:g}")
+    axes.set_xlim(-0.02, 1.05)
+    axes.set_xlabel("mean average precision (mAP)")
+    axes.set_ylabel("-log10 corrected p")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=7, loc="lower right")
+    return _png(figure)
+
+
+def crop_montage(flagged: np.ndarray, kept: np.ndarray, channel: str, title: str) -> bytes:
+    """Two rows of single-cell crops of one channel (N, size, size each): cells QC flagged above, cells kept
+    below, each crop scaled to its own 1st-99th percentile so dim and bright cells both show."""
+    columns = max(len(flagged), len(kept), 1)
+    figure = Figure(figsize=(1.1 * columns + 0.8, 2.6), dpi=100)
+    figure.suptitle(title, fontsize=9)
+    for row, (crops, label) in enumerate(((flagged, "flagged"), (kept, "kept"))):
+        for column in range(columns):
+            axes = figure.add_subplot(2, columns, row * columns + column + 1)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if column == 0:
+                axes.set_ylabel(label, fontsize=8)
+            if column < len(crops):
+                crop = crops[column]
+                low, high = np.percentile(crop, [1, 99]) if crop.size else (0.0, 1.0)
+                axes.imshow(np.clip((crop - low) / (high - low or 1.0), 0, 1), cmap="gray")
+            else:
+                axes.set_frame_on(False)
+    figure.text(0.01, 0.01, channel, fontsize=7)
+    return _png(figure)

@@ -4,10 +4,12 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
+from mdp_assets.defs.pictures import figure_metadata
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.plates.registry import PERTURBATION
 from mdp_assets.science.cell_qc import cells_for_profiles
 from mdp_assets.science.parquet_profiles import aggregate_parquet, normalize_and_select_parquet
+from mdp_assets.science.plots import map_per_treatment
 from mdp_assets.science.profile_quality import replicate_retrieval
 from mdp_assets.science.profiles import consensus, infer_features, metadata_columns, normalize_and_select
 from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, parquet_output
@@ -79,7 +81,12 @@ def profile_quality(
     plate = storage.plate(context.partition_key)
     quality = settings.profile_quality
     result = replicate_retrieval(well_profiles, PERTURBATION, plate.negative_control_query, quality.parameters())
-    return storage.table_output("profile_quality", result.per_treatment, result.summary())
+    pictures = {}
+    if result.computable:
+        png = map_per_treatment(result.per_treatment, PERTURBATION, quality.parameters().threshold,
+                                f"{plate.barcode}: mAP per treatment")
+        pictures["map_per_treatment"] = figure_metadata(png, "mAP per treatment against its corrected p-value")
+    return storage.table_output("profile_quality", result.per_treatment, {**result.summary(), **pictures})
 
 
 @dg.asset(

@@ -8,7 +8,9 @@ from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.run import OBJECT_TABLES, cellprofiler_features
 from mdp_assets.plates.inventory import site_acquisition_metadata, site_images
 from mdp_assets.science.cell_qc import OUTLIER, outlier_column, plate_cell_qc
-from mdp_assets.science.crops import site_images_reader, write_crop_store
+from mdp_assets.defs.pictures import figure_metadata
+from mdp_assets.science.plots import crop_montage
+from mdp_assets.science.crops import example_crops, site_images_reader, write_crop_store
 from mdp_assets.science.features import plate_features
 from mdp_assets.science.profiles import metadata_first
 from mdp_assets.services.runs import site_progress
@@ -73,6 +75,7 @@ def single_cell_crops(
     context: dg.AssetExecutionContext,
     raw_images: pd.DataFrame,
     single_cell_features: pd.DataFrame,
+    single_cell_qc: pd.DataFrame,
     segmentation_masks: StoredPartition,
     corrected_images: StoredPartition,
     storage: MdpStorage,
@@ -94,6 +97,11 @@ def single_cell_crops(
                    "their sites have no saved label images")
             metadata["crops_missing"] = f"{summary['cells_without_masks']} of {len(single_cell_features)} cells have no crop: {why}"
             context.log.warning(metadata["crops_missing"])
+        if summary["cells"]:
+            flagged, kept = example_crops(staged, single_cell_qc, plate.manifest.nuclei_channel)
+            png = crop_montage(flagged, kept, plate.manifest.nuclei_channel,
+                               f"{plate.barcode}: cells single-cell QC flagged and kept")
+            metadata["flagged_and_kept_cells"] = figure_metadata(png, "crops of flagged and kept cells")
         return staged_output(staged, metadata)
 
 
