@@ -153,6 +153,11 @@ def run_demo(platform: Platform, plate_count: int, wait: bool) -> int:
     works = [plan_plate(platform.instance, platform.defs, platform.storage, plate) for plate in plates]
     status = make_levels(platform, works, "demo", wait)
     if status == 0 and wait:
+        # The cost report too, so the UI's storage_costs page has its chart after a demo (a schedule refreshes it).
+        with platform.daemon(wait):
+            outcomes = platform.submit_and_wait([runs.RunRequest("storage_costs_job")], "demo", wait)
+        status = 0 if all(o.success for o in outcomes) else 1
+    if status == 0 and wait:
         print()
         print(summary_table(platform.instance, platform.defs, plates, platform.storage))
         print()

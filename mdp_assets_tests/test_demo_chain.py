@@ -98,7 +98,8 @@ def test_every_level_of_a_demo_plate(storage, instance):
     assert quality_meta["mean_average_precision"] == pytest.approx(quality["mean_average_precision"].mean())
     assert 0 <= quality_meta["fraction_retrieved"] <= 1 and checks["min_map"].passed
     # Pictures the UI renders: mAP per treatment, and crops of the cells QC flagged beside cells it kept.
-    for level, key in [("profile_quality", "map_per_treatment"), ("single_cell_crops", "flagged_and_kept_cells")]:
+    for level, key in [("profile_quality", "map_per_treatment"), ("single_cell_crops", "flagged_and_kept_cells"),
+                       ("well_embeddings", "wells_by_treatment")]:
         png = _png_in(materialized[level].metadata[key].value)
         assert png.startswith(b"\x89PNG") and len(png) > 2000, (level, key)
 
@@ -142,3 +143,4 @@ def test_rerun_detection_and_consensus(storage, instance):
     assert meta["across_plates_treatments"].value == 3 and meta["across_plates_fraction_retrieved"].value >= 2 / 3
     for compound in ("compound_A", "compound_B", "compound_C"):
         assert f"- {compound}: mAP " in meta["across_plates_per_treatment"].value
+    assert _png_in(meta["replicate_correlation"].value).startswith(b"\x89PNG")

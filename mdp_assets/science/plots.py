@@ -260,3 +260,33 @@ def crop_montage(flagged: np.ndarray, kept: np.ndarray, channel: str, title: str
                 axes.set_frame_on(False)
     figure.text(0.01, 0.01, channel, fontsize=7)
     return _png(figure)
+
+
+def embedding_scatter(embedding: pd.DataFrame, colour_by: str, title: str) -> bytes:
+    """Wells on their first two principal components, coloured by treatment: do replicates sit together and
+    away from the controls?"""
+    figure = Figure(figsize=(5.2, 3.8), dpi=100)
+    axes = figure.add_subplot()
+    palette = colormaps["tab10"]
+    groups = embedding[colour_by].fillna("(none)").astype(str)
+    for index, name in enumerate(sorted(groups.unique())):
+        chosen = groups == name
+        axes.scatter(embedding.loc[chosen, "Embedding_PC1"], embedding.loc[chosen, "Embedding_PC2"],
+                     color=palette(index % 10), label=name, s=28)
+    axes.set_xlabel("PC1")
+    axes.set_ylabel("PC2")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=7, loc="best")
+    return _png(figure)
+
+
+def replicate_correlation(correlations: pd.Series, title: str) -> bytes:
+    """Median Pearson correlation between a treatment's replicate well profiles, one bar per treatment."""
+    figure = Figure(figsize=(5.2, 0.35 * len(correlations) + 1.4), dpi=100)
+    axes = figure.add_subplot()
+    axes.barh([str(i) for i in correlations.index], correlations.to_numpy(dtype=float), color="#1f77b4")
+    axes.axvline(0, color="#333333", linewidth=0.8)
+    axes.set_xlim(-1, 1)
+    axes.set_xlabel("median replicate correlation (Pearson)")
+    axes.set_title(title, fontsize=10)
+    return _png(figure)

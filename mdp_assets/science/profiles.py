@@ -329,3 +329,16 @@ def normalize_and_select(
         "features_selected": features_out,
     }
     return selected, summary
+
+
+def replicate_correlations(profiles: pd.DataFrame, group: str) -> pd.Series:
+    """Per group (treatment): the median Pearson correlation over all pairs of its replicate profiles, on the
+    features every row has; groups with one profile are left out."""
+    features = [f for f in infer_features(profiles) if profiles[f].notna().all()]
+    medians = {}
+    for name, rows in profiles.groupby(group, dropna=True):
+        if len(rows) < 2 or not features:
+            continue
+        matrix = np.corrcoef(rows[features].to_numpy(dtype=np.float64))
+        medians[name] = float(np.nanmedian(matrix[np.triu_indices(len(rows), k=1)]))
+    return pd.Series(medians, dtype=float).sort_index()

@@ -5,7 +5,10 @@ import pandas as pd
 
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.pictures import figure_metadata
+from mdp_assets.plates.registry import PERTURBATION
 from mdp_assets.science.embeddings import pca_embedding, pca_embedding_parquet
+from mdp_assets.science.plots import embedding_scatter
 from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, parquet_output
 from mdp_assets.storage.resource import MdpStorage
 
@@ -44,6 +47,11 @@ def single_cell_embeddings(
     kinds={"parquet", "numpy"},
     description="Well embeddings: the first principal components (8 by default) of the plate's well profiles.",
 )
-def well_embeddings(well_profiles: pd.DataFrame, settings: StepSettings, storage: MdpStorage) -> dg.Output:
+def well_embeddings(context: dg.AssetExecutionContext, well_profiles: pd.DataFrame, settings: StepSettings,
+                    storage: MdpStorage) -> dg.Output:
     embedding = pca_embedding(well_profiles, settings.embeddings.components)
-    return storage.table_output("well_embeddings", embedding.table, _metadata(embedding.explained_variance_ratio))
+    metadata = _metadata(embedding.explained_variance_ratio)
+    if {"Embedding_PC1", "Embedding_PC2", PERTURBATION} <= set(embedding.table.columns):
+        png = embedding_scatter(embedding.table, PERTURBATION, f"{context.partition_key}: wells on PC1 and PC2")
+        metadata["wells_by_treatment"] = figure_metadata(png, "wells on their first two principal components")
+    return storage.table_output("well_embeddings", embedding.table, metadata)

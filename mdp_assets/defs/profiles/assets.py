@@ -9,9 +9,10 @@ from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.plates.registry import PERTURBATION
 from mdp_assets.science.cell_qc import cells_for_profiles
 from mdp_assets.science.parquet_profiles import aggregate_parquet, normalize_and_select_parquet
-from mdp_assets.science.plots import map_per_treatment
+from mdp_assets.science.plots import map_per_treatment, replicate_correlation
 from mdp_assets.science.profile_quality import replicate_retrieval
-from mdp_assets.science.profiles import consensus, infer_features, metadata_columns, normalize_and_select
+from mdp_assets.science.profiles import (consensus, infer_features, metadata_columns, normalize_and_select,
+                                         replicate_correlations)
 from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, parquet_output
 from mdp_assets.storage.resource import MdpStorage
 
@@ -117,10 +118,16 @@ def consensus_profiles(
     table = table.merge(plate_counts.reset_index(), on=PERTURBATION)
     table = table[metadata_columns(table) + features]
     across = across_plate_quality(usable, features, storage, settings)
+    correlations = replicate_correlations(stacked, PERTURBATION)
+    pictures = {}
+    if len(correlations):
+        pictures["replicate_correlation"] = figure_metadata(
+            replicate_correlation(correlations, "replicate wells' correlation per treatment, all plates"),
+            "median replicate correlation per treatment")
     return storage.table_output("consensus_profiles", table, {
         "perturbations": len(table), "operation": operation, "plates": len(usable), "features": len(features),
         "plates_left_out": ", ".join(left_out) or "none",
-        **{f"across_plates_{k}": v for k, v in across.summary().items()},
+        **{f"across_plates_{k}": v for k, v in across.summary().items()}, **pictures,
         **({"across_plates_per_treatment": dg.MetadataValue.md("\n".join(
             f"- {r[PERTURBATION]}: mAP {r['mean_average_precision']:.3f}, corrected p {r['corrected_p_value']:.3g}"
             for _, r in across.per_treatment.iterrows()))} if across.computable else {}),
