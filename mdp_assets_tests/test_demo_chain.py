@@ -49,6 +49,9 @@ def test_every_level_of_a_demo_plate(storage, instance):
         assert meta["uri"].startswith("file://") and ("rows" in meta or meta["files"] > 0), name
         assert meta["uri"] == stored(storage, name, "DEMO-T1").as_uri()
     assert materialized["well_profiles"].metadata["tier"].value == "profiles-git"
+    made_from = materialized["image_qc"].metadata["made_from"].value  # provenance a person reads in the UI
+    assert made_from.startswith("- raw_images of DEMO-T1: data version ") and "file://" in made_from
+    assert materialized["image_qc"].metadata["made_by_run"].value == result.run_id
     assert materialized["corrected_images"].metadata["tier"].value == "deletion"
 
     raw = pd.read_parquet(_stored(storage, "raw_images") / "table.parquet")

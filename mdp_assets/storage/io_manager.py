@@ -116,6 +116,12 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
             "sha256": record["data_version"],
             "files": len(record["files"]),
             "provenance": dg.MetadataValue.json(record["provenance"]),
+            # The same provenance as fields a person reads on the asset's page without opening the JSON.
+            "made_from": dg.MetadataValue.md(_inputs_markdown(record["provenance"]["inputs"])),
+            "code_version": record["code_version"] or "none",
+            "made_by_run": record["run_id"],
+            "origin": record["provenance"].get("origin") or "not a plate's data",
+            "software": ", ".join(f"{k} {v}" for k, v in sorted(record["provenance"]["software"].items())),
         }
         if isinstance(tier, FilesystemTier):
             metadata["path"] = dg.MetadataValue.path(str(tier.folder(f"{asset}/{partition or '__all__'}")))
@@ -131,3 +137,10 @@ class PlateLevelIOManager(dg.ConfigurableIOManager):
         barcodes = [partition] if partition else sorted({s.partition for s in loaded if s.partition != "__all__"})
         plates = [registry.get(b) for b in barcodes]
         return [p.access if p is not None else None for p in plates] or [None]
+
+
+def _inputs_markdown(inputs: list[dict[str, Any]]) -> str:
+    """One line per input a step loaded: which level of which plate, its data version and where it was."""
+    lines = [f"- {i.get('asset')} of {i.get('partition') or 'all plates'}: data version "
+             f"{str(i.get('data_version') or '-')[:12]}, {i.get('uri') or 'no stored location'}" for i in inputs]
+    return "\n".join(lines) or "no inputs (the first level)"
