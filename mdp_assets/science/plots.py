@@ -290,3 +290,32 @@ def replicate_correlation(correlations: pd.Series, title: str) -> bytes:
     axes.set_xlabel("median replicate correlation (Pearson)")
     axes.set_title(title, fontsize=10)
     return _png(figure)
+
+
+def segmentation_thumbnails(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], title: str) -> bytes:
+    """A few sites of a plate, each its nuclei image with the nuclei (yellow) and cells (cyan) outlined:
+    (label, image, nuclei labels, cell labels) per panel. Outlines are where a label changes."""
+    columns = max(1, min(len(panels), 4))
+    rows = math.ceil(len(panels) / columns) if panels else 1
+    figure = Figure(figsize=(2.4 * columns, 2.5 * rows + 0.3), dpi=72)  # a page-sized picture, not a print
+    figure.suptitle(title, fontsize=9)
+    for index, (label, image, nuclei, cells) in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.set_xticks([])
+        axes.set_yticks([])
+        low, high = np.percentile(image, [1, 99.5])
+        grey = np.clip((image - low) / (high - low or 1.0), 0, 1)
+        rgb = np.dstack([grey, grey, grey])
+        rgb[_outline(cells)] = (0.0, 0.9, 0.9)
+        rgb[_outline(nuclei)] = (1.0, 0.85, 0.0)
+        axes.imshow(rgb)
+        axes.set_title(label, fontsize=8)
+    return _png(figure)
+
+
+def _outline(labels: np.ndarray) -> np.ndarray:
+    """Pixels on the edge of a labelled object: a neighbour (right or below) carries another label."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edge & ((labels > 0) | np.roll(labels > 0, 1, axis=1) | np.roll(labels > 0, 1, axis=0))

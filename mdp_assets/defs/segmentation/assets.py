@@ -6,13 +6,16 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
-from mdp_assets.defs.pictures import plate_map_metadata
+from mdp_assets.defs.pictures import figure_metadata, plate_map_metadata
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_analysis
 from mdp_assets.science.image_qc import passing_sites
-from mdp_assets.science.plots import cell_count_plate_map
+from mdp_assets.plates.inventory import site_images
+from mdp_assets.science.crops import site_images_reader
+from mdp_assets.science.image_store import read_stack
+from mdp_assets.science.plots import cell_count_plate_map, segmentation_thumbnails
 from mdp_assets.science.segmentation import write_masks
 from mdp_assets.services.runs import site_progress
 from mdp_assets.storage.partitions import StoredPartition, staged_output
@@ -66,4 +69,25 @@ def segmentation_masks(
             sites.insert(0, "Metadata_Plate", plate.barcode)
         sites.to_parquet(staged / "sites.parquet", index=False)
         picture = cell_count_plate_map(sites, set(raw_images["Metadata_Well"]), plate.barcode, plate.control_wells())
-        return staged_output(staged, {**metadata, **plate_map_metadata(picture)})
+        thumbnails = _thumbnails(sites, staged, raw_images, corrected_images, plate.manifest.nuclei_channel,
+                                 plate.barcode)
+        return staged_output(staged, {**metadata, **plate_map_metadata(picture), **thumbnails})
+
+
+def _thumbnails(sites: pd.DataFrame, masks_dir: Path, raw_images: pd.DataFrame, corrected_images: StoredPartition,
+                nuclei_channel: str, barcode: str, count: int = 4) -> dict:
+    """A few sites (one per well, in plate order) with the segmentation outlined, for the UI."""
+    saved = sites[sites["file_name"].notna()].drop_duplicates("Metadata_Well").head(count)
+    if saved.empty:
+        return {}
+    corrected = pd.read_parquet(corrected_images.path("sites.parquet"))
+    read = site_images_reader(saved, corrected_images.root, corrected, site_images(raw_images))
+    channels = sorted(raw_images["Metadata_Channel"].unique())
+    position = channels.index(nuclei_channel) if nuclei_channel in channels else 0
+    panels = []
+    for site in saved.itertuples(index=False):
+        labels, _ = read_stack(masks_dir / site.file_name)
+        image = read(site.Metadata_Well, int(site.Metadata_Site))[position].astype(float)
+        panels.append((f"{site.Metadata_Well} site {int(site.Metadata_Site)}", image, labels[0], labels[1]))
+    png = segmentation_thumbnails(panels, f"{barcode}: segmentation ({channels[position]}; nuclei yellow, cells cyan)")
+    return {"segmentation": figure_metadata(png, "sites with their nuclei and cells outlined")}
