@@ -180,6 +180,16 @@ class ConsensusSettings(dg.Config):
     operation: Literal["median", "modz"] = "median"
 
 
+class PictureSettings(dg.Config):
+    """What the pictures in the UI show (they change no data, so no code version depends on them)."""
+
+    model_config = _Section
+    plate_map_features: list[str] = Field(
+        default_factory=lambda: ["Cells_AreaShape_Area", "Nuclei_AreaShape_Area"],
+        description="well_profiles draws a plate map of each of these features (per-well median, before "
+        "normalization) that the plate's cells have")
+
+
 class SlurmSettings(dg.Config):
     """CellProfiler groups as SLURM jobs (`engine.cellprofiler.executor: slurm`): one array task per group of
     wells, submitted with sbatch; the CellProfiler environment and the data root must be on a filesystem the
@@ -287,6 +297,7 @@ class MdpConfig(BaseModel):
     profile_quality: ProfileQualitySettings = Field(default_factory=ProfileQualitySettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     consensus: ConsensusSettings = Field(default_factory=ConsensusSettings)
+    pictures: PictureSettings = Field(default_factory=PictureSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
@@ -553,6 +564,7 @@ class StepSettings(dg.ConfigurableResource):
     profile_quality: ProfileQualitySettings = Field(default_factory=ProfileQualitySettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     consensus: ConsensusSettings = Field(default_factory=ConsensusSettings)
+    pictures: PictureSettings = Field(default_factory=PictureSettings)
     cellprofiler: CellProfilerSettings = Field(default_factory=CellProfilerSettings)
 
     @classmethod
@@ -560,7 +572,7 @@ class StepSettings(dg.ConfigurableResource):
         return cls(engine=resolved_engine(config), engine_is_auto=config.engine.kind == "auto", qc=config.qc, illumination=config.illumination,
                    segmentation=config.segmentation, crops=config.crops, cell_qc=config.cell_qc,
                    profiles=config.profiles, profile_quality=config.profile_quality, embeddings=config.embeddings,
-                   consensus=config.consensus, cellprofiler=config.engine.cellprofiler)
+                   consensus=config.consensus, pictures=config.pictures, cellprofiler=config.engine.cellprofiler)
 
     def uses_cellprofiler(self) -> bool:
         return self.engine == "cellprofiler"

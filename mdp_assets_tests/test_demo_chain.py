@@ -102,7 +102,8 @@ def test_every_level_of_a_demo_plate(storage, instance):
     assert 0 <= quality_meta["fraction_retrieved"] <= 1 and checks["min_map"].passed
     # Pictures the UI renders: mAP per treatment, and crops of the cells QC flagged beside cells it kept.
     for level, key in [("profile_quality", "map_per_treatment"), ("single_cell_crops", "flagged_and_kept_cells"),
-                       ("well_embeddings", "wells_by_treatment"), ("segmentation_masks", "segmentation")]:
+                       ("well_embeddings", "wells_by_treatment"), ("segmentation_masks", "segmentation"),
+                       ("well_profiles", "plate_map_Cells_AreaShape_Area_figure")]:
         png = _png_in(materialized[level].metadata[key].value)
         assert png.startswith(b"\x89PNG") and len(png) > 2000, (level, key)
 

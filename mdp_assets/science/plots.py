@@ -211,6 +211,12 @@ def cell_count_plate_map(sites: pd.DataFrame, wells: set[str], barcode: str, con
     return _plate_map(values, f"{barcode}: cells (nuclei) per well", "cells per well", controls, vmin=0.0)
 
 
+def feature_plate_map(wells: pd.DataFrame, feature: str, barcode: str, controls: set[str]) -> PlateMap:
+    """Any feature a lab chooses: its per-well value (a row per well, Metadata_Well) in plate layout."""
+    values = {w: (None if pd.isna(v) else float(v)) for w, v in zip(wells["Metadata_Well"], wells[feature])}
+    return _plate_map(values, f"{barcode}: {feature} per well", feature, controls)
+
+
 def illumination_figure(folder: Path, barcode: str) -> bytes:
     """The illumination functions stored as <channel>.npy in `folder`, one panel per channel."""
     functions = {path.stem: np.load(path) for path in sorted(folder.glob("*.npy"))}

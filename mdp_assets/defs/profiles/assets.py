@@ -4,12 +4,12 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
-from mdp_assets.defs.pictures import figure_metadata
+from mdp_assets.defs.pictures import figure_metadata, plate_map_metadata
 from mdp_assets.defs.plates.partitions import plates_partitions
 from mdp_assets.plates.registry import PERTURBATION
 from mdp_assets.science.cell_qc import cells_for_profiles
 from mdp_assets.science.parquet_profiles import aggregate_parquet, normalize_and_select_parquet
-from mdp_assets.science.plots import map_per_treatment, replicate_correlation
+from mdp_assets.science.plots import feature_plate_map, map_per_treatment, replicate_correlation
 from mdp_assets.science.profile_quality import replicate_retrieval
 from mdp_assets.science.profiles import (consensus, infer_features, metadata_columns, normalize_and_select,
                                          replicate_correlations)
@@ -63,7 +63,11 @@ def well_profiles(
         # Straight from the stored Parquet, a batch of feature columns at a time: never the whole plate in memory.
         wells = aggregate_parquet(cells, strata=("Metadata_Plate", "Metadata_Well"))
     table, summary = normalize_and_select(wells, plate.negative_control_query, settings.profiles.parameters())
-    return storage.table_output("well_profiles", table, {"wells": len(table), **summary,
+    pictures = {}
+    for feature in [f for f in settings.pictures.plate_map_features if f in wells.columns]:
+        picture = feature_plate_map(wells, feature, plate.barcode, plate.control_wells())
+        pictures.update(plate_map_metadata(picture, f"plate_map_{feature}"))
+    return storage.table_output("well_profiles", table, {"wells": len(table), **summary, **pictures,
                                                          **_qc_summary(left_out, settings)})
 
 

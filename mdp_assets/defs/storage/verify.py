@@ -27,7 +27,8 @@ def build_verify_checks(asset_keys: list[dg.AssetKey]) -> dg.AssetChecksDefiniti
     @dg.multi_asset_check(
         specs=[dg.AssetCheckSpec(CHECK_NAME, asset=key,
                                  description="every stored file of every plate of this level exists with its sha256 "
-                                 "(runs weekly in verify_job, and with each materialization)")
+                                 "(runs weekly in verify_job, and with each materialization). Until its first run "
+                                 "the UI shows it as 'Not evaluated': nothing has been checked yet, nothing failed")
                for key in asset_keys],
         name="verify_stored_files",
         can_subset=True,
