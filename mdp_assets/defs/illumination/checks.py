@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import plate_check
 from mdp_assets.science.image_qc import failing_sites, too_many_failing
 from mdp_assets.storage.resource import MdpStorage
 
@@ -25,7 +25,7 @@ def failing_images_table(bad: pd.DataFrame, limit: int = 200) -> dg.TableMetadat
     return dg.MetadataValue.table(records, schema=schema)
 
 
-@dg.asset_check(asset="image_qc", partitions_def=plates_partitions,
+@plate_check(asset="image_qc",
                 description="share of sites passing QC; failing sites are excluded below, and the plate stops "
                 "(illumination_functions refuses it) only when more than qc.max_failing_site_fraction of its sites fail")
 def qc_pass_fraction(context: dg.AssetCheckExecutionContext, image_qc: pd.DataFrame, settings: StepSettings,
@@ -55,13 +55,13 @@ def _flag_check(image_qc: pd.DataFrame, flag: str, what: str) -> dg.AssetCheckRe
     )
 
 
-@dg.asset_check(asset="image_qc", partitions_def=plates_partitions,
+@plate_check(asset="image_qc",
                 description="names every image judged blurred (ImageQuality_PowerLogLogSlope against the qc settings)")
 def no_blurred_images(image_qc: pd.DataFrame) -> dg.AssetCheckResult:
     return _flag_check(image_qc, "qc_blurred", "are blurred")
 
 
-@dg.asset_check(asset="image_qc", partitions_def=plates_partitions,
+@plate_check(asset="image_qc",
                 description="names every image judged saturated (ImageQuality_PercentMaximal against the qc settings)")
 def no_saturated_images(image_qc: pd.DataFrame) -> dg.AssetCheckResult:
     return _flag_check(image_qc, "qc_saturated", "are saturated")

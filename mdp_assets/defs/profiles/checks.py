@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import plate_check
 from mdp_assets.plates.registry import PERTURBATION
 from mdp_assets.science.profile_quality import ProfileQuality
 
@@ -35,7 +35,7 @@ def profile_quality_check(result, min_map: float | None, min_fraction: float | N
     )
 
 
-@dg.asset_check(asset="profile_quality", partitions_def=plates_partitions,
+@plate_check(asset="profile_quality",
                 description="every treatment's mAP reaches profile_quality.min_map (and the plate's fraction retrieved "
                 "profile_quality.min_fraction_retrieved); names those short")
 def min_map(profile_quality: pd.DataFrame, settings: StepSettings) -> dg.AssetCheckResult:

@@ -3,12 +3,12 @@
 import dagster as dg
 import pandas as pd
 
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import plate_check
 from mdp_assets.science.image_qc import empty_or_failed_wells
 from mdp_assets.storage.partitions import StoredPartition
 
 
-@dg.asset_check(asset="segmentation_masks", partitions_def=plates_partitions,
+@plate_check(asset="segmentation_masks",
                 additional_ins={"raw_images": dg.AssetIn("raw_images")},
                 description="names every well with no usable site or no nucleus")
 def no_empty_or_failed_wells(segmentation_masks: StoredPartition, raw_images: pd.DataFrame) -> dg.AssetCheckResult:

@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import plate_check
 from mdp_assets.science.cell_qc import OUTLIER, flagged_by_well
 
 
@@ -29,7 +29,7 @@ def flagged_fraction_check(table: pd.DataFrame, maximum: float) -> dg.AssetCheck
     )
 
 
-@dg.asset_check(asset="single_cell_qc", partitions_def=plates_partitions,
+@plate_check(asset="single_cell_qc",
                 description="share of the plate's and of each well's cells flagged as outliers (cell_qc.max_flagged_fraction)")
 def flagged_fraction(single_cell_qc: pd.DataFrame, settings: StepSettings) -> dg.AssetCheckResult:
     return flagged_fraction_check(single_cell_qc, settings.cell_qc.max_flagged_fraction)
