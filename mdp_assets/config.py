@@ -210,6 +210,18 @@ class SlurmSettings(dg.Config):
     poll_seconds: float = Field(5.0, gt=0, description="how often squeue is asked whether the jobs are done")
 
 
+class ContainerSettings(dg.Config):
+    """CellProfiler groups as pods or ECS tasks (the `kubernetes` and `ecs` code locations, mdp_assets/locations):
+    one pod or task per group of wells, each retried alone."""
+
+    model_config = _Section
+    wells_per_group: int = Field(4, ge=1, description="wells in one group, so one pod or task")
+    max_parallel_groups: int = Field(8, ge=1, description="groups of one step running at once")
+    retries: int = Field(2, ge=0, description="times a failed group is launched again, alone")
+    cpus_per_group: int = Field(1, ge=1, description="CPU request and limit of one group's pod or task")
+    memory: str = Field("4Gi", description="memory request and limit of one group's pod (Kubernetes)")
+
+
 class CellProfilerSettings(dg.Config):
     """CellProfiler 4.2.8.1 in its own environment (`make cellprofiler`), and the lab's pipelines."""
 
@@ -218,6 +230,7 @@ class CellProfilerSettings(dg.Config):
     executor: Literal["local", "slurm"] = Field(
         "local", description="where CellProfiler groups run: local processes, or SLURM jobs (engine.cellprofiler.slurm)")
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+    containers: ContainerSettings = Field(default_factory=ContainerSettings)
     workers: int = Field(0, ge=0, description="CellProfiler processes at once; 0: one per core")
     java_home: str | None = Field(None, description="JAVA_HOME; default: found from javac")
     illumination_pipeline: str = Field(str(SHIPPED_PIPELINES / "illumination.cppipe"),

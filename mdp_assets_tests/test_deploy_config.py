@@ -1,15 +1,17 @@
 """deploy/: the compose file, instance configs, Helm values and ECS task definitions parse, use only pinned
 images, keep secrets out of files, and every environment variable they (or the code locations) read is
 documented in deploy/README.md. The Kubernetes and ECS code locations load, and the CellProfiler pod is
-built by dagster-k8s's own pod builder the way a cluster would receive it."""
+built per group of wells by dagster-k8s's own pod builder the way a cluster would receive it."""
 
 import json
 import re
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 
+from mdp_assets.engines.cellprofiler.containers import group_labels
 from mdp_assets_tests.conftest import REPOSITORY
 
 DEPLOY = REPOSITORY / "deploy"
@@ -157,36 +159,70 @@ def test_the_code_locations_load(location, service_environment):
     assert defs.resolve_sensor_def("new_plate_sensor") is not None
 
 
-def test_the_cellprofiler_pod_mounts_the_data_claim_and_runs_the_runner():
+def _in_a_step(render):
+    """What `render(context)` returns inside a real step (plate "Plate 1", step segmentation_masks)."""
+    seen = {}
+
+    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["Plate 1"]), name="segmentation_masks")
+    def step(context: dg.AssetExecutionContext):
+        seen["value"] = render(context)
+        return dg.MaterializeResult()
+
+    assert dg.materialize([step], partition_key="Plate 1").success
+    return seen["value"]
+
+
+def test_each_cellprofiler_group_is_a_pod_that_mounts_the_data_claim_and_runs_the_runner():
     from dagster_k8s.pipes import build_pod_body
 
-    from mdp_assets.engines.cellprofiler.engine import RUNNER, KubernetesCellProfilerEngine
+    from mdp_assets.engines.cellprofiler.containers import KubernetesCellProfilerEngine
+    from mdp_assets.engines.cellprofiler.engine import RUNNER
 
     engine = KubernetesCellProfilerEngine(environment="/opt/mdp/.mdp/cellprofiler", image="registry.example.org/mdp:0.1.0",
-                                          data_volume_claim="mdp-data", data_root="/data", cpus=4, memory="12Gi")
-    pod = build_pod_body("cellprofiler-1", engine.image, engine.command, {"DAGSTER_PIPES_CONTEXT": "x"}, None,
-                         engine.pod_spec()).to_dict()
+                                          data_volume_claim="mdp-data", data_root="/data", cpus_per_group=2,
+                                          memory="6Gi", wells_per_group=4)
+    labels = _in_a_step(lambda context: group_labels(context, "A01-B12"))
+    assert labels == {"mdp/plate": "Plate_1", "mdp/step": "segmentation_masks", "mdp/group": "A01-B12"}
+    pod = build_pod_body("cellprofiler-1", engine.image, engine.command, {"DAGSTER_PIPES_CONTEXT": "x"},
+                         {"labels": labels}, engine.pod_spec()).to_dict()
     container = pod["spec"]["containers"][0]
     assert container["image"] == "registry.example.org/mdp:0.1.0"
     assert container["command"] == ["/opt/mdp/.mdp/cellprofiler/bin/python", str(RUNNER)]
     assert container["volume_mounts"][0]["mount_path"] == "/data"
-    assert container["resources"]["limits"] == {"cpu": "4", "memory": "12Gi"}
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "6Gi"}
+    assert labels.items() <= pod["metadata"]["labels"].items()
     assert pod["spec"]["volumes"][0]["persistent_volume_claim"]["claim_name"] == "mdp-data"
     assert pod["spec"]["restart_policy"] == "Never"
     assert {"name": "DAGSTER_PIPES_CONTEXT", "value": "x", "value_from": None} in container["env"]
+    # A 384-well plate becomes 96 groups, so 96 pods.
+    assert engine.for_wells(384).workers == 96 and engine.for_wells(3).workers == 1
 
 
-def test_the_ecs_cellprofiler_task_overrides_the_command():
-    from mdp_assets.engines.cellprofiler.engine import EcsCellProfilerEngine
+def test_each_cellprofiler_group_is_an_ecs_task_that_overrides_the_command():
+    from mdp_assets.engines.cellprofiler.containers import EcsCellProfilerEngine
 
     engine = EcsCellProfilerEngine(environment="/opt/mdp/.mdp/cellprofiler", cluster="mdp",
                                    task_definition="mdp-cellprofiler", subnets=["subnet-1"], security_groups=["sg-1"])
-    params = engine.run_task_params()
+    params = _in_a_step(lambda context: engine.run_task_params(context, {"id": "A01-B12"}))
     assert params["overrides"]["containerOverrides"] == [{"name": "cellprofiler", "command": engine.command}]
     assert params["networkConfiguration"]["awsvpcConfiguration"]["subnets"] == ["subnet-1"]
+    assert {"key": "mdp/group", "value": "A01-B12"} in params["tags"]
     registered = json.loads((DEPLOY / "ecs" / "mdp-cellprofiler.json").read_text())
     assert registered["family"] == params["taskDefinition"]
     assert registered["containerDefinitions"][0]["name"] == engine.container_name
+
+
+def test_the_deployments_container_settings_reach_the_kubernetes_engine(tmp_path, monkeypatch):
+    from mdp_assets.locations import kubernetes
+
+    config = tmp_path / "mdp.yaml"
+    config.write_text(yaml.safe_dump({"data_root": str(tmp_path / "data"), "engine": {"kind": "cellprofiler",
+                      "cellprofiler": {"containers": {"wells_per_group": 8, "max_parallel_groups": 48}}}}))
+    monkeypatch.setenv("MDP_CONFIG", str(config))
+    for name, value in {"MDP_IMAGE": "mdp:0.1.0", "MDP_K8S_NAMESPACE": "mdp", "MDP_DATA_VOLUME_CLAIM": "mdp-data"}.items():
+        monkeypatch.setenv(name, value)
+    engine = kubernetes.defs().resources["cellprofiler"]
+    assert (engine.wells_per_group, engine.max_parallel_groups) == (8, 48)
 
 
 def test_stack_processes_do_not_inherit_an_ignored_sigint():

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import dagster as dg
-from dagster_aws.pipes import PipesECSClient
 from pydantic import Field
 
 from mdp_assets.config import CELLPROFILER_VERSION, CellProfilerSettings
 from mdp_assets.errors import MdpError
 
-__all__ = ["CELLPROFILER_VERSION", "CellProfilerEngine", "KubernetesCellProfilerEngine", "EcsCellProfilerEngine"]
+__all__ = ["CELLPROFILER_VERSION", "CellProfilerEngine", "GroupResult"]
 # The concurrency pool of the steps that run CellProfiler (or the built-in engine in its place): a service
 # caps them across all runs with `concurrency: pools:` in its dagster.yaml (deploy/dagster.yaml).
 CELLPROFILER_POOL = "cellprofiler"
@@ -89,90 +87,6 @@ class CellProfilerEngine(dg.ConfigurableResource):
     ) -> dg.PipesClientCompletedInvocation:
         """Start the runner and wait for it; here a local process, in the subclasses a pod or an ECS task."""
         return dg.PipesSubprocessClient().run(command=self.command, context=context, extras=extras)
-
-
-class KubernetesCellProfilerEngine(CellProfilerEngine):
-    """Each CellProfiler step as its own pod (dagster-k8s `PipesK8sClient`), from the mdp image, which holds the
-    CellProfiler environment at `environment`. The pod mounts the claim that holds the data root at the same
-    path the run worker uses, so the groups' file lists and output folders mean the same thing in both."""
-
-    image: str = Field(description="the mdp image (deploy/Dockerfile), tag pinned")
-    namespace: str = Field("default", description="where the CellProfiler pods run")
-    data_volume_claim: str = Field(description="a ReadWriteMany PersistentVolumeClaim holding the data root")
-    data_root: str = Field(description="where the run workers mount that claim (MDP_DATA_ROOT)")
-    cpus: int = Field(2, ge=1, description="CPU request and limit of a CellProfiler pod, and its CellProfiler processes")
-    memory: str = Field("8Gi", description="memory request and limit of a CellProfiler pod")
-    service_account: str | None = Field(None, description="the pods' service account (for S3 through IRSA)")
-
-    def available(self) -> bool:
-        return True  # the environment lives in the image, not on this machine
-
-    def _java_home(self) -> str | None:
-        return self.java_home  # the image sets JAVA_HOME
-
-    def pod_spec(self) -> dict[str, Any]:
-        resources = {"cpu": str(self.cpus), "memory": self.memory}
-        spec: dict[str, Any] = {
-            "containers": [{
-                "volumeMounts": [{"name": "mdp-data", "mountPath": self.data_root}],
-                "resources": {"requests": resources, "limits": resources},
-            }],
-            "volumes": [{"name": "mdp-data", "persistentVolumeClaim": {"claimName": self.data_volume_claim}}],
-        }
-        if self.service_account:
-            spec["serviceAccountName"] = self.service_account
-        return spec
-
-    def launch(
-        self, context: dg.AssetExecutionContext | dg.OpExecutionContext, extras: dict[str, Any]
-    ) -> dg.PipesClientCompletedInvocation:
-        from dagster_k8s import PipesK8sClient  # an optional extra (pip install mdp[kubernetes])
-
-        return PipesK8sClient().run(
-            context=context, image=self.image, command=self.command, namespace=self.namespace,
-            base_pod_spec=self.pod_spec(), extras={**extras, "workers": self.workers or self.cpus},
-        )
-
-
-class EcsCellProfilerEngine(CellProfilerEngine):
-    """Each CellProfiler step as an ECS task (dagster-aws `PipesECSClient`), from a task definition running the
-    mdp image with the data root on EFS at the same path as in the run workers. CellProfiler's log reaches
-    the run through CloudWatch."""
-
-    cluster: str = Field(description="the ECS cluster")
-    task_definition: str = Field(description="family[:revision] of the CellProfiler task definition")
-    container_name: str = Field("cellprofiler", description="the container in that task definition")
-    subnets: list[str] = Field(default_factory=list, description="awsvpc subnets (Fargate)")
-    security_groups: list[str] = Field(default_factory=list)
-    launch_type: str = Field("FARGATE", description="FARGATE or EC2")
-    region: str | None = None
-
-    def available(self) -> bool:
-        return True
-
-    def _java_home(self) -> str | None:
-        return self.java_home
-
-    def run_task_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "cluster": self.cluster,
-            "taskDefinition": self.task_definition,
-            "launchType": self.launch_type,
-            "count": 1,
-            "overrides": {"containerOverrides": [{"name": self.container_name, "command": self.command}]},
-        }
-        if self.subnets:
-            params["networkConfiguration"] = {"awsvpcConfiguration": {
-                "subnets": self.subnets, "securityGroups": self.security_groups, "assignPublicIp": "DISABLED"}}
-        return params
-
-    def launch(
-        self, context: dg.AssetExecutionContext | dg.OpExecutionContext, extras: dict[str, Any]
-    ) -> dg.PipesClientCompletedInvocation:
-        # os.cpu_count() here is the run worker's; the task's processes are set by `workers` (default 2).
-        client = PipesECSClient(client=boto3.client("ecs", region_name=self.region))
-        return client.run(context=context, run_task_params=self.run_task_params(),
-                          extras={**extras, "workers": self.workers or 2}, pipes_container_name=self.container_name)
 
 
 def summarize_failures(results: list[GroupResult]) -> str:
