@@ -174,20 +174,20 @@ def replace_partition(path: Path, asset_key: str, partition: str, rows: Iterable
         con.execute("COMMIT")
 
 
-def partition_files(path: Path, keys: list[str] | None = None) -> dict[str, set[tuple[str, str, str]]]:
+def partition_files(path: Path, keys: list[str] | None = None) -> dict[str, set[tuple[str, str, str, datetime]]]:
     """What the catalog lists per partition (`<asset>/<partition>`, of `keys` only when given): (tier, relpath,
-    sha256) of every file."""
+    sha256, created) of every file."""
     if not path.exists():
         return {}
-    sql = "SELECT asset_key, partition, tier, relpath, sha256 FROM stored_files"
+    sql = "SELECT asset_key, partition, tier, relpath, sha256, created FROM stored_files"
     with connect(path, read_only=True) as con:
         if keys is None:
             rows = con.execute(sql).fetchall()
         else:
             rows = con.execute(sql + " WHERE list_contains(?, asset_key || '/' || partition)", [list(keys)]).fetchall()
-    found: dict[str, set[tuple[str, str, str]]] = {}
-    for asset_key, partition, tier, relpath, sha in rows:
-        found.setdefault(f"{asset_key}/{partition}", set()).add((tier, relpath, sha))
+    found: dict[str, set[tuple[str, str, str, datetime]]] = {}
+    for asset_key, partition, tier, relpath, sha, created in rows:
+        found.setdefault(f"{asset_key}/{partition}", set()).add((tier, relpath, sha, created))
     return found
 
 

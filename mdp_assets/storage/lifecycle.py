@@ -112,12 +112,19 @@ def copy_partition(source_store: Any, target_store: Any, key: str, record: dict[
     return new_record
 
 
+def is_copy_of(record: dict[str, Any], source: Located) -> bool:
+    """Whether `record` is a lifecycle copy of the very partition `source` holds: its last move is from that
+    tier and it is the same write (time and data version), not an older copy a newer write left behind."""
+    moves = record.get("moves") or []
+    return bool(moves) and moves[-1]["from"] == source.tier and moves[-1]["to"] == record["tier"] \
+        and record["written_at"] == source.record["written_at"] and record["data_version"] == source.record["data_version"]
+
+
 def finish_interrupted(first: Located, second: Located, store_of: Callable[[str], Any], cache_root: Path) -> str:
     """A partition found in two tiers: if one record names the move from the other, and the copies agree,
     delete the source. Returns what was done."""
     for source, target in ((first, second), (second, first)):
-        moves = target.record.get("moves") or []
-        if moves and moves[-1]["from"] == source.tier and moves[-1]["to"] == target.tier:
+        if is_copy_of(target.record, source):
             expected = [FileRecord(**f) for f in source.record["files"]]
             try:
                 fetch_verified(store_of(target.tier), target.key, expected, cache_root)

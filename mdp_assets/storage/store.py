@@ -120,6 +120,7 @@ class PartitionStore:
             self.check_allowed(tier, plates, [r.bytes for r in records], what)
         except MdpError:
             shutil.rmtree(staged.root, ignore_errors=True)
+            _drop_process_staging(staged.root)
             raise
         store = self.tier_of(tier)
         key = partition_key(asset, partition)
@@ -159,6 +160,7 @@ class PartitionStore:
         fault_point("write.staged")
         store.write(staged.root, key, records, move=True,
                     message=f"mdp: {asset} of {partition or 'all plates'}, code version {made_by.code_version}")
+        _drop_process_staging(staged.root)
         fault_point("write.tiered")
         for stage in self.policy.stages(asset)[1:]:
             older = self.tier_of(stage.tier)
@@ -201,10 +203,10 @@ class PartitionStore:
 
     def _settle_copies(self, key: str, found: list[lifecycle.Located], tiers: dict[str, TierStore]) -> list[str]:
         first, second = found[0], found[1]
-        moved = [c for c in found if (c.record.get("moves") or [{}])[-1].get("from") in {o.tier for o in found}]
-        if moved:
-            source = next(c for c in found if c.tier == moved[0].record["moves"][-1]["from"])
-            return [lifecycle.finish_interrupted(source, moved[0], tiers.__getitem__, self.cache_root)]
+        for target in found:
+            source = next((c for c in found if lifecycle.is_copy_of(target.record, c)), None)
+            if source is not None:  # a lifecycle move between its copy and its delete
+                return [lifecycle.finish_interrupted(source, target, tiers.__getitem__, self.cache_root)]
         # A write stores the new version in its level's first tier, then removes older copies from later ones.
         stages = [s.tier for s in self.policy.stages(first.asset)] if first.asset in self.policy.levels else []
         newest = max(found, key=lambda c: c.record["written_at"])
@@ -232,10 +234,13 @@ class PartitionStore:
             found = copies.get(key, [])
             expected = {(c.tier, f["relpath"], f["sha256"]) for c in found if not c.record.get("released_at")
                         for f in c.record["files"]}
-            have = {(tier, relpath, sha) for tier, relpath, sha in cataloged.get(key, set())
+            have = {(tier, relpath, sha) for tier, relpath, sha, _ in cataloged.get(key, set())
                     if relpath not in BOOKKEEPING}
-            tiers_have = {tier for tier, relpath, _ in cataloged.get(key, set()) if relpath == PARTITION_RECORD}
-            if expected == have and tiers_have == {c.tier for c in found}:
+            # The record rows say which write of the partition the catalog knows (its time), in which tier.
+            records_have = {(tier, created) for tier, relpath, _, created in cataloged.get(key, set())
+                            if relpath == PARTITION_RECORD}
+            records_are = {(c.tier, datetime.fromisoformat(c.record["written_at"])) for c in found}
+            if expected == have and records_have == records_are:
                 continue
             rows = [row for c in found for row in catalog.rows_for_record(
                 c.record, lambda relpath, c=c: tiers[c.tier].uri(key, relpath), catalog.bookkeeping_of(tiers[c.tier], key),
@@ -243,6 +248,15 @@ class PartitionStore:
             catalog.replace_partition(self.catalog_path, asset, partition, rows)
             notes.append(f"catalog: {key} now lists what the tiers hold ({', '.join(c.tier for c in found) or 'nowhere'})")
         return notes
+
+
+def _drop_process_staging(staged: Path) -> None:
+    """Remove the process's own staging folder (`.staging/<host>-<pid>/`) once nothing else is staged in it."""
+    if staged.parent.parent.name == ".staging":
+        try:
+            staged.parent.rmdir()
+        except OSError:
+            pass  # another step of this process is staging there
 
 
 def is_restricted(plate: PlateAccess) -> bool:

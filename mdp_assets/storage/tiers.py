@@ -207,6 +207,18 @@ class FilesystemTier:
         found = self.file_sha256(key, relpath)
         return "missing" if found is None else "ok" if found[1] == sha256 else "corrupt"
 
+    def restore_file(self, key: str, relpath: str, source: Path) -> None:
+        """Put a verified good copy of one file of a stored partition back in place (one rename)."""
+        target = self.folder(key) / relpath
+        with self._key_lock(key), atomic_path(target) as partial:
+            shutil.copyfile(source, partial)
+            partial.chmod(target.stat().st_mode if target.exists() else 0o644)
+        self._committed(key, f"mdp: repair {key}/{relpath} from a verified copy")
+
+    def earlier_copy(self, key: str, relpath: str, target: Path) -> bool:
+        """Write an earlier version of a file to `target` where the backend keeps history (git); else False."""
+        return False
+
     def clean_partials(self) -> list[str]:
         """Recover every partition a killed process left mid-write, mid-replace or mid-delete (hidden names
         holding '.partial-', '.old-' or '.deleting-'); see `recover`."""
@@ -287,6 +299,15 @@ class GitTier(FilesystemTier):
                 self._git("clean", "-q", "-fd", "--", key)
                 notes.append(f"{self.uri(key)}: restored the committed partition over an incomplete one")
         return notes
+
+    def earlier_copy(self, key: str, relpath: str, target: Path) -> bool:
+        """The committed version of a file, as the repository holds it."""
+        if not (self.root / ".git").exists():
+            return False
+        with open(target, "wb") as handle:
+            shown = subprocess.run(["git", "-C", str(self.root), "show", f"HEAD:{key}/{relpath}"], stdout=handle,
+                                   stderr=subprocess.DEVNULL)
+        return shown.returncode == 0
 
     def check_file(self, key: str, relpath: str, sha256: str) -> str:
         """As for a folder, and the file must be committed as it is (else "uncommitted")."""
@@ -471,6 +492,12 @@ class S3Tier:
                 self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
                 removed.append(f"removed an object of a half-written upload: {self.uri(key)}/{item['Key'].rsplit('/', 1)[1]}")
         return removed
+
+    def restore_file(self, key: str, relpath: str, source: Path) -> None:
+        self._upload(source, self._key(key, relpath), sha256_file(source))
+
+    def earlier_copy(self, key: str, relpath: str, target: Path) -> bool:
+        return False
 
     def recover(self, key: str) -> list[str]:
         """An S3 partition appears when its _partition.json is uploaded last; nothing to recover per key."""
