@@ -375,3 +375,44 @@ def test_repair_restores_from_the_copy_a_lifecycle_move_left_in_another_tier(lab
     assert not report.remake and moved.read_bytes() == original
     recover_and_rerun(lab, _run_ids(lab))
     assert list(lab.copies("image_qc")) == ["external-drive"]
+
+
+def test_mdp_repair_submits_the_remake_through_the_run_queue(lab, monkeypatch, capsys):
+    """The command: a damaged level no copy can restore is made again by a run submitted to the deployment's
+    queue (tags mdp/command=repair and the plate), exactly that level."""
+    import yaml
+
+    from mdp_assets.cli import main
+    from mdp_assets.services.instance import instance_config
+
+    assert_whole(lab)
+    home = lab.deployment.dagster_home
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config(lab.deployment)))  # the shipped queue
+    _flip(_folder(lab, "illumination_functions") / "DNA.npy")
+    monkeypatch.setenv("MDP_CONFIG", str(lab.deployment.path))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    try:
+        assert main(["repair", PLATE, "--level", "illumination_functions", "--no-wait"]) == 0
+        printed = capsys.readouterr().out
+        assert "illumination_functions (stored files corrupt" in printed, printed
+        queued = dg.DagsterInstance.from_config(str(home)).get_run_records(
+            filters=dg.RunsFilter(tags={"mdp/command": "repair", "mdp/plate": PLATE}))
+        assert len(queued) == 1 and queued[0].dagster_run.status == dg.DagsterRunStatus.QUEUED
+        assert queued[0].dagster_run.job_name == "plate_job"
+        selected = {key.path[-1] for key in queued[0].dagster_run.asset_selection or ()} or \
+            set(queued[0].dagster_run.step_keys_to_execute or ())
+        assert "illumination_functions" in selected and "single_cell_features" not in selected, selected
+        lab.instance.delete_run(queued[0].dagster_run.run_id)  # a daemon would run it; the suite runs it below
+    finally:
+        (home / "dagster.yaml").unlink()
+    recover_and_rerun(lab, _run_ids(lab))  # what the queued run does: made again, verified whole
+
+
+def test_the_readme_states_the_figures_this_suite_checks():
+    import re
+
+    text = (REPOSITORY / "README.md").read_text()
+    stated = {name: int(value) for name, value in re.findall(r"(faults injected|kinds corrupted|bytes lost): \*\*(\d+)\*\*", text)}
+    assert stated == {"faults injected": len(POINTS), "kinds corrupted": len(CORRUPTIONS),
+                      "bytes lost": FIGURES["bytes_lost"]}, stated
+    assert FIGURES["bytes_lost"] == 0

@@ -49,7 +49,8 @@ def _good_copy(storage: MdpStorage, key: str, wanted: FileRecord, damaged_tier: 
             continue
         return folder / wanted.relpath, f"tier {name!r}"
     target = scratch / wanted.relpath.replace("/", "__")
-    if storage.tier(damaged_tier).earlier_copy(key, wanted.relpath, target) and sha256_file(target) == wanted.sha256:
+    earlier_copy = getattr(storage.tier(damaged_tier), "earlier_copy", None)  # backends that keep history
+    if earlier_copy is not None and earlier_copy(key, wanted.relpath, target) and sha256_file(target) == wanted.sha256:
         return target, f"the committed history of tier {damaged_tier!r}"
     return None
 

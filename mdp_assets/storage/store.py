@@ -186,7 +186,9 @@ class PartitionStore:
         wanted = None if keys is None else sorted(set(keys))
         notes: list[str] = []
         for store in tiers.values():
-            notes += store.clean_partials() if wanted is None else [n for k in wanted for n in store.recover(k)]
+            # A backend without crash recovery of its own (its writes are atomic some other way) has none to do.
+            recover = getattr(store, "recover", lambda key: [])
+            notes += store.clean_partials() if wanted is None else [n for k in wanted for n in recover(k)]
         copies: dict[str, list[lifecycle.Located]] = {}
         for name, store in tiers.items():
             for key in (store.partition_keys() if wanted is None else wanted):
