@@ -270,7 +270,10 @@ def test_a_release_killed_between_marking_and_deleting_serves_nothing_half_delet
     lab.killed_at("release.marked", "release", PLATE)
     with pytest.raises(Exception, match="released"):
         lab.storage.store().read("corrected_images", PLATE)
+    folder = _folder(lab, "corrected_images")
+    assert any(p.suffix == ".tiff" for p in folder.rglob("*")), "killed before its files were deleted"
     recover_and_rerun(lab, _run_ids(lab))
+    assert not any(p.suffix == ".tiff" for p in folder.rglob("*")), "the release was finished"
 
 
 def test_every_named_fault_point_has_its_scenario():
@@ -413,6 +416,45 @@ def test_the_readme_states_the_figures_this_suite_checks():
 
     text = (REPOSITORY / "README.md").read_text()
     stated = {name: int(value) for name, value in re.findall(r"(faults injected|kinds corrupted|bytes lost): \*\*(\d+)\*\*", text)}
-    assert stated == {"faults injected": len(POINTS), "kinds corrupted": len(CORRUPTIONS),
+    assert stated == {"faults injected": len(POINTS), "kinds corrupted": len(CORRUPTIONS) + 1,  # + Parquet in S3
                       "bytes lost": FIGURES["bytes_lost"]}, stated
     assert FIGURES["bytes_lost"] == 0
+
+
+def test_an_s3_object_changed_in_the_bucket_is_refused_as_it_downloads(tmp_path, instance, s3_endpoint, s3_credentials):
+    """The S3 tier hashes each object while it streams into the local cache: a changed object is never cached
+    or read, and the step that needed it fails naming it."""
+    import uuid
+
+    import boto3
+    import yaml
+
+    from mdp_assets.storage.policy import shipped_policy
+    from mdp_assets_tests.conftest import defs_for
+
+    bucket = f"mdp-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    policy = yaml.safe_load(shipped_policy("s3").read_text())
+    policy["tiers"]["cloud"].update(bucket=bucket, endpoint_url=s3_endpoint, region="us-east-1")
+    (tmp_path / "s3.yaml").write_text(yaml.safe_dump(policy))
+    storage = MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(tmp_path / "s3.yaml"))
+    write_demo_plate(storage.landing_path, DemoPlateSpec(barcode="S3P", rows="B", columns=(2, 3), sites_per_well=1,
+                                                         image_size=96, cells_per_site=6))
+    register_plate(storage, "S3P")
+    instance.add_dynamic_partitions("plates", ["S3P"])
+    job = defs_for(storage).resolve_job_def("plate_job")
+    assert job.execute_in_process(instance=instance, partition_key="S3P", op_selection=["raw_images"]).success
+    key = "cloud/raw_images/S3P/table.parquet"
+    body = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(body))  # bit rot, or a person's overwrite
+    FIGURES["kinds_corrupted"].append("parquet in s3")
+
+    result = job.execute_in_process(instance=instance, partition_key="S3P", op_selection=["image_qc"],
+                                    raise_on_error=False)
+    assert not result.success
+    message = "\n".join(runs.failures(instance, result.run_id))
+    assert "raw_images of S3P in tier 'cloud': table.parquet (corrupt)" in message, message
+    assert not result.get_asset_materialization_events()
+    assert not (storage.cache_root / "cloud" / "raw_images" / "S3P").exists(), "nothing damaged was cached"

@@ -323,16 +323,28 @@ class GitTier(FilesystemTier):
 class EphemeralTier(FilesystemTier):
     kind = "ephemeral"
 
-    def release(self, key: str, when: str) -> int:
-        """Delete a partition's data, keeping its record and provenance; returns the bytes freed."""
-        folder = self.folder(key)
+    def recover(self, key: str) -> list[str]:
+        """As for a folder; and a release a crash cut short (marked released, files not all deleted) is finished."""
+        notes = super().recover(key)
         record = self.read_record(key)
-        if record is None or record.get("released_at"):
-            return 0
-        # Marked released first: a crash while deleting leaves a released partition, never a partial one served.
-        with atomic_path(folder / PARTITION_RECORD) as partial:
-            partial.write_text(json.dumps({**record, "released_at": when}, indent=1, default=str))
-        fault_point("release.marked")
+        if record is not None and record.get("released_at"):
+            left = [self.folder(key) / f["relpath"] for f in record["files"] if (self.folder(key) / f["relpath"]).exists()]
+            if left:
+                self.release_files(key, record)
+                notes.append(f"{self.uri(key)}: finished releasing {len(left)} file(s) a crash left")
+        return notes
+
+    def clean_partials(self) -> list[str]:
+        notes = super().clean_partials()
+        for key in list(self.partition_keys()):
+            record = self.read_record(key)
+            if record is not None and record.get("released_at") and any(
+                    (self.folder(key) / f["relpath"]).exists() for f in record["files"]):
+                notes += self.recover(key)
+        return notes
+
+    def release_files(self, key: str, record: dict[str, Any]) -> int:
+        folder = self.folder(key)
         freed = 0
         for item in record["files"]:
             path = folder / item["relpath"]
@@ -343,6 +355,18 @@ class EphemeralTier(FilesystemTier):
             if not any(directory.iterdir()):
                 directory.rmdir()
         return freed
+
+    def release(self, key: str, when: str) -> int:
+        """Delete a partition's data, keeping its record and provenance; returns the bytes freed."""
+        folder = self.folder(key)
+        record = self.read_record(key)
+        if record is None or record.get("released_at"):
+            return 0
+        # Marked released first: a crash while deleting leaves a released partition, never a partial one served.
+        with atomic_path(folder / PARTITION_RECORD) as partial:
+            partial.write_text(json.dumps({**record, "released_at": when}, indent=1, default=str))
+        fault_point("release.marked")
+        return self.release_files(key, record)
 
 
 class S3Tier:
