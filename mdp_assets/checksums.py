@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from mdp_assets.faults import fault_point
+
 _CHUNK = 1 << 20
 
 
@@ -69,12 +71,40 @@ def replace_atomically(source: Path, final: Path) -> None:
     """Put `source` at `final` (same filesystem), replacing what was there without a gap for files."""
     if source.is_dir() and final.exists():
         # Directories cannot be swapped in one rename: park the old one, rename, then drop the old one.
+        # A crash in between leaves the old one whole under its parked name; recover_replace() puts it back.
         parked = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
         os.replace(final, parked)
+        fault_point("replace.parked")
         os.replace(source, final)
+        fault_point("replace.renamed")
         remove_path(parked)
     else:
         os.replace(source, final)
+
+
+def parked_copies(final: Path) -> list[Path]:
+    """Old folders a directory replace parked beside `final` (newest first)."""
+    if not final.parent.is_dir():
+        return []
+    found = [p for p in final.parent.glob(f".{final.name}.old-*") if p.is_dir()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def recover_replace(final: Path) -> str | None:
+    """Finish or undo a directory replace a crash interrupted: with `final` gone, its parked old folder (whole:
+    it was renamed, never written) is put back; with `final` in place, parked leftovers are removed. Callers
+    hold the writer's lock, so no replace is in progress. Returns what was done."""
+    parked = parked_copies(final)
+    if not parked:
+        return None
+    if not final.exists():
+        os.replace(parked[0], final)
+        for leftover in parked[1:]:
+            remove_path(leftover)
+        return f"{final}: restored the previous copy a crash left parked ({parked[0].name})"
+    for leftover in parked:
+        remove_path(leftover)
+    return f"{final}: removed {len(parked)} parked old cop{'y' if len(parked) == 1 else 'ies'} of a finished replace"
 
 
 def remove_path(path: Path) -> None:

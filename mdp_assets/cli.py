@@ -15,6 +15,7 @@ runs appear in the UI) and wait for them unless told `--no-wait`; the others rea
   mdp catalog [--query NAME | --sql SQL | --rebuild]
   mdp provenance PLATE LEVEL [--json]
   mdp verify                     re-read every stored file in its tier; exit 1 naming any missing or corrupt one
+  mdp repair [PLATE] [--level L ..]  restore damaged partitions from a verified copy, else make them again
   mdp lifecycle [--as-of ISO] [--dry-run]
   mdp pin PLATE [--reason TEXT] / mdp unpin PLATE
   mdp loaddata FOLDER -o OUT.csv [--pe2loaddata-config CONFIG.yml] [--path-name P]
@@ -48,6 +49,8 @@ from mdp_assets.services.catalog import rebuild_catalog, verify_stored_files
 from mdp_assets.services.instance import instance_config
 from mdp_assets.services.lifecycle import apply_lifecycle, describe_move, release_consumed
 from mdp_assets.services.provenance import explain_chain, provenance_chain
+from mdp_assets.services.recovery import fail_dead_runs, recover
+from mdp_assets.services.repair import repair
 from mdp_assets.services.registration import add_partitions, register_plate
 from mdp_assets.services.reprocess import (CONSENSUS_JOB, PlateWork, consensus_reason, consumers_of, plan_plate,
                                            plates_without_well_profiles)
@@ -110,6 +113,8 @@ class Platform:
 
 def make_levels(platform: Platform, works: list[PlateWork], command: str, wait: bool) -> int:
     """Submit a run per plate with work to do; when waiting, then the consensus if it became stale."""
+    for note in fail_dead_runs(platform.instance, platform.storage) + platform.storage.clean_dead_staging():
+        print(note)
     with platform.daemon(wait):
         return _make_levels(platform, works, command, wait)
 
@@ -231,11 +236,27 @@ def run_provenance(platform: Platform, plate: str, level: str, as_json: bool) ->
 
 
 def run_verify(platform: Platform) -> int:
+    for note in recover(platform.instance, platform.storage):
+        print(f"mdp verify: {note}")
     checked, problems = verify_stored_files(platform.storage)
     for problem in problems:
         print(f"mdp verify: {problem}", file=sys.stderr)
     print(f"{checked} stored files verified; {len(problems)} missing, corrupt or uncommitted")
     return 1 if problems else 0
+
+
+def run_repair(platform: Platform, plate: str | None, levels: list[str] | None, wait: bool) -> int:
+    for note in recover(platform.instance, platform.storage):
+        print(note)
+    report = repair(platform.instance, platform.defs, platform.storage, platform.plates([plate] if plate else []),
+                    levels)
+    for line in report.restored:
+        print(line)
+    if not report.restored and not report.remake:
+        print(f"nothing to repair: {len(report.intact)} stored copies checked, every file matches its sha256")
+    if report.remake:
+        return make_levels(platform, report.remake, "repair", wait)
+    return 0
 
 
 def run_lifecycle(platform: Platform, as_of: str | None, dry_run: bool, wait: bool) -> int:
@@ -345,6 +366,10 @@ def parser() -> argparse.ArgumentParser:
     provenance.add_argument("level")
     provenance.add_argument("--json", action="store_true")
     commands.add_parser("verify", help="re-read every stored file and compare checksums")
+    repair_cmd = waiting(commands.add_parser("repair", help="restore damaged partitions from a verified copy, else "
+                                             "make them again from upstream"))
+    repair_cmd.add_argument("plate", nargs="?", help="a plate (default: every registered plate)")
+    repair_cmd.add_argument("--level", "--levels", dest="levels", nargs="+", help="only these levels")
     lifecycle = waiting(commands.add_parser("lifecycle", help="move partitions that are due to their next tier"))
     lifecycle.add_argument("--as-of", help="judge ages as of this ISO time (plan ahead with --dry-run)")
     lifecycle.add_argument("--dry-run", action="store_true")
@@ -380,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             "catalog": lambda: run_catalog(platform, args.query, args.sql, args.rebuild),
             "provenance": lambda: run_provenance(platform, args.plate, args.level, args.json),
             "verify": lambda: run_verify(platform),
+            "repair": lambda: run_repair(platform, args.plate, args.levels, args.wait),
             "lifecycle": lambda: run_lifecycle(platform, args.as_of, args.dry_run, args.wait),
             "pin": lambda: run_pin(platform, args.plate, args.reason, False),
             "unpin": lambda: run_pin(platform, args.plate, None, True),

@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 
 from mdp_assets.errors import MdpError
+from mdp_assets.faults import fault_point
 from mdp_assets.plates.registry import PlateAccess
 from mdp_assets.services.instance_status import latest_status
 from mdp_assets.storage import catalog, lifecycle
@@ -61,24 +62,19 @@ def run_lifecycle(storage: MdpStorage, now: datetime, dry_run: bool = False) -> 
     policy = storage.policy()
     stores = {name: storage.tier(name, policy) for name in policy.tiers}
     report = LifecycleReport([], [], [], [])
+    partition_store = storage.store()
     if not dry_run:
-        for store in stores.values():
-            for removed in store.clean_partials():
-                report.notes.append(f"removed a half-written copy: {removed}")
+        # Whatever a crash left (a parked folder, a half-made copy, a move between copy and delete, a catalog
+        # behind its tiers) is settled before anything moves.
+        for note in partition_store.reconcile():
+            (report.failures if "resolve by hand" in note else report.notes).append(note)
     stored, doubles = lifecycle.locate_all(policy, stores.__getitem__)
-    for first, second in doubles:
-        try:
-            report.notes.append(lifecycle.finish_interrupted(first, second, stores.__getitem__, storage.cache_root)
-                                if not dry_run else f"{first.key}: in two tiers; a real run finishes the move")
-        except MdpError as exc:
-            report.failures.append(str(exc))
-    if doubles and not dry_run:
-        stored, _ = lifecycle.locate_all(policy, stores.__getitem__)
+    for first, _second in doubles:
+        report.notes.append(f"{first.key}: in two tiers; a real run settles it first")
     active_since = now - timedelta(days=policy.active_days)
     active = {plate for plate, when in catalog.last_materialized(storage.catalog_path).items() if when >= active_since}
     moves, notes = lifecycle.plan_moves(policy, stored, now, active, catalog.pinned(storage.catalog_path))
     report.notes.extend(notes)
-    partition_store = storage.store()
     for move in moves:
         if dry_run:
             report.notes.append(f"{move.key}: would move {move.from_tier} -> {move.to_tier} ({move.reason})")
@@ -114,11 +110,13 @@ def _move(storage: MdpStorage, partition_store: PartitionStore, stores: dict, mo
     partition_store.check_allowed(move.to_tier, plates, [f["bytes"] for f in record["files"]],
                                   f"{move.key} (lifecycle move)")
     new_record = lifecycle.copy_partition(source, target, move.key, record, move.to_tier, when, storage.cache_root)
+    fault_point("move.copied")
     rows = catalog.rows_for_record(new_record, lambda relpath: target.uri(move.key, relpath),
                                    catalog.bookkeeping_of(target, move.key), move.to_tier,
                                    new_record["level"], new_record["code_version"], new_record["data_version"])
     moved = new_record["moves"][-1]
     catalog.record_move(storage.catalog_path, new_record["asset"], new_record["partition"] or catalog.UNPARTITIONED,
                         rows, moved)
+    fault_point("move.cataloged")
     source.delete(move.key, message=f"mdp: moved {move.key} to {move.to_tier}")
     return {**moved, "asset": new_record["asset"], "partition": new_record["partition"], "uri": target.uri(move.key)}

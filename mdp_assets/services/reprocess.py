@@ -12,7 +12,7 @@ import dagster as dg
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.inventory import plate_fingerprint
 from mdp_assets.plates.registry import PARTITIONS
-from mdp_assets.services.instance_status import asset_graph_of, stale_reasons
+from mdp_assets.services.instance_status import asset_graph_of, latest_status, stale_reasons
 from mdp_assets.services.lifecycle import release_consumed
 from mdp_assets.services.runs import RunOutcome, RunRequest
 from mdp_assets.storage import catalog
@@ -60,6 +60,8 @@ def plan_plate(instance: dg.DagsterInstance, defs: dg.Definitions | dg.Repositor
         key = dg.AssetKey.from_user_string(asset)
         if key in keys and key not in reasons:
             reasons[key] = f"stored files {statuses} (found by mdp verify)"
+    for key, why in unrecorded_levels(instance, storage, keys, plate).items():
+        reasons.setdefault(key, why)
     graph = asset_graph_of(defs)
     for key in list(reasons):
         # A stale level that reads a released transient level needs that level made again first.
@@ -68,6 +70,26 @@ def plan_plate(instance: dg.DagsterInstance, defs: dg.Definitions | dg.Repositor
                 reasons[parent] = f"re-made for {key.to_user_string()} (it was released as a transient level)"
     return PlateWork(plate, [k.path[-1] for k in keys if k in reasons],
                      {k.to_user_string(): v for k, v in reasons.items()})
+
+
+def unrecorded_levels(instance: dg.DagsterInstance, storage: MdpStorage, keys: list[dg.AssetKey],
+                      plate: str) -> dict[dg.AssetKey, str]:
+    """Levels whose stored copy is not the one Dagster last recorded: a run died after storing it and before
+    Dagster recorded the materialization, so what reads it could not say what it read. Made again."""
+    store = storage.store()
+    found = {}
+    for key in keys:
+        level = key.path[-1]
+        if level not in store.policy.levels:
+            continue
+        located = store.locate(level, plate)
+        status = latest_status(instance, key, plate)
+        if located is not None and status is not None and located.record.get("data_version") != status.data_version \
+                and not located.released:
+            found[key] = (f"its stored copy (data version {str(located.record.get('data_version'))[:12]}, run "
+                          f"{located.record.get('run_id')}) is not the materialization Dagster recorded; a run died "
+                          "while storing it")
+    return found
 
 
 def _released(storage: MdpStorage, asset: str, plate: str) -> bool:

@@ -21,6 +21,7 @@ import duckdb
 
 from mdp_assets.errors import MdpError
 from mdp_assets.checksums import sha256_file
+from mdp_assets.faults import fault_point
 from mdp_assets.storage.provenance import RO_CRATE_FILE as PROVENANCE_FILE
 from mdp_assets.storage.tiers import PARTITION_RECORD
 
@@ -169,7 +170,25 @@ def replace_partition(path: Path, asset_key: str, partition: str, rows: Iterable
         con.execute("BEGIN")
         con.execute("DELETE FROM stored_files WHERE asset_key = ? AND partition = ?", [asset_key, partition])
         _insert(con, rows)
+        fault_point("catalog.uncommitted")
         con.execute("COMMIT")
+
+
+def partition_files(path: Path, keys: list[str] | None = None) -> dict[str, set[tuple[str, str, str, datetime]]]:
+    """What the catalog lists per partition (`<asset>/<partition>`, of `keys` only when given): (tier, relpath,
+    sha256, created) of every file."""
+    if not path.exists():
+        return {}
+    sql = "SELECT asset_key, partition, tier, relpath, sha256, created FROM stored_files"
+    with connect(path, read_only=True) as con:
+        if keys is None:
+            rows = con.execute(sql).fetchall()
+        else:
+            rows = con.execute(sql + " WHERE list_contains(?, asset_key || '/' || partition)", [list(keys)]).fetchall()
+    found: dict[str, set[tuple[str, str, str, datetime]]] = {}
+    for asset_key, partition, tier, relpath, sha, created in rows:
+        found.setdefault(f"{asset_key}/{partition}", set()).add((tier, relpath, sha, created))
+    return found
 
 
 VersionLookup = Callable[[str, str | None], tuple[str | None, str | None, str | None]]
@@ -232,6 +251,17 @@ def verify(path: Path, check: FileCheck, asset_keys: list[str] | None = None) ->
         con.executemany("UPDATE stored_files SET status = ?, checked_at = ? "
                         "WHERE asset_key = ? AND partition = ? AND relpath = ? AND sha256 = ?", statuses)
     return len(rows), problems
+
+
+def mark_status(path: Path, asset_key: str, partition: str, tier: str, statuses: dict[str, str]) -> None:
+    """Record what a read found wrong with a partition's files (relpath -> missing | corrupt)."""
+    if not path.exists() or not statuses:
+        return
+    now = datetime.now(timezone.utc)
+    with connect(path) as con:
+        con.executemany("UPDATE stored_files SET status = ?, checked_at = ? "
+                        "WHERE asset_key = ? AND partition = ? AND tier = ? AND relpath = ?",
+                        [(status, now, asset_key, partition, tier, relpath) for relpath, status in statuses.items()])
 
 
 def damaged_levels(path: Path, partition: str) -> dict[str, str]:

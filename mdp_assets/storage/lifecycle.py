@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mdp_assets.errors import MdpError
-from mdp_assets.checksums import FileRecord, record_files
+from mdp_assets.checksums import FileRecord
 from mdp_assets.storage.policy import StoragePolicy
+from mdp_assets.storage.tiers import DamagedPartition, fetch_verified
 
 UNPARTITIONED = "__all__"
 
@@ -101,26 +102,36 @@ def copy_partition(source_store: Any, target_store: Any, key: str, record: dict[
     """Copy a partition into the target tier, verified there; returns the record written at the target.
     The source is untouched. Raises MdpError (and leaves no copy) if a checksum differs."""
     data_files = [FileRecord(**f) for f in record["files"]]
-    local = source_store.local_folder(key, cache_root)
-    found = {r.relpath: r for r in record_files(local)}
-    bad = [f.relpath for f in data_files if found.get(f.relpath) != f]
-    if bad:
-        raise MdpError(f"{key} in tier {record['tier']!r} no longer matches its checksums: {bad[:5]}; not moved")
+    try:
+        local = fetch_verified(source_store, key, data_files, cache_root)
+    except DamagedPartition as damaged:
+        raise MdpError(f"{damaged}; not moved") from None
     new_record = moved_record(record, to_tier, when)
     target_store.write(local, key, data_files, move=False, record=new_record,
                        message=f"mdp: lifecycle move of {key} from {record['tier']} ({when})")
     return new_record
 
 
+def is_copy_of(record: dict[str, Any], source: Located) -> bool:
+    """Whether `record` is a lifecycle copy of the very partition `source` holds: its last move is from that
+    tier and it is the same write (time and data version), not an older copy a newer write left behind."""
+    moves = record.get("moves") or []
+    return bool(moves) and moves[-1]["from"] == source.tier and moves[-1]["to"] == record["tier"] \
+        and record["written_at"] == source.record["written_at"] and record["data_version"] == source.record["data_version"]
+
+
 def finish_interrupted(first: Located, second: Located, store_of: Callable[[str], Any], cache_root: Path) -> str:
     """A partition found in two tiers: if one record names the move from the other, and the copies agree,
     delete the source. Returns what was done."""
     for source, target in ((first, second), (second, first)):
-        moves = target.record.get("moves") or []
-        if moves and moves[-1]["from"] == source.tier and moves[-1]["to"] == target.tier:
+        if is_copy_of(target.record, source):
             expected = [FileRecord(**f) for f in source.record["files"]]
-            copied = {r.relpath: r for r in record_files(store_of(target.tier).local_folder(target.key, cache_root))}
-            if all(copied.get(f.relpath) == f for f in expected):
+            try:
+                fetch_verified(store_of(target.tier), target.key, expected, cache_root)
+                copy_is_whole = True
+            except DamagedPartition:
+                copy_is_whole = False
+            if copy_is_whole:
                 store_of(source.tier).delete(source.key, message=f"mdp: finish the move of {source.key} to {target.tier}")
                 return f"{source.key}: finished the interrupted move {source.tier} -> {target.tier}"
             store_of(target.tier).delete(target.key, message=f"mdp: drop a bad copy of {target.key}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ import dagster as dg
 import pandas as pd
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
+
+from mdp_assets.checksums import remove_path
 
 from mdp_assets.config import SHIPPED_POLICIES, Deployment
 from mdp_assets.errors import MdpError
@@ -122,25 +125,87 @@ class MdpStorage(dg.ConfigurableResource):
                            path=folder.root / "plate.yaml")
         return folder
 
+    # -- runs and their staging ---------------------------------------------------------------------
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A run's process leaves its host and pid under `.runs/<run id>/`, so a run whose process died can be
+        told from one still working (`services/recovery.py`)."""
+        run = context.run
+        if run is not None:
+            # An empty folder named <host>-<pid>: bookkeeping, not a file of data.
+            (self.root / ".runs" / run.run_id / process_name()).mkdir(parents=True, exist_ok=True)
+
+    def run_processes(self, run_id: str) -> list[tuple[str, int]]:
+        """(host, pid) of every process that worked for a run."""
+        folder = self.root / ".runs" / run_id
+        found = []
+        for lease in folder.iterdir() if folder.is_dir() else []:
+            host, _, pid = lease.name.rpartition("-")
+            if pid.isdigit():
+                found.append((host, int(pid)))
+        return found
+
+    def forget_run(self, run_id: str) -> None:
+        remove_path(self.root / ".runs" / run_id)
+
+    def clean_dead_staging(self) -> list[str]:
+        """Remove the staging folders of processes of this host that are gone (killed mid-step)."""
+        removed = []
+        staging = self.root / ".staging"
+        for folder in sorted(staging.iterdir()) if staging.is_dir() else []:
+            host, _, pid = folder.name.rpartition("-")
+            if folder.is_dir() and host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+                remove_path(folder)
+                removed.append(f"removed the staging files of a process that died: {folder}")
+        return removed
+
     # -- staging --------------------------------------------------------------------------------------
     @contextmanager
     def staging_dir(self, label: str) -> Iterator[Path]:
-        """A fresh folder on the data root's filesystem for an asset to fill.
+        """A fresh folder on the data root's filesystem for an asset to fill, in this process's own staging
+        folder (so a killed process's files are found and removed: `clean_dead_staging`).
 
         On success the IO manager takes it over (moved into its tier in one rename); on error it is removed,
         so a failed step leaves nothing half-written behind."""
-        path = self.root / ".staging" / f"{label}-{uuid.uuid4().hex[:12]}"
-        path.mkdir(parents=True)
+        path = self.root / ".staging" / process_name() / f"{label}-{uuid.uuid4().hex[:12]}"
+        for attempt in range(3):
+            try:
+                path.mkdir(parents=True)
+                break
+            except FileNotFoundError:  # the empty process folder was just removed by another thread
+                if attempt == 2:
+                    raise
         try:
             yield path
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
+            drop_if_empty(path.parent)
             raise
 
     def table_output(self, label: str, table: pd.DataFrame, metadata: dict[str, Any] | None = None) -> dg.Output:
         """A DataFrame as `table.parquet` in a new staging folder, as the Output of `label`."""
         with self.staging_dir(label) as staged:
             return table_output(staged, table, metadata)
+
+
+def drop_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (another step of this process is staging), or already gone
+
+
+def process_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @functools.lru_cache(maxsize=8)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,12 +19,13 @@ from typing import Any
 
 from mdp_assets.checksums import FileRecord, record_files, tree_digest
 from mdp_assets.errors import MdpError
+from mdp_assets.faults import fault_point
 from mdp_assets.plates.registry import PlateAccess
-from mdp_assets.storage import catalog
+from mdp_assets.storage import catalog, lifecycle
 from mdp_assets.storage.partitions import StagedFiles, StoredPartition, partition_key
 from mdp_assets.storage.policy import StoragePolicy
 from mdp_assets.storage.provenance import RO_CRATE_FILE, provenance_record, ro_crate, software_versions
-from mdp_assets.storage.tiers import PARTITION_RECORD, TierStore
+from mdp_assets.storage.tiers import PARTITION_RECORD, DamagedPartition, TierStore, fetch_verified
 
 
 BOOKKEEPING = frozenset({PARTITION_RECORD, RO_CRATE_FILE})  # files of a partition that describe it
@@ -71,16 +72,26 @@ class PartitionStore:
         return self.tier_of(tier).uri(partition_key(asset, partition))
 
     def read(self, asset: str, partition: str | None) -> StoredPartition:
-        """A stored partition as a local, read-only folder, from wherever it lives now."""
+        """A stored partition as a local, read-only folder, from wherever it lives now, every file checked
+        against its recorded sha256 (DamagedPartition names the tier, level, plate and files that differ, and
+        the catalog flags them)."""
         found = self.locate(asset, partition)
         what = f"{asset} for {partition or 'all plates'}"
+        if found is None and self.reconcile([partition_key(asset, partition)]):
+            found = self.locate(asset, partition)  # a crash had left it parked or half-moved
         if found is None:
             raise MdpError(f"{what} is not materialized in any tier of its lifecycle")
         if found.released:
             raise MdpError(f"{what} was released from tier {found.tier!r} on {found.record['released_at']} "
                            "(a transient level); materialize it again to read it")
-        folder = self.tier_of(found.tier).local_folder(partition_key(asset, partition), self.cache_root)
         files = tuple(FileRecord(**f) for f in found.record["files"])
+        try:
+            # Every read is verified: a file that differs from its recorded sha256 is never handed to a step.
+            folder = fetch_verified(self.tier_of(found.tier), partition_key(asset, partition), files, self.cache_root)
+        except DamagedPartition as damaged:
+            catalog.mark_status(self.catalog_path, asset, partition or catalog.UNPARTITIONED, found.tier,
+                                dict(damaged.problems))
+            raise
         return StoredPartition(asset, partition or catalog.UNPARTITIONED, folder, found.record["kind"], files,
                                found.record)
 
@@ -109,9 +120,11 @@ class PartitionStore:
             self.check_allowed(tier, plates, [r.bytes for r in records], what)
         except MdpError:
             shutil.rmtree(staged.root, ignore_errors=True)
+            _drop_process_staging(staged.root)
             raise
         store = self.tier_of(tier)
         key = partition_key(asset, partition)
+        self.reconcile([key])  # whatever an earlier crash left of this partition is settled before it changes
         digest = tree_digest(records)
         written_at = datetime.now(timezone.utc).isoformat()
         outputs = {"uri": store.uri(key), "sha256": digest, "bytes": sum(r.bytes for r in records),
@@ -144,18 +157,108 @@ class PartitionStore:
         bookkeeping = catalog.bookkeeping_in(staged.root)
         if any(p is not None and is_restricted(p) for p in plates):
             restrict_files(staged.root, self.policy.tiers[tier].restricted_mode)
+        fault_point("write.staged")
         store.write(staged.root, key, records, move=True,
                     message=f"mdp: {asset} of {partition or 'all plates'}, code version {made_by.code_version}")
+        _drop_process_staging(staged.root)
+        fault_point("write.tiered")
         for stage in self.policy.stages(asset)[1:]:
             older = self.tier_of(stage.tier)
             if older.read_record(key) is not None:
                 older.delete(key, message=f"mdp: {asset} of {partition or 'all plates'} replaced by a new version")
+        fault_point("write.before_catalog")
         catalog.replace_partition(
             self.catalog_path, asset, partition or catalog.UNPARTITIONED,
             catalog.rows_for_record(record, lambda relpath: store.uri(key, relpath), bookkeeping, tier,
                                     asset, made_by.code_version, digest),
         )
         return record
+
+    # -- after a crash ----------------------------------------------------------------------------------
+    def reconcile(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Make the tiers whole and the catalog equal to them after any crash, for the partitions `keys`
+        (`<asset>/<partition>`) or for everything: interrupted replaces, writes and deletes are recovered in
+        each tier (never deleting the only complete copy); a partition found in two tiers is settled (an
+        interrupted lifecycle move is finished, an older copy a new write left behind is removed, each only
+        once the copy kept is verified); the catalog's rows are replaced where they differ from the tiers.
+        Returns what was done."""
+        tiers = {name: self.tier_of(name) for name in self.policy.tiers}
+        wanted = None if keys is None else sorted(set(keys))
+        notes: list[str] = []
+        for store in tiers.values():
+            # A backend without crash recovery of its own (its writes are atomic some other way) has none to do.
+            recover = getattr(store, "recover", lambda key: [])
+            notes += store.clean_partials() if wanted is None else [n for k in wanted for n in recover(k)]
+        copies: dict[str, list[lifecycle.Located]] = {}
+        for name, store in tiers.items():
+            for key in (store.partition_keys() if wanted is None else wanted):
+                record = store.read_record(key)
+                if record is not None:
+                    copies.setdefault(key, []).append(
+                        lifecycle.Located(record["asset"], record["partition"], key, name, record))
+        for key, found in copies.items():
+            if len(found) > 1:
+                notes += self._settle_copies(key, found, tiers)
+                copies[key] = [c for c in found if tiers[c.tier].read_record(key) is not None]
+        notes += self._reconcile_catalog(copies, tiers, wanted)
+        return notes
+
+    def _settle_copies(self, key: str, found: list[lifecycle.Located], tiers: dict[str, TierStore]) -> list[str]:
+        first, second = found[0], found[1]
+        for target in found:
+            source = next((c for c in found if lifecycle.is_copy_of(target.record, c)), None)
+            if source is not None:  # a lifecycle move between its copy and its delete
+                return [lifecycle.finish_interrupted(source, target, tiers.__getitem__, self.cache_root)]
+        # A write stores the new version in its level's first tier, then removes older copies from later ones.
+        stages = [s.tier for s in self.policy.stages(first.asset)] if first.asset in self.policy.levels else []
+        newest = max(found, key=lambda c: c.record["written_at"])
+        if newest.tier in stages and all(c.tier in stages and stages.index(c.tier) > stages.index(newest.tier)
+                                         for c in found if c is not newest):
+            try:
+                fetch_verified(tiers[newest.tier], key, [FileRecord(**f) for f in newest.record["files"]],
+                               self.cache_root)
+            except DamagedPartition as damaged:
+                return [f"{key}: the newer copy is damaged ({damaged}); older copies kept"]
+            for older in found:
+                if older is not newest:
+                    tiers[older.tier].delete(key, message=f"mdp: {key} replaced by a new version (after a crash)")
+            return [f"{key}: removed the older copy a crashed write left in "
+                    f"{[c.tier for c in found if c is not newest]}; kept the new one in {newest.tier!r}"]
+        return [f"{key}: stored in {first.tier!r} and {second.tier!r} and neither copy explains the other; "
+                "both kept (resolve by hand: mdp catalog --query problems)"]
+
+    def _reconcile_catalog(self, copies: dict[str, list[lifecycle.Located]], tiers: dict[str, TierStore],
+                           wanted: list[str] | None) -> list[str]:
+        cataloged = catalog.partition_files(self.catalog_path, wanted)
+        notes = []
+        for key in sorted(set(copies) | set(cataloged)):
+            asset, _, partition = key.partition("/")
+            found = copies.get(key, [])
+            expected = {(c.tier, f["relpath"], f["sha256"]) for c in found if not c.record.get("released_at")
+                        for f in c.record["files"]}
+            have = {(tier, relpath, sha) for tier, relpath, sha, _ in cataloged.get(key, set())
+                    if relpath not in BOOKKEEPING}
+            # The record rows say which write of the partition the catalog knows (its time), in which tier.
+            records_have = {(tier, created) for tier, relpath, _, created in cataloged.get(key, set())
+                            if relpath == PARTITION_RECORD}
+            records_are = {(c.tier, datetime.fromisoformat(c.record["written_at"])) for c in found}
+            if expected == have and records_have == records_are:
+                continue
+            rows = [row for c in found for row in catalog.rows_for_record(
+                c.record, lambda relpath, c=c: tiers[c.tier].uri(key, relpath), catalog.bookkeeping_of(tiers[c.tier], key),
+                c.tier, c.asset, c.record.get("code_version"), c.record.get("data_version"))]
+            catalog.replace_partition(self.catalog_path, asset, partition, rows)
+            notes.append(f"catalog: {key} now lists what the tiers hold ({', '.join(c.tier for c in found) or 'nowhere'})")
+        return notes
+
+
+def _drop_process_staging(staged: Path) -> None:
+    """Remove the process's own staging folder (`.staging/<host>-<pid>/`) once nothing else is staged in it."""
+    if staged.parent.parent.name == ".staging":
+        try:
+            staged.parent.rmdir()
+        except OSError:
+            pass  # another step of this process is staging there
 
 
 def is_restricted(plate: PlateAccess) -> bool:

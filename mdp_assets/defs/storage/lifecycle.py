@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from mdp_assets.services.recovery import fail_dead_runs
 from mdp_assets.services.lifecycle import apply_lifecycle, describe_move, release_consumed
 from mdp_assets.services.reprocess import PLATE_JOB
 from mdp_assets.storage.resource import MdpStorage
@@ -20,6 +21,9 @@ def build_lifecycle(consumers: dict[str, list[str]]):
     @dg.op(description="Clean half-written copies, finish interrupted moves, release consumed transient levels, "
                        "and move every partition that is due to its next tier.")
     def lifecycle_step(context: dg.OpExecutionContext, config: LifecycleConfig, storage: MdpStorage) -> None:
+        if not config.dry_run:
+            for note in fail_dead_runs(context.instance, storage) + storage.clean_dead_staging():
+                context.log.warning(note)
         report = apply_lifecycle(context.instance, storage, consumers, config.as_of, config.dry_run)
         for line in [*report.released, *report.notes]:
             context.log.info(line)
