@@ -17,6 +17,7 @@ runs appear in the UI) and wait for them unless told `--no-wait`; the others rea
   mdp verify                     re-read every stored file in its tier; exit 1 naming any missing or corrupt one
   mdp lifecycle [--as-of ISO] [--dry-run]
   mdp pin PLATE [--reason TEXT] / mdp unpin PLATE
+  mdp reclassify PLATE --origin O --reason TEXT [--identifiable-patient-data yes|no] [--released yes|no]
   mdp loaddata FOLDER -o OUT.csv [--pe2loaddata-config CONFIG.yml] [--path-name P]
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -48,6 +50,7 @@ from mdp_assets.services.catalog import rebuild_catalog, verify_stored_files
 from mdp_assets.services.instance import instance_config
 from mdp_assets.services.lifecycle import apply_lifecycle, describe_move, release_consumed
 from mdp_assets.services.provenance import explain_chain, provenance_chain
+from mdp_assets.services.reclassify import reclassify_plate
 from mdp_assets.services.registration import add_partitions, register_plate
 from mdp_assets.services.reprocess import (CONSENSUS_JOB, PlateWork, consensus_reason, consumers_of, plan_plate,
                                            plates_without_well_profiles)
@@ -270,6 +273,16 @@ def run_pin(platform: Platform, plate: str, reason: str | None, unpin: bool) -> 
     return 0
 
 
+def run_reclassify(platform: Platform, plate: str, origin: str, reason: str, identifiable: str | None,
+                   released: str | None) -> int:
+    flag = {"yes": True, "no": False, None: None}
+    result = reclassify_plate(platform.storage, plate, origin, reason, getpass.getuser(),
+                              flag[identifiable], flag[released])
+    for line in result.lines():
+        print(line)
+    return 0
+
+
 def run_demo_plate(platform: Platform, barcode: str, seed: int) -> int:
     folder = write_demo_plate(platform.storage.landing_path, DemoPlateSpec(barcode=barcode, seed=seed))
     print(f"demo plate {barcode} written to {folder}")
@@ -353,6 +366,14 @@ def parser() -> argparse.ArgumentParser:
     pin.add_argument("--reason")
     unpin = commands.add_parser("unpin", help="let the lifecycle move a plate again")
     unpin.add_argument("plate")
+    reclassify = commands.add_parser(
+        "reclassify", help="change a registered plate's origin (recorded), moving or withdrawing what may not stay")
+    reclassify.add_argument("plate")
+    reclassify.add_argument("--origin", required=True,
+                            choices=["internal", "collaborator-academic", "collaborator-industry", "public"])
+    reclassify.add_argument("--reason", required=True, help="why (recorded with who and when)")
+    reclassify.add_argument("--identifiable-patient-data", choices=["yes", "no"], help="default: unchanged")
+    reclassify.add_argument("--released", choices=["yes", "no"], help="default: unchanged")
     loaddata = commands.add_parser("loaddata", help="a CellProfiler LoadData CSV for a plate folder")
     loaddata.add_argument("folder", type=Path)
     loaddata.add_argument("-o", "--output", type=Path, required=True)
@@ -383,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             "lifecycle": lambda: run_lifecycle(platform, args.as_of, args.dry_run, args.wait),
             "pin": lambda: run_pin(platform, args.plate, args.reason, False),
             "unpin": lambda: run_pin(platform, args.plate, None, True),
+            "reclassify": lambda: run_reclassify(platform, args.plate, args.origin, args.reason,
+                                                 args.identifiable_patient_data, args.released),
         }
         return commands[args.command]()
     except MdpError as exc:

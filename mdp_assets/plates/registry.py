@@ -210,7 +210,7 @@ class PlateRegistry:
         (reclassify instead); the rest of its record is replaced by the new registration."""
         known = self.get(plate.barcode)
         if known is not None:
-            check_same_access(known, plate.manifest, self._path(plate.barcode))
+            check_same_access(known, plate.manifest, self._path(plate.barcode), plate.landing)
             plate = Plate(plate.manifest, plate.platemap, plate.registered_at, plate.landing, known.reclassifications,
                           plate.accepted_image_count, plate.channels)
         self.write(plate)
@@ -241,12 +241,14 @@ class PlateRegistry:
         return before, after
 
 
-def check_same_access(registered: Plate, manifest: PlateManifest, where: Path | None = None) -> None:
+def check_same_access(registered: Plate, manifest: PlateManifest, where: Path | None = None, landing: str = "") -> None:
     """The landing manifest must still say what the plate was registered as (origin, patient data, release)."""
     changed = [f"{name}: registered {getattr(registered.manifest, name)!r}, now {getattr(manifest, name)!r}"
                for name in ("origin", "identifiable_patient_data", "released")
                if getattr(registered.manifest, name) != getattr(manifest, name)]
     if changed:
-        raise MdpError(f"plate {registered.barcode}: its access class changed since registration ({'; '.join(changed)}); "
+        manifest_at = f" in {landing.rstrip('/')}/plate.yaml" if landing else ""
+        raise MdpError(f"plate {registered.barcode}: its access class changed since registration ({'; '.join(changed)}"
+                       f"{manifest_at}); the plate stops here, nothing was read or written; "
                        "editing plate.yaml does not reclassify a plate: use `mdp reclassify PLATE --origin ... "
                        "--reason ...`", path=where)

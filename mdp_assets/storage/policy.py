@@ -58,11 +58,23 @@ class Tier(BaseModel):
     restricted_file_mode: str = Field(
         "0640", pattern=r"^0?[0-7]{3}$",
         description="files of collaborator and identifiable-patient plates, in octal: no world access by default")
+    identifiable_patient_data_allowed: bool | None = Field(
+        None, description="may this tier hold any level (inventories and metadata included) of an identifiable-patient "
+        "plate; default: yes on the lab's own storage, no on a cloud (s3) tier unless the policy says so here")
     description: str = ""
 
     @property
     def restricted_mode(self) -> int:
         return int(self.restricted_file_mode, 8)
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.backend == "s3"
+
+    @property
+    def holds_identifiable_patient_data(self) -> bool:
+        return self.identifiable_patient_data_allowed if self.identifiable_patient_data_allowed is not None \
+            else not self.is_cloud
 
     @model_validator(mode="after")
     def _backend_fields(self) -> Tier:
@@ -134,12 +146,24 @@ class StoragePolicy(BaseModel):
         return allowed
 
     def check_origin(self, tier: str, origin: str, identifiable_patient_data: bool, released: bool, what: str) -> None:
-        access = self.tiers[tier].access
+        problem = self.origin_problem(tier, origin, identifiable_patient_data, released)
+        if problem:
+            raise MdpError(f"{what} may not be written to tier {problem}")
+
+    def origin_problem(self, tier: str, origin: str, identifiable_patient_data: bool, released: bool) -> str | None:
+        """Why a plate of this access class may not be in `tier` ("'<tier>' (<access>): <why>"), or None."""
+        spec = self.tiers[tier]
         allowed = self.allowed_access(origin, identifiable_patient_data, released)
-        if access not in allowed:
-            why = "it holds identifiable patient data" if identifiable_patient_data and access == "public" else (
+        if spec.access not in allowed:
+            why = "it holds identifiable patient data" if identifiable_patient_data and spec.access == "public" else (
                 f"its origin is {origin!r}" + ("" if released or origin not in COLLABORATOR_ORIGINS else " and it is not released"))
-            raise MdpError(f"{what} may not be written to tier {tier!r} ({access}): {why}; allowed access: {sorted(allowed) or 'none'}")
+            return f"{tier!r} ({spec.access}): {why}; allowed access: {sorted(allowed) or 'none'}"
+        if identifiable_patient_data and not spec.holds_identifiable_patient_data:
+            # File names and acquisition metadata identify patients as surely as pixels do: every level counts.
+            return (f"{tier!r} ({spec.access}, {'cloud' if spec.is_cloud else 'lab'} storage): it holds identifiable "
+                    f"patient data, which no level (inventories and metadata included) may put there unless the "
+                    f"policy allows it (tiers.{tier}.identifiable_patient_data_allowed: true)")
+        return None
 
     def check_limits(self, tier: str, file_sizes: list[int], tier_used_bytes: Callable[[], int], what: str) -> None:
         """Per-file, per-dataset and total limits; `tier_used_bytes` is asked only when the tier has a total limit."""
