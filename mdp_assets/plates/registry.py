@@ -12,7 +12,7 @@ The plate's origin in particular is part of the record: changing it is an explic
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ import pandas as pd
 from mdp_assets.checksums import atomic_path
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.contents import check_contents, check_inside_plate_folder
-from mdp_assets.plates.inventory import PlateFolder
+from mdp_assets.plates.fingerprints import ImageFingerprint, check_unchanged, fingerprint_images
+from mdp_assets.plates.inventory import PlateFolder, uri_to_path
 from mdp_assets.plates.manifest import Origin, PlateManifest
 from mdp_assets.plates.platemap import metadata_name, read_platemap
 
@@ -54,6 +55,8 @@ class Plate:
     # Registered with fewer images than the manifest expects (`mdp register --allow-incomplete`): how many.
     accepted_image_count: int | None = None
     channels: tuple[str, ...] = ()  # the plate's channel names, as every level calls them
+    # Each landing image's content as registered (plates/fingerprints.py); empty until it is taken.
+    image_fingerprints: dict[str, ImageFingerprint] = field(default_factory=dict, compare=False)
 
     @property
     def barcode(self) -> str:
@@ -113,6 +116,23 @@ class Plate:
         unannotated = sorted(set(images["Metadata_Well"]) - set(self.platemap["Metadata_Well"]))
         return annotated, unannotated
 
+    def check_images_unchanged(self, level: str, raw_images: pd.DataFrame) -> None:
+        """Stop `level` before it reads an image whose content is not what was registered (naming it)."""
+        paths = {name: uri_to_path(uri) for name, uri in zip(raw_images["file_name"], raw_images["uri"])}
+        registered = self.image_fingerprints or {
+            # Registered before fingerprints were recorded: the inventory's sha256, every file hashed again.
+            name: ImageFingerprint(digest, int(size), -1, -1, -1)
+            for name, digest, size in zip(raw_images["file_name"], raw_images["sha256"], raw_images["bytes"])}
+        check_unchanged(self.barcode, level, registered, paths)
+
+    def check_inventory(self, inventory: pd.DataFrame, level: str) -> None:
+        """The sha256 an inventory took of each image must be the registered one (it was read meanwhile)."""
+        changed = sorted(name for name, digest in zip(inventory["file_name"], inventory["sha256"])
+                         if name not in self.image_fingerprints or self.image_fingerprints[name].sha256 != digest)
+        if changed:
+            raise MdpError(f"plate {self.barcode}, level {level}: landing images differ from the content (sha256) "
+                           f"recorded at registration: {changed[:20]}{' ...' if len(changed) > 20 else ''}")
+
     # -- the record on disk -------------------------------------------------------------------------
     def to_record(self) -> dict[str, Any]:
         return {
@@ -125,6 +145,7 @@ class Plate:
             "reclassifications": list(self.reclassifications),
             "accepted_image_count": self.accepted_image_count,
             "channels": list(self.channels),
+            "image_fingerprints": {name: f.to_record() for name, f in sorted(self.image_fingerprints.items())},
         }
 
     @classmethod
@@ -133,17 +154,19 @@ class Plate:
             platemap = pd.DataFrame(record["platemap"]["rows"], columns=record["platemap"]["columns"], dtype=str)
             return cls(PlateManifest.model_validate(record["manifest"]), platemap, record.get("registered_at", ""),
                        record.get("landing", ""), tuple(record.get("reclassifications", ())),
-                       record.get("accepted_image_count"), tuple(record.get("channels", ())))
+                       record.get("accepted_image_count"), tuple(record.get("channels", ())),
+                       {name: ImageFingerprint.from_record(v) for name, v in record.get("image_fingerprints", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise MdpError(f"plate registration record is damaged: {exc}", path=where) from None
 
 
 def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool = False,
-                      accepted_image_count: int | None = None) -> Plate:
+                      accepted_image_count: int | None = None, fingerprint: bool = True) -> Plate:
     """A Plate read and checked from its folder: the platemap must have every column the manifest names, and
     the images what the levels need (`check_contents`). `allow_incomplete` takes a plate with fewer images
     than expected, recording how many it had; `accepted_image_count` is that number from an earlier
-    registration."""
+    registration. With `fingerprint`, every image's content is hashed (the intake sensor leaves that to the
+    plate's first raw_images step, to keep its ticks short)."""
     manifest = folder.manifest
     check_inside_plate_folder(folder)
     platemap = read_platemap(folder.platemap_path, manifest.platemap_well_column)
@@ -172,7 +195,10 @@ def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool 
                        path=folder.images_dir)
     accepted = found if found < manifest.expected_image_count else None
     channels = tuple(sorted(set(contents.channels.values())))
-    return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing, (), accepted, channels)
+    fingerprints = fingerprint_images({name: folder.images_dir / name for name in contents.images}) \
+        if fingerprint else {}
+    return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing, (), accepted, channels,
+                 fingerprints)
 
 
 class PlateRegistry:
@@ -206,13 +232,32 @@ class PlateRegistry:
         return sorted(p.stem for p in self.root.glob("*.json")) if self.root.is_dir() else []
 
     def register(self, plate: Plate) -> Plate:
-        """Record a plate. A plate registered before keeps its origin: a different one is refused here
-        (reclassify instead); the rest of its record is replaced by the new registration."""
+        """Record a plate. A plate registered before keeps its origin (a different one is refused here:
+        reclassify instead) and its images' content (an image that changed is refused, naming it; images not
+        fingerprinted yet are added); the rest of its record is replaced by the new registration."""
         known = self.get(plate.barcode)
         if known is not None:
             check_same_access(known, plate.manifest, self._path(plate.barcode), plate.landing)
+            changed = sorted(name for name, f in plate.image_fingerprints.items()
+                             if name in known.image_fingerprints and known.image_fingerprints[name].sha256 != f.sha256)
+            if changed:
+                raise MdpError(f"plate {plate.barcode}: landing images differ from the content (sha256) recorded at "
+                               f"registration: {changed[:20]}{' ...' if len(changed) > 20 else ''}; the landing zone "
+                               "holds what the instrument wrote: restore those files, or register the new images "
+                               "under a new barcode", path=self._path(plate.barcode))
             plate = Plate(plate.manifest, plate.platemap, plate.registered_at, plate.landing, known.reclassifications,
-                          plate.accepted_image_count, plate.channels)
+                          plate.accepted_image_count, plate.channels,
+                          {**known.image_fingerprints, **plate.image_fingerprints})
+        self.write(plate)
+        return plate
+
+    def fingerprinted(self, plate: Plate, images_dir: Path, names: list[str]) -> Plate:
+        """The plate with every named image fingerprinted: those registered without (by the intake sensor) are
+        hashed now and recorded."""
+        missing = {name: images_dir / name for name in names if name not in plate.image_fingerprints}
+        if not missing:
+            return plate
+        plate = replace(plate, image_fingerprints={**plate.image_fingerprints, **fingerprint_images(missing)})
         self.write(plate)
         return plate
 
@@ -236,7 +281,8 @@ class PlateRegistry:
                   "from": before.access.__dict__, "to": {**before.access.__dict__, "origin": origin,
                   "identifiable_patient_data": identifiable_patient_data, "released": released}}
         after = Plate(manifest, before.platemap, before.registered_at, before.landing,
-                      (*before.reclassifications, change), before.accepted_image_count, before.channels)
+                      (*before.reclassifications, change), before.accepted_image_count, before.channels,
+                      before.image_fingerprints)
         self.write(after)
         return before, after
 

@@ -34,6 +34,7 @@ GROUP = "qc_and_illumination"
 def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settings: StepSettings,
              storage: MdpStorage) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("image_qc", raw_images)  # before any pixel is read
     qc = settings.for_plate(plate.manifest.settings, plate.barcode).qc
     thresholds = qc.thresholds()
     table = measure_plate_quality(raw_images, thresholds)
@@ -68,6 +69,7 @@ def illumination_functions(
     cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("illumination_functions", raw_images)  # before any pixel is read
     settings, stand_in = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
                                           set(raw_images["Metadata_Channel"]))
     if stand_in:
@@ -107,6 +109,7 @@ def corrected_images(
     cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("corrected_images", raw_images)  # before any pixel is read
     settings, _ = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
                                    set(raw_images["Metadata_Channel"]))
     with storage.staging_dir("corrected_images") as staged:

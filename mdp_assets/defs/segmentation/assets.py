@@ -41,6 +41,7 @@ def segmentation_masks(
     cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("segmentation_masks", raw_images)  # before any pixel is read
     settings, stand_in = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
                                           set(raw_images["Metadata_Channel"]))
     if stand_in:

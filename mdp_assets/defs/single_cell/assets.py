@@ -82,6 +82,7 @@ def single_cell_crops(
     settings: StepSettings,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("single_cell_crops", raw_images)  # before any pixel is read
     size = settings.for_plate(plate.manifest.settings, plate.barcode).crops.size
     channels = sorted(raw_images["Metadata_Channel"].unique())
     masks = pd.read_parquet(segmentation_masks.path("sites.parquet"))
