@@ -70,6 +70,10 @@ class PlateManifest(BaseModel):
         "subset", description="'all': refuse the plate if a platemap well has no images; 'subset' (default): "
         "a platemap of the whole plate may describe wells that were not imaged (they are reported)"
     )
+    float_images: Literal["refuse", "intensities"] = Field(
+        "refuse", description="'intensities': float images hold intensities in [0, 1] (checked, NaN refused); by "
+        "default float images are refused, as raw counts stored as float would be read thousands of times too bright"
+    )
     settings: dict[str, Any] = Field(
         default_factory=dict, description="this plate's overrides of the deployment's settings (a documented subset)"
     )

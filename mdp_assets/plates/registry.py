@@ -25,6 +25,7 @@ from mdp_assets.plates.contents import check_contents, check_inside_plate_folder
 from mdp_assets.plates.fingerprints import ImageFingerprint, check_unchanged, fingerprint_images
 from mdp_assets.plates.inventory import PlateFolder, uri_to_path
 from mdp_assets.plates.manifest import Origin, PlateManifest
+from mdp_assets.plates.pixels import check_pixels
 from mdp_assets.plates.platemap import metadata_name, read_platemap
 
 PERTURBATION = "Metadata_Perturbation"
@@ -188,6 +189,9 @@ def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool 
         raise MdpError(f"manifest annotations {[c.removeprefix('Metadata_') for c in clashing]} are also platemap "
                        "columns; name each value once", path=folder.root / "plate.yaml")
     contents = check_contents(folder, platemap, allow_incomplete=allow_incomplete or accepted_image_count is not None)
+    check_pixels(manifest.barcode, {name: (contents.channels[parsed.channel_token], folder.images_dir / name)
+                                    for name, parsed in contents.images.items()},
+                 manifest.float_images, folder.images_dir)
     found = len(contents.images)
     if accepted_image_count is not None and found != accepted_image_count:
         raise MdpError(f"plate {manifest.barcode} was registered incomplete with {accepted_image_count} images and "

@@ -1,0 +1,63 @@
+"""Pixel checks at intake, on the real NF1 plate's images (copied): float counts, mixed bit depths, RGB, NaN
+and an odd-sized image are refused at registration naming the file; float intensities pass when declared."""
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from mdp_assets.errors import MdpError
+from mdp_assets.services.registration import register_plate
+
+
+def _images(storage, plate, channel):
+    return sorted((storage.landing_path / plate).glob(f"*_{channel}_*.tif"))
+
+
+def _declare(storage, plate, **fields):
+    manifest = storage.landing_path / plate / "plate.yaml"
+    manifest.write_text(yaml.safe_dump({**yaml.safe_load(manifest.read_text()), **fields}, sort_keys=False))
+
+
+def _refused(storage, plate) -> str:
+    with pytest.raises(MdpError) as error:
+        register_plate(storage, plate)
+    assert storage.registry().get(plate) is None, "nothing is registered"
+    return str(error.value)
+
+
+def test_a_float_image_of_raw_counts_is_refused_naming_it(storage, nf1_plate):
+    victim = _images(storage, nf1_plate, "DAPI")[2]
+    tifffile.imwrite(victim, tifffile.imread(victim).astype(np.float32))
+    message = _refused(storage, nf1_plate)
+    assert f"plate {nf1_plate} cannot be registered" in message
+    assert f"{victim.name}: a float32 image; float images are refused unless the manifest says" in message
+    assert f"{victim.name}: 904x1224 float32 (32-bit), while channel DAPI's other images are uint16 (16-bit)" in message
+    # Declared as intensities, its pixels are read: counts up to thousands are not intensities.
+    _declare(storage, nf1_plate, float_images="intensities")
+    assert f"{victim.name}: float pixels from" in _refused(storage, nf1_plate)
+
+
+def test_mixed_bit_depths_rgb_and_an_odd_size_are_refused_naming_each_file(storage, nf1_plate):
+    eight_bit, rgb, small = _images(storage, nf1_plate, "GFP")[:3]
+    pixels = tifffile.imread(eight_bit)
+    tifffile.imwrite(eight_bit, (pixels >> 8).astype(np.uint8))
+    tifffile.imwrite(rgb, np.stack([tifffile.imread(rgb)] * 3, axis=-1), photometric="rgb")
+    tifffile.imwrite(small, tifffile.imread(small)[:512, :512])
+    message = _refused(storage, nf1_plate)
+    assert f"{eight_bit.name}: 904x1224 uint8 (8-bit), while channel GFP's other images are uint16 (16-bit)" in message
+    assert f"{rgb.name}: an RGB image with 3 samples per pixel" in message
+    assert f"{small.name}: 512x512 pixels, while the plate's images are 904x1224" in message
+
+
+def test_float_intensities_pass_when_declared_and_nan_pixels_do_not(storage, nf1_plate):
+    images = _images(storage, nf1_plate, "RFP")
+    for path in images:
+        tifffile.imwrite(path, tifffile.imread(path).astype(np.float32) / 65535)
+    _declare(storage, nf1_plate, float_images="intensities")
+    assert register_plate(storage, nf1_plate).barcode == nf1_plate
+    storage.registry()._path(nf1_plate).unlink()
+    broken = tifffile.imread(images[1])
+    broken[10:20, 10:20] = np.nan
+    tifffile.imwrite(images[1], broken)
+    assert f"{images[1].name}: 100 NaN or infinite pixels" in _refused(storage, nf1_plate)
