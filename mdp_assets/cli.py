@@ -45,6 +45,7 @@ from mdp_assets.errors import MdpError
 from mdp_assets.plates.demo import DemoPlateSpec, demo_specs, write_demo_plate
 from mdp_assets.plates.harmony import find_index_file, read_harmony_index
 from mdp_assets.plates.inventory import PlateFolder, inventory_plate
+from mdp_assets.plates.manifest import check_barcode
 from mdp_assets.services import runs
 from mdp_assets.services.catalog import rebuild_catalog, verify_stored_files
 from mdp_assets.services.instance import instance_config
@@ -177,7 +178,7 @@ def run_summary(platform: Platform) -> int:
 
 
 def run_register(platform: Platform, target: str, allow_incomplete: bool = False) -> int:
-    barcode = Path(target).name if "/" in target else target
+    barcode = check_barcode(Path(target).name if "/" in target else target, "register")
     landing = platform.storage.landing_path
     if "/" in target and Path(target).resolve().parent != landing.resolve():
         raise MdpError(f"{target} is not a plate folder in the landing zone {landing}; copy it there first")
@@ -223,6 +224,7 @@ def _cell(value: object) -> str:
 
 
 def run_provenance(platform: Platform, plate: str, level: str, as_json: bool) -> int:
+    check_barcode(plate, "provenance")
     chain = provenance_chain(platform.instance, plate, level)
     if as_json:
         print(json.dumps(chain, indent=1, default=str))
@@ -263,6 +265,7 @@ def run_lifecycle(platform: Platform, as_of: str | None, dry_run: bool, wait: bo
 
 
 def run_pin(platform: Platform, plate: str, reason: str | None, unpin: bool) -> int:
+    check_barcode(plate, "pin")
     path = platform.storage.catalog_path
     if unpin:
         catalog.unpin(path, plate)
@@ -284,6 +287,7 @@ def run_reclassify(platform: Platform, plate: str, origin: str, reason: str, ide
 
 
 def run_demo_plate(platform: Platform, barcode: str, seed: int) -> int:
+    check_barcode(barcode, "demo-plate")  # a folder of the landing zone: `../../x` would write outside it
     folder = write_demo_plate(platform.storage.landing_path, DemoPlateSpec(barcode=barcode, seed=seed))
     print(f"demo plate {barcode} written to {folder}")
     return 0

@@ -135,6 +135,14 @@ class PlateManifest(BaseModel):
         return self
 
 
+def check_barcode(value: str, where: str = "plate barcode") -> str:
+    """A barcode safe as a folder name and partition key (the manifest's rule), or an MdpError."""
+    if not _SAFE_BARCODE.match(value):
+        raise MdpError(f"{where} {value[:200]!r} is not a safe plate id: use letters, digits, '.', '_' or '-' (no path "
+                       "separators, spaces or leading dot; at most 128 characters)")
+    return value
+
+
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():

@@ -15,16 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.manifest import Origin
+from mdp_assets.safe_yaml import load_yaml
 
 Access = Literal["private", "public"]
 Backend = Literal["filesystem", "s3", "git", "ephemeral"]
 ORIGINS: tuple[str, ...] = ("internal", "collaborator-academic", "collaborator-industry", "public")
 COLLABORATOR_ORIGINS = ("collaborator-academic", "collaborator-industry")
+MAX_POLICY_BYTES = 1024 * 1024
 
 
 class Limits(BaseModel):
@@ -200,10 +201,13 @@ def load_policy(path: Path) -> StoragePolicy:
 
 @functools.lru_cache(maxsize=16)
 def _load_policy(path: Path, mtime_ns: int, size: int) -> StoragePolicy:
+    if size > MAX_POLICY_BYTES:
+        raise MdpError(f"storage policy is over {MAX_POLICY_BYTES} bytes; refusing to read it", path=path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise MdpError(f"storage policy cannot be read: {exc}", path=path) from exc
+    data = load_yaml(text, path, "storage policy", MAX_POLICY_BYTES)
     try:
         return StoragePolicy.model_validate(data)
     except ValidationError as exc:
