@@ -45,6 +45,19 @@ class PlateAccess:
 
 
 @dataclass(frozen=True)
+class PlatemapCoverage:
+    """Imaged wells without a platemap row or without a treatment, and platemap wells never imaged."""
+
+    imaged_without_row: list[str]
+    imaged_without_treatment: list[str]
+    not_imaged: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.imaged_without_row and not self.imaged_without_treatment
+
+
+@dataclass(frozen=True)
 class Plate:
     """A registered plate: its manifest, its platemap annotations (one row per well, Metadata_ columns)."""
 
@@ -133,6 +146,18 @@ class Plate:
         if changed:
             raise MdpError(f"plate {self.barcode}, level {level}: landing images differ from the content (sha256) "
                            f"recorded at registration: {changed[:20]}{' ...' if len(changed) > 20 else ''}")
+
+    def platemap_coverage(self, imaged_wells: set[str]) -> PlatemapCoverage:
+        """How the platemap covers the imaged wells: none may lack a row, or (with a treatment column) a
+        treatment; platemap wells never imaged are listed (refused at intake with `imaged_wells: all`)."""
+        mapped = set(self.platemap["Metadata_Well"])
+        untreated: list[str] = []
+        if self.manifest.treatment_column:
+            column = metadata_name(self.manifest.treatment_column)
+            values = dict(zip(self.platemap["Metadata_Well"], self.platemap[column]))
+            untreated = sorted(w for w in imaged_wells & mapped
+                               if pd.isna(values[w]) or not str(values[w]).strip())
+        return PlatemapCoverage(sorted(imaged_wells - mapped), untreated, sorted(mapped - imaged_wells))
 
     # -- the record on disk -------------------------------------------------------------------------
     def to_record(self) -> dict[str, Any]:
