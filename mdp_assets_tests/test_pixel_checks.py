@@ -61,3 +61,22 @@ def test_float_intensities_pass_when_declared_and_nan_pixels_do_not(storage, nf1
     broken[10:20, 10:20] = np.nan
     tifffile.imwrite(images[1], broken)
     assert f"{images[1].name}: 100 NaN or infinite pixels" in _refused(storage, nf1_plate)
+
+
+def test_an_unexpected_numpy_error_in_a_level_reaches_a_person_naming_plate_and_level(tmp_path, instance):
+    import dagster as dg
+
+    from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
+
+    @dg.asset(partitions_def=plates_partitions)
+    @names_plate_and_level
+    def stacked_sites(context: dg.AssetExecutionContext) -> None:
+        np.stack([np.zeros((904, 1224)), np.zeros((512, 512))])  # what two sizes of image used to do
+
+    instance.add_dynamic_partitions("plates", ["Plate_2"])
+    result = dg.materialize([stacked_sites], partition_key="Plate_2", instance=instance, raise_on_error=False)
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    cause = error.cause or error
+    assert cause.cls_name == "MdpError"
+    assert cause.message.startswith("mdp_assets.errors.MdpError: plate Plate_2, level stacked_sites: unexpected "
+                                    "ValueError: all input arrays must have the same shape")

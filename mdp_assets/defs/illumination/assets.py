@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.errors import MdpError
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
@@ -31,6 +31,7 @@ GROUP = "qc_and_illumination"
     "as CellProfiler's MeasureImageQuality defines them, their robust z-scores within the plate's channel, and a "
     "pass flag (qc settings in mdp.yaml or the plate's manifest). Failing sites are excluded below.",
 )
+@names_plate_and_level
 def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settings: StepSettings,
              storage: MdpStorage) -> dg.Output:
     plate = storage.plate(context.partition_key)
@@ -60,6 +61,7 @@ def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settin
     "pipeline, or the built-in CorrectIlluminationCalculate approach ('All' images: average of the plate's "
     "QC-passing images, Gaussian-smoothed, rescaled to a robust minimum of 1).",
 )
+@names_plate_and_level
 def illumination_functions(
     context: dg.AssetExecutionContext,
     raw_images: pd.DataFrame,
@@ -103,6 +105,7 @@ def illumination_functions(
     "illumination pipeline saved, in their own dtype; none when the analysis pipeline reads raw images (it "
     "corrects them itself, or not at all): correction happens once. A transient level.",
 )
+@names_plate_and_level
 def corrected_images(
     context: dg.AssetExecutionContext, raw_images: pd.DataFrame, image_qc: pd.DataFrame,
     illumination_functions: StoredPartition, storage: MdpStorage, settings: StepSettings,

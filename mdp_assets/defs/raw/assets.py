@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.plates.fingerprints import check_unchanged
 from mdp_assets.plates.inventory import inventory_plate, plate_fingerprint
 from mdp_assets.plates.naming import looks_like_image
@@ -18,6 +18,7 @@ from mdp_assets.storage.resource import MdpStorage
     "metadata from TIFF tags and OME-XML, and the platemap's annotations. Refreshes the plate's registration "
     "(its origin stays as registered).",
 )
+@names_plate_and_level
 def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output:
     folder = storage.plate_folder(context.partition_key)
     landing = storage.landing()

@@ -7,7 +7,7 @@ import pandas as pd
 
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.pictures import figure_metadata, plate_map_metadata
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_analysis
@@ -30,6 +30,7 @@ from mdp_assets.storage.resource import MdpStorage
     description="Per site, a (2, Y, X) int32 OME-TIFF of Nuclei and Cells labels (built-in engine: Otsu + shape "
     "declumping for nuclei, propagation-style watershed for cells; a cell carries its nucleus' label).",
 )
+@names_plate_and_level
 def segmentation_masks(
     context: dg.AssetExecutionContext,
     raw_images: pd.DataFrame,
