@@ -280,7 +280,7 @@ def run_reclassify(platform: Platform, plate: str, origin: str, reason: str, ide
                    released: str | None) -> int:
     flag = {"yes": True, "no": False, None: None}
     result = reclassify_plate(platform.storage, plate, origin, reason, getpass.getuser(),
-                              flag[identifiable], flag[released])
+                              flag[identifiable], flag[released], platform.instance)
     for line in result.lines():
         print(line)
     return 0

@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from mdp_assets.cli import main
-from mdp_assets.config import StepSettings
+from mdp_assets.config import StepSettings, load_deployment
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 from mdp_assets.services.reclassify import reclassify_plate
+from mdp_assets.services.runs import instance_for
 from mdp_assets.services.registration import register_plate
 from mdp_assets.storage.io_manager import PlateLevelIOManager
 from mdp_assets.storage.resource import MdpStorage
@@ -128,6 +129,11 @@ def test_reclassifying_a_plate_moves_and_withdraws_what_may_no_longer_stay(publi
         consensus_rows = con.execute("SELECT count(*) FROM stored_files WHERE asset_key = 'consensus_profiles'").fetchone()
     assert rows[0][0] == "P1" and {a["asset"] for a in json.loads(rows[0][2])} == {"shared", "consensus_profiles"}
     assert tiers == {"P1": "drive", "P2": "archive"} and consensus_rows == (0,)
+    # And in the Dagster instance: an observation on each level's page says what happened and why.
+    with instance_for(load_deployment(_config_for(storage))) as deployment_instance:
+        seen = deployment_instance.fetch_observations(dg.AssetKey("consensus_profiles"), limit=5).records
+        meta = seen[0].asset_observation.metadata
+        assert meta["reclassified_plate"].value == "P1" and "withdrawn" in meta["outcome"].value
     # The consensus made again may not go public any more: refused, naming the tier and the origin.
     result = _materialize(storage, instance, [shared, consensus], selection=[consensus])
     assert not result.success

@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.manifest import Origin
 from mdp_assets.plates.registry import PlateAccess
@@ -63,8 +65,10 @@ def _access(access: PlateAccess) -> str:
 
 
 def reclassify_plate(storage: MdpStorage, barcode: str, origin: Origin, reason: str, who: str,
-                     identifiable_patient_data: bool | None = None, released: bool | None = None) -> Reclassification:
-    """Change a plate's access class and bring everything stored of it into line with the policy."""
+                     identifiable_patient_data: bool | None = None, released: bool | None = None,
+                     instance: dg.DagsterInstance | None = None) -> Reclassification:
+    """Change a plate's access class and bring everything stored of it into line with the policy. With an
+    `instance`, each partition's outcome is also an asset observation, on the level's page in the UI."""
     if not reason.strip():
         raise MdpError(f"reclassifying plate {barcode} needs a reason (--reason)")
     policy = storage.policy()  # judged against the stored data as they stand, before anything changes
@@ -83,6 +87,12 @@ def reclassify_plate(storage: MdpStorage, barcode: str, origin: Origin, reason: 
         if holds:
             result.actions.append(_recheck(storage, policy, stores, item, result.when))
     _record(storage, result, reason, who)
+    if instance is not None:
+        for action in result.actions:
+            instance.report_runless_asset_event(dg.AssetObservation(
+                dg.AssetKey(action["asset"]), partition=action["partition"],
+                metadata={"reclassified_plate": barcode, "from": _access(result.before), "to": _access(result.after),
+                          "reason": reason, "who": who, "outcome": action["what"]}))
     check_policy_against_stored(policy, Path(storage.policy_file), storage.catalog_path, registry,
                                 lambda tier, key: stores[tier].read_record(key) if tier in stores else None)
     return result

@@ -22,11 +22,12 @@ from mdp_assets.storage.resource import MdpStorage
 def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output:
     folder = storage.plate_folder(context.partition_key)
     landing = storage.landing()
-    registered = storage.registry().get(folder.barcode)
-    accepted = registered.accepted_image_count if registered else None
     registry = storage.registry()
+    registered = registry.get(folder.barcode)
+    accepted = registered.accepted_image_count if registered else None
     plate = registry.register(plate_from_folder(folder, landing.source_uri(folder.barcode, ""),
                                                 accepted_image_count=accepted, fingerprint=False))
+    # Content fingerprints: taken now for a plate the sensor registered, else compared before the inventory.
     names = sorted(p.name for p in folder.images_dir.iterdir() if p.is_file() and looks_like_image(p.name))
     plate = registry.fingerprinted(plate, folder.images_dir, names)
     check_unchanged(plate.barcode, "raw_images", plate.image_fingerprints, {n: folder.images_dir / n for n in names},
