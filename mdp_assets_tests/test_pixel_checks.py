@@ -80,3 +80,24 @@ def test_an_unexpected_numpy_error_in_a_level_reaches_a_person_naming_plate_and_
     assert cause.cls_name == "MdpError"
     assert cause.message.startswith("mdp_assets.errors.MdpError: plate Plate_2, level stacked_sites: unexpected "
                                     "ValueError: all input arrays must have the same shape")
+
+
+def test_the_intake_sensor_refuses_the_same_images_naming_them(storage, instance, nf1_plate):
+    import dagster as dg
+
+    from mdp_assets.config import IntakeSettings, StepSettings
+    from mdp_assets.defs.plates.sensors import new_plate_sensor
+
+    victim = _images(storage, nf1_plate, "DAPI")[0]
+    tifffile.imwrite(victim, tifffile.imread(victim).astype(np.float32))
+
+    def tick(cursor=None):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+            "storage": storage, "intake": IntakeSettings(quiet_period_seconds=0), "settings": StepSettings()})
+        return new_plate_sensor(context)
+
+    first = tick()
+    assert not first.run_requests and storage.registry().get(nf1_plate) is None
+    second = tick(first.cursor)
+    assert f"{nf1_plate}: rejected" in second.skip_reason.skip_message
+    assert f"{victim.name}: a float32 image; float images are refused" in second.skip_reason.skip_message
