@@ -18,6 +18,7 @@ runs appear in the UI) and wait for them unless told `--no-wait`; the others rea
   mdp repair [PLATE] [--level L ..]  restore damaged partitions from a verified copy, else make them again
   mdp lifecycle [--as-of ISO] [--dry-run]
   mdp pin PLATE [--reason TEXT] / mdp unpin PLATE
+  mdp reclassify PLATE --origin O --reason TEXT [--identifiable-patient-data yes|no] [--released yes|no]
   mdp loaddata FOLDER -o OUT.csv [--pe2loaddata-config CONFIG.yml] [--path-name P]
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -44,6 +46,7 @@ from mdp_assets.errors import MdpError
 from mdp_assets.plates.demo import DemoPlateSpec, demo_specs, write_demo_plate
 from mdp_assets.plates.harmony import find_index_file, read_harmony_index
 from mdp_assets.plates.inventory import PlateFolder, inventory_plate
+from mdp_assets.plates.manifest import check_barcode
 from mdp_assets.services import runs
 from mdp_assets.services.catalog import rebuild_catalog, verify_stored_files
 from mdp_assets.services.instance import instance_config
@@ -51,6 +54,7 @@ from mdp_assets.services.lifecycle import apply_lifecycle, describe_move, releas
 from mdp_assets.services.provenance import explain_chain, provenance_chain
 from mdp_assets.services.recovery import fail_dead_runs, recover
 from mdp_assets.services.repair import repair
+from mdp_assets.services.reclassify import reclassify_plate
 from mdp_assets.services.registration import add_partitions, register_plate
 from mdp_assets.services.reprocess import (CONSENSUS_JOB, PlateWork, consensus_reason, consumers_of, plan_plate,
                                            plates_without_well_profiles)
@@ -179,7 +183,7 @@ def run_summary(platform: Platform) -> int:
 
 
 def run_register(platform: Platform, target: str, allow_incomplete: bool = False) -> int:
-    barcode = Path(target).name if "/" in target else target
+    barcode = check_barcode(Path(target).name if "/" in target else target, "register")
     landing = platform.storage.landing_path
     if "/" in target and Path(target).resolve().parent != landing.resolve():
         raise MdpError(f"{target} is not a plate folder in the landing zone {landing}; copy it there first")
@@ -225,6 +229,7 @@ def _cell(value: object) -> str:
 
 
 def run_provenance(platform: Platform, plate: str, level: str, as_json: bool) -> int:
+    check_barcode(plate, "provenance")
     chain = provenance_chain(platform.instance, plate, level)
     if as_json:
         print(json.dumps(chain, indent=1, default=str))
@@ -281,6 +286,7 @@ def run_lifecycle(platform: Platform, as_of: str | None, dry_run: bool, wait: bo
 
 
 def run_pin(platform: Platform, plate: str, reason: str | None, unpin: bool) -> int:
+    check_barcode(plate, "pin")
     path = platform.storage.catalog_path
     if unpin:
         catalog.unpin(path, plate)
@@ -291,7 +297,18 @@ def run_pin(platform: Platform, plate: str, reason: str | None, unpin: bool) -> 
     return 0
 
 
+def run_reclassify(platform: Platform, plate: str, origin: str, reason: str, identifiable: str | None,
+                   released: str | None) -> int:
+    flag = {"yes": True, "no": False, None: None}
+    result = reclassify_plate(platform.storage, plate, origin, reason, getpass.getuser(),
+                              flag[identifiable], flag[released], platform.instance)
+    for line in result.lines():
+        print(line)
+    return 0
+
+
 def run_demo_plate(platform: Platform, barcode: str, seed: int) -> int:
+    check_barcode(barcode, "demo-plate")  # a folder of the landing zone: `../../x` would write outside it
     folder = write_demo_plate(platform.storage.landing_path, DemoPlateSpec(barcode=barcode, seed=seed))
     print(f"demo plate {barcode} written to {folder}")
     return 0
@@ -378,6 +395,14 @@ def parser() -> argparse.ArgumentParser:
     pin.add_argument("--reason")
     unpin = commands.add_parser("unpin", help="let the lifecycle move a plate again")
     unpin.add_argument("plate")
+    reclassify = commands.add_parser(
+        "reclassify", help="change a registered plate's origin (recorded), moving or withdrawing what may not stay")
+    reclassify.add_argument("plate")
+    reclassify.add_argument("--origin", required=True,
+                            choices=["internal", "collaborator-academic", "collaborator-industry", "public"])
+    reclassify.add_argument("--reason", required=True, help="why (recorded with who and when)")
+    reclassify.add_argument("--identifiable-patient-data", choices=["yes", "no"], help="default: unchanged")
+    reclassify.add_argument("--released", choices=["yes", "no"], help="default: unchanged")
     loaddata = commands.add_parser("loaddata", help="a CellProfiler LoadData CSV for a plate folder")
     loaddata.add_argument("folder", type=Path)
     loaddata.add_argument("-o", "--output", type=Path, required=True)
@@ -409,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             "lifecycle": lambda: run_lifecycle(platform, args.as_of, args.dry_run, args.wait),
             "pin": lambda: run_pin(platform, args.plate, args.reason, False),
             "unpin": lambda: run_pin(platform, args.plate, None, True),
+            "reclassify": lambda: run_reclassify(platform, args.plate, args.origin, args.reason,
+                                                 args.identifiable_patient_data, args.released),
         }
         return commands[args.command]()
     except MdpError as exc:

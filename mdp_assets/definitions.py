@@ -14,6 +14,7 @@ from mdp_assets.config import Deployment, IntakeSettings, StepSettings, load_dep
 from mdp_assets.defs.embeddings import assets as embeddings_assets
 from mdp_assets.defs.illumination import assets as illumination_assets
 from mdp_assets.defs.illumination import checks as illumination_checks
+from mdp_assets.defs.raw import checks as raw_checks
 from mdp_assets.defs.jobs import build_jobs
 from mdp_assets.defs.plates.sensors import new_plate_sensor
 from mdp_assets.defs.profiles import assets as profiles_assets
@@ -43,7 +44,7 @@ ASSET_MODULES = [
     storage_costs_assets,
 ]
 # The levels' own checks, each its own step over the stored partition: they run with their asset or alone.
-CHECK_MODULES = [illumination_checks, segmentation_checks, single_cell_checks, profile_checks]
+CHECK_MODULES = [raw_checks, illumination_checks, segmentation_checks, single_cell_checks, profile_checks]
 
 # Opt-in reprocessing: a level whose code version changed, or whose inputs were re-made, is re-materialized
 # by the automation daemon, partition by partition; levels never made are left to the intake sensor.

@@ -152,3 +152,26 @@ def test_links_out_of_the_plate_folder_are_refused_before_anything_is_read(stora
     snapshot = next(s for s in snapshot_landing_zone(storage.landing_path) if s.name == folder.name)
     judged = assess_plate(snapshot, snapshot.newest_mtime_s + 600, 30)
     assert judged.status == "rejected" and "links that lead outside the plate folder" in judged.reason, judged
+
+
+def test_imaged_wells_the_platemap_leaves_without_a_treatment_fail_a_visible_check(storage, instance, nf1_plate):
+    import dagster as dg
+
+    from mdp_assets_tests.conftest import defs_for
+
+    platemap = storage.landing_path / nf1_plate / "platemap.csv"
+    lines = platemap.read_text().splitlines()
+    # D6 is imaged: leave its genotype empty, as a half-filled platemap would.
+    platemap.write_text("\n".join(line.replace(",D6,NF1,WT", ",D6,NF1,").replace(",D6,NF1,Null", ",D6,NF1,")
+                                  for line in lines) + "\n")
+    assert ",D6,NF1,\n" in platemap.read_text()
+    register_plate(storage, nf1_plate)
+    instance.add_dynamic_partitions("plates", [nf1_plate])
+    check = dg.AssetCheckKey(dg.AssetKey("raw_images"), "platemap_matches_images")
+    job = defs_for(storage).resolve_job_def("plate_job").get_subset(asset_selection={dg.AssetKey("raw_images")},
+                                                                     asset_check_selection={check})
+    result = job.execute_in_process(instance=instance, partition_key=nf1_plate, raise_on_error=False)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.description == "1 imaged well(s) have no 'genotype' in the platemap: D06"
+    assert evaluation.metadata["platemap_wells_not_imaged"].value.startswith("A01, A06")

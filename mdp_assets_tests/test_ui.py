@@ -115,7 +115,8 @@ def test_every_asset_check_runs_alone(ui, instance):
     assert {check for _, check in own} == {("image_qc", "qc_pass_fraction"), ("image_qc", "no_blurred_images"),
                                            ("image_qc", "no_saturated_images"),
                                            ("segmentation_masks", "no_empty_or_failed_wells"),
-                                           ("single_cell_qc", "flagged_fraction"), ("profile_quality", "min_map")}
+                                           ("single_cell_qc", "flagged_fraction"), ("profile_quality", "min_map"),
+                                           ("raw_images", "platemap_matches_images")}
     for node, check in own:
         run_id = ui.launch_run([], [check], ui.plates[1])
         assert ui.wait_run(run_id)["status"] == "SUCCESS", check

@@ -24,7 +24,7 @@ import yaml
 from scipy import ndimage
 
 from mdp_assets.checksums import atomic_path
-from mdp_assets.plates.manifest import MANIFEST_NAME
+from mdp_assets.plates.manifest import MANIFEST_NAME, check_barcode
 from mdp_assets.plates.naming import row_number
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
@@ -167,7 +167,7 @@ def synthesize_site(rng: np.random.Generator, treatment: str, size: int, n_cells
 
 def write_demo_plate(landing_zone: Path, spec: DemoPlateSpec) -> Path:
     """Write one plate folder into the landing zone (atomically: it appears complete or not at all)."""
-    final = landing_zone / spec.barcode
+    final = landing_zone / check_barcode(spec.barcode, "demo plate barcode")
     if (final / MANIFEST_NAME).exists():
         return final
     rng = np.random.default_rng(spec.seed)

@@ -70,6 +70,10 @@ class PlateManifest(BaseModel):
         "subset", description="'all': refuse the plate if a platemap well has no images; 'subset' (default): "
         "a platemap of the whole plate may describe wells that were not imaged (they are reported)"
     )
+    float_images: Literal["refuse", "intensities"] = Field(
+        "refuse", description="'intensities': float images hold intensities in [0, 1] (checked, NaN refused); by "
+        "default float images are refused, as raw counts stored as float would be read thousands of times too bright"
+    )
     settings: dict[str, Any] = Field(
         default_factory=dict, description="this plate's overrides of the deployment's settings (a documented subset)"
     )
@@ -129,6 +133,14 @@ class PlateManifest(BaseModel):
         if self.identifiable_patient_data and self.origin == "public":
             raise ValueError("a plate with identifiable patient data cannot have origin 'public'")
         return self
+
+
+def check_barcode(value: str, where: str = "plate barcode") -> str:
+    """A barcode safe as a folder name and partition key (the manifest's rule), or an MdpError."""
+    if not _SAFE_BARCODE.match(value):
+        raise MdpError(f"{where} {value[:200]!r} is not a safe plate id: use letters, digits, '.', '_' or '-' (no path "
+                       "separators, spaces or leading dot; at most 128 characters)")
+    return value
 
 
 def _describe(error: ValidationError) -> str:

@@ -12,7 +12,7 @@ The plate's origin in particular is part of the record: changing it is an explic
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,10 @@ import pandas as pd
 from mdp_assets.checksums import atomic_path
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.contents import check_contents, check_inside_plate_folder
-from mdp_assets.plates.inventory import PlateFolder
+from mdp_assets.plates.fingerprints import ImageFingerprint, check_unchanged, fingerprint_images
+from mdp_assets.plates.inventory import PlateFolder, uri_to_path
 from mdp_assets.plates.manifest import Origin, PlateManifest
+from mdp_assets.plates.pixels import check_pixels
 from mdp_assets.plates.platemap import metadata_name, read_platemap
 
 PERTURBATION = "Metadata_Perturbation"
@@ -43,6 +45,19 @@ class PlateAccess:
 
 
 @dataclass(frozen=True)
+class PlatemapCoverage:
+    """Imaged wells without a platemap row or without a treatment, and platemap wells never imaged."""
+
+    imaged_without_row: list[str]
+    imaged_without_treatment: list[str]
+    not_imaged: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.imaged_without_row and not self.imaged_without_treatment
+
+
+@dataclass(frozen=True)
 class Plate:
     """A registered plate: its manifest, its platemap annotations (one row per well, Metadata_ columns)."""
 
@@ -54,6 +69,8 @@ class Plate:
     # Registered with fewer images than the manifest expects (`mdp register --allow-incomplete`): how many.
     accepted_image_count: int | None = None
     channels: tuple[str, ...] = ()  # the plate's channel names, as every level calls them
+    # Each landing image's content as registered (plates/fingerprints.py); empty until it is taken.
+    image_fingerprints: dict[str, ImageFingerprint] = field(default_factory=dict, compare=False)
 
     @property
     def barcode(self) -> str:
@@ -113,6 +130,35 @@ class Plate:
         unannotated = sorted(set(images["Metadata_Well"]) - set(self.platemap["Metadata_Well"]))
         return annotated, unannotated
 
+    def check_images_unchanged(self, level: str, raw_images: pd.DataFrame) -> None:
+        """Stop `level` before it reads an image whose content is not what was registered (naming it)."""
+        paths = {name: uri_to_path(uri) for name, uri in zip(raw_images["file_name"], raw_images["uri"])}
+        registered = self.image_fingerprints or {
+            # Registered before fingerprints were recorded: the inventory's sha256, every file hashed again.
+            name: ImageFingerprint(digest, int(size), -1, -1, -1)
+            for name, digest, size in zip(raw_images["file_name"], raw_images["sha256"], raw_images["bytes"])}
+        check_unchanged(self.barcode, level, registered, paths)
+
+    def check_inventory(self, inventory: pd.DataFrame, level: str) -> None:
+        """The sha256 an inventory took of each image must be the registered one (it was read meanwhile)."""
+        changed = sorted(name for name, digest in zip(inventory["file_name"], inventory["sha256"])
+                         if name not in self.image_fingerprints or self.image_fingerprints[name].sha256 != digest)
+        if changed:
+            raise MdpError(f"plate {self.barcode}, level {level}: landing images differ from the content (sha256) "
+                           f"recorded at registration: {changed[:20]}{' ...' if len(changed) > 20 else ''}")
+
+    def platemap_coverage(self, imaged_wells: set[str]) -> PlatemapCoverage:
+        """How the platemap covers the imaged wells: none may lack a row, or (with a treatment column) a
+        treatment; platemap wells never imaged are listed (refused at intake with `imaged_wells: all`)."""
+        mapped = set(self.platemap["Metadata_Well"])
+        untreated: list[str] = []
+        if self.manifest.treatment_column:
+            column = metadata_name(self.manifest.treatment_column)
+            values = dict(zip(self.platemap["Metadata_Well"], self.platemap[column]))
+            untreated = sorted(w for w in imaged_wells & mapped
+                               if pd.isna(values[w]) or not str(values[w]).strip())
+        return PlatemapCoverage(sorted(imaged_wells - mapped), untreated, sorted(mapped - imaged_wells))
+
     # -- the record on disk -------------------------------------------------------------------------
     def to_record(self) -> dict[str, Any]:
         return {
@@ -125,6 +171,7 @@ class Plate:
             "reclassifications": list(self.reclassifications),
             "accepted_image_count": self.accepted_image_count,
             "channels": list(self.channels),
+            "image_fingerprints": {name: f.to_record() for name, f in sorted(self.image_fingerprints.items())},
         }
 
     @classmethod
@@ -133,17 +180,19 @@ class Plate:
             platemap = pd.DataFrame(record["platemap"]["rows"], columns=record["platemap"]["columns"], dtype=str)
             return cls(PlateManifest.model_validate(record["manifest"]), platemap, record.get("registered_at", ""),
                        record.get("landing", ""), tuple(record.get("reclassifications", ())),
-                       record.get("accepted_image_count"), tuple(record.get("channels", ())))
+                       record.get("accepted_image_count"), tuple(record.get("channels", ())),
+                       {name: ImageFingerprint.from_record(v) for name, v in record.get("image_fingerprints", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise MdpError(f"plate registration record is damaged: {exc}", path=where) from None
 
 
 def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool = False,
-                      accepted_image_count: int | None = None) -> Plate:
+                      accepted_image_count: int | None = None, fingerprint: bool = True) -> Plate:
     """A Plate read and checked from its folder: the platemap must have every column the manifest names, and
     the images what the levels need (`check_contents`). `allow_incomplete` takes a plate with fewer images
     than expected, recording how many it had; `accepted_image_count` is that number from an earlier
-    registration."""
+    registration. With `fingerprint`, every image's content is hashed (the intake sensor leaves that to the
+    plate's first raw_images step, to keep its ticks short)."""
     manifest = folder.manifest
     check_inside_plate_folder(folder)
     platemap = read_platemap(folder.platemap_path, manifest.platemap_well_column)
@@ -165,6 +214,9 @@ def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool 
         raise MdpError(f"manifest annotations {[c.removeprefix('Metadata_') for c in clashing]} are also platemap "
                        "columns; name each value once", path=folder.root / "plate.yaml")
     contents = check_contents(folder, platemap, allow_incomplete=allow_incomplete or accepted_image_count is not None)
+    check_pixels(manifest.barcode, {name: (contents.channels[parsed.channel_token], folder.images_dir / name)
+                                    for name, parsed in contents.images.items()},
+                 manifest.float_images, folder.images_dir)
     found = len(contents.images)
     if accepted_image_count is not None and found != accepted_image_count:
         raise MdpError(f"plate {manifest.barcode} was registered incomplete with {accepted_image_count} images and "
@@ -172,7 +224,10 @@ def plate_from_folder(folder: PlateFolder, landing: str, allow_incomplete: bool 
                        path=folder.images_dir)
     accepted = found if found < manifest.expected_image_count else None
     channels = tuple(sorted(set(contents.channels.values())))
-    return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing, (), accepted, channels)
+    fingerprints = fingerprint_images({name: folder.images_dir / name for name in contents.images}) \
+        if fingerprint else {}
+    return Plate(manifest, platemap, datetime.now(timezone.utc).isoformat(), landing, (), accepted, channels,
+                 fingerprints)
 
 
 class PlateRegistry:
@@ -206,13 +261,32 @@ class PlateRegistry:
         return sorted(p.stem for p in self.root.glob("*.json")) if self.root.is_dir() else []
 
     def register(self, plate: Plate) -> Plate:
-        """Record a plate. A plate registered before keeps its origin: a different one is refused here
-        (reclassify instead); the rest of its record is replaced by the new registration."""
+        """Record a plate. A plate registered before keeps its origin (a different one is refused here:
+        reclassify instead) and its images' content (an image that changed is refused, naming it; images not
+        fingerprinted yet are added); the rest of its record is replaced by the new registration."""
         known = self.get(plate.barcode)
         if known is not None:
-            check_same_access(known, plate.manifest, self._path(plate.barcode))
+            check_same_access(known, plate.manifest, self._path(plate.barcode), plate.landing)
+            changed = sorted(name for name, f in plate.image_fingerprints.items()
+                             if name in known.image_fingerprints and known.image_fingerprints[name].sha256 != f.sha256)
+            if changed:
+                raise MdpError(f"plate {plate.barcode}: landing images differ from the content (sha256) recorded at "
+                               f"registration: {changed[:20]}{' ...' if len(changed) > 20 else ''}; the landing zone "
+                               "holds what the instrument wrote: restore those files, or register the new images "
+                               "under a new barcode", path=self._path(plate.barcode))
             plate = Plate(plate.manifest, plate.platemap, plate.registered_at, plate.landing, known.reclassifications,
-                          plate.accepted_image_count, plate.channels)
+                          plate.accepted_image_count, plate.channels,
+                          {**known.image_fingerprints, **plate.image_fingerprints})
+        self.write(plate)
+        return plate
+
+    def fingerprinted(self, plate: Plate, images_dir: Path, names: list[str]) -> Plate:
+        """The plate with every named image fingerprinted: those registered without (by the intake sensor) are
+        hashed now and recorded."""
+        missing = {name: images_dir / name for name in names if name not in plate.image_fingerprints}
+        if not missing:
+            return plate
+        plate = replace(plate, image_fingerprints={**plate.image_fingerprints, **fingerprint_images(missing)})
         self.write(plate)
         return plate
 
@@ -236,17 +310,20 @@ class PlateRegistry:
                   "from": before.access.__dict__, "to": {**before.access.__dict__, "origin": origin,
                   "identifiable_patient_data": identifiable_patient_data, "released": released}}
         after = Plate(manifest, before.platemap, before.registered_at, before.landing,
-                      (*before.reclassifications, change), before.accepted_image_count, before.channels)
+                      (*before.reclassifications, change), before.accepted_image_count, before.channels,
+                      before.image_fingerprints)
         self.write(after)
         return before, after
 
 
-def check_same_access(registered: Plate, manifest: PlateManifest, where: Path | None = None) -> None:
+def check_same_access(registered: Plate, manifest: PlateManifest, where: Path | None = None, landing: str = "") -> None:
     """The landing manifest must still say what the plate was registered as (origin, patient data, release)."""
     changed = [f"{name}: registered {getattr(registered.manifest, name)!r}, now {getattr(manifest, name)!r}"
                for name in ("origin", "identifiable_patient_data", "released")
                if getattr(registered.manifest, name) != getattr(manifest, name)]
     if changed:
-        raise MdpError(f"plate {registered.barcode}: its access class changed since registration ({'; '.join(changed)}); "
+        manifest_at = f" in {landing.rstrip('/')}/plate.yaml" if landing else ""
+        raise MdpError(f"plate {registered.barcode}: its access class changed since registration ({'; '.join(changed)}"
+                       f"{manifest_at}); the plate stops here, nothing was read or written; "
                        "editing plate.yaml does not reclassify a plate: use `mdp reclassify PLATE --origin ... "
                        "--reason ...`", path=where)

@@ -12,9 +12,9 @@ import dagster as dg
 
 from mdp_assets.errors import MdpError
 from mdp_assets.faults import fault_point
-from mdp_assets.plates.registry import PlateAccess
 from mdp_assets.services.instance_status import latest_status
 from mdp_assets.storage import catalog, lifecycle
+from mdp_assets.storage.policy_check import plates_of_record
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.storage.store import PartitionStore
 from mdp_assets.storage.tiers import EphemeralTier
@@ -106,7 +106,8 @@ def describe_move(move: dict[str, Any]) -> str:
 def _move(storage: MdpStorage, partition_store: PartitionStore, stores: dict, move: lifecycle.PlannedMove, when: str) -> dict[str, Any]:
     source, target = stores[move.from_tier], stores[move.to_tier]
     record = source.read_record(move.key)
-    plates = [PlateAccess(**plate) for plate in record.get("access") or []] or [None]
+    # The plates' access classes as registered now: a reclassification after the write wins.
+    plates = [access for _, access in plates_of_record(record, storage.registry())] or [None]
     partition_store.check_allowed(move.to_tier, plates, [f["bytes"] for f in record["files"]],
                                   f"{move.key} (lifecycle move)")
     new_record = lifecycle.copy_partition(source, target, move.key, record, move.to_tier, when, storage.cache_root)

@@ -15,13 +15,15 @@ from mdp_assets.storage.resource import MdpStorage
 
 
 def register_plate(storage: MdpStorage, barcode: str, allow_incomplete: bool = False,
-                   settings: StepSettings | None = None) -> Plate:
+                   settings: StepSettings | None = None, fingerprint: bool = True) -> Plate:
     """Read the plate's folder from the landing zone, check it, and record it in the registry.
     `allow_incomplete` takes a plate with fewer images than its manifest expects, as it is; with `settings`,
-    a plate the configured CellProfiler pipeline cannot read is refused."""
+    a plate the configured CellProfiler pipeline cannot read is refused. `fingerprint`: hash every image's
+    content now (else the plate's first raw_images step does)."""
     folder = storage.plate_folder(barcode)
     check_plate_overrides(folder.manifest.settings, folder.root / "plate.yaml")
-    plate = plate_from_folder(folder, storage.landing().source_uri(barcode, ""), allow_incomplete)
+    plate = plate_from_folder(folder, storage.landing().source_uri(barcode, ""), allow_incomplete,
+                              fingerprint=fingerprint)
     if settings is not None:
         check_pipeline_channels(settings.for_plate(folder.manifest.settings, barcode), plate, folder.root / "plate.yaml")
     return storage.registry().register(plate)
@@ -43,7 +45,8 @@ def check_pipeline_channels(settings: StepSettings, plate: Plate, where: Path) -
 def register_ready_plate(storage: MdpStorage, barcode: str, settings: StepSettings | None = None) -> str | None:
     """Register a plate the intake judged ready; returns why it cannot be registered, or None."""
     try:
-        register_plate(storage, barcode, settings=settings)
+        # Ticks stay short: the content fingerprints are taken by the plate's first raw_images step.
+        register_plate(storage, barcode, settings=settings, fingerprint=False)
     except MdpError as exc:
         return str(exc)
     return None

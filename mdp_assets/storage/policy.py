@@ -15,16 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.manifest import Origin
+from mdp_assets.safe_yaml import load_yaml
 
 Access = Literal["private", "public"]
 Backend = Literal["filesystem", "s3", "git", "ephemeral"]
 ORIGINS: tuple[str, ...] = ("internal", "collaborator-academic", "collaborator-industry", "public")
 COLLABORATOR_ORIGINS = ("collaborator-academic", "collaborator-industry")
+MAX_POLICY_BYTES = 1024 * 1024
 
 
 class Limits(BaseModel):
@@ -58,11 +59,23 @@ class Tier(BaseModel):
     restricted_file_mode: str = Field(
         "0640", pattern=r"^0?[0-7]{3}$",
         description="files of collaborator and identifiable-patient plates, in octal: no world access by default")
+    identifiable_patient_data_allowed: bool | None = Field(
+        None, description="may this tier hold any level (inventories and metadata included) of an identifiable-patient "
+        "plate; default: yes on the lab's own storage, no on a cloud (s3) tier unless the policy says so here")
     description: str = ""
 
     @property
     def restricted_mode(self) -> int:
         return int(self.restricted_file_mode, 8)
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.backend == "s3"
+
+    @property
+    def holds_identifiable_patient_data(self) -> bool:
+        return self.identifiable_patient_data_allowed if self.identifiable_patient_data_allowed is not None \
+            else not self.is_cloud
 
     @model_validator(mode="after")
     def _backend_fields(self) -> Tier:
@@ -134,12 +147,24 @@ class StoragePolicy(BaseModel):
         return allowed
 
     def check_origin(self, tier: str, origin: str, identifiable_patient_data: bool, released: bool, what: str) -> None:
-        access = self.tiers[tier].access
+        problem = self.origin_problem(tier, origin, identifiable_patient_data, released)
+        if problem:
+            raise MdpError(f"{what} may not be written to tier {problem}")
+
+    def origin_problem(self, tier: str, origin: str, identifiable_patient_data: bool, released: bool) -> str | None:
+        """Why a plate of this access class may not be in `tier` ("'<tier>' (<access>): <why>"), or None."""
+        spec = self.tiers[tier]
         allowed = self.allowed_access(origin, identifiable_patient_data, released)
-        if access not in allowed:
-            why = "it holds identifiable patient data" if identifiable_patient_data and access == "public" else (
+        if spec.access not in allowed:
+            why = "it holds identifiable patient data" if identifiable_patient_data and spec.access == "public" else (
                 f"its origin is {origin!r}" + ("" if released or origin not in COLLABORATOR_ORIGINS else " and it is not released"))
-            raise MdpError(f"{what} may not be written to tier {tier!r} ({access}): {why}; allowed access: {sorted(allowed) or 'none'}")
+            return f"{tier!r} ({spec.access}): {why}; allowed access: {sorted(allowed) or 'none'}"
+        if identifiable_patient_data and not spec.holds_identifiable_patient_data:
+            # File names and acquisition metadata identify patients as surely as pixels do: every level counts.
+            return (f"{tier!r} ({spec.access}, {'cloud' if spec.is_cloud else 'lab'} storage): it holds identifiable "
+                    f"patient data, which no level (inventories and metadata included) may put there unless the "
+                    f"policy allows it (tiers.{tier}.identifiable_patient_data_allowed: true)")
+        return None
 
     def check_limits(self, tier: str, file_sizes: list[int], tier_used_bytes: Callable[[], int], what: str) -> None:
         """Per-file, per-dataset and total limits; `tier_used_bytes` is asked only when the tier has a total limit."""
@@ -176,10 +201,13 @@ def load_policy(path: Path) -> StoragePolicy:
 
 @functools.lru_cache(maxsize=16)
 def _load_policy(path: Path, mtime_ns: int, size: int) -> StoragePolicy:
+    if size > MAX_POLICY_BYTES:
+        raise MdpError(f"storage policy is over {MAX_POLICY_BYTES} bytes; refusing to read it", path=path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise MdpError(f"storage policy cannot be read: {exc}", path=path) from exc
+    data = load_yaml(text, path, "storage policy", MAX_POLICY_BYTES)
     try:
         return StoragePolicy.model_validate(data)
     except ValidationError as exc:

@@ -31,6 +31,7 @@ from mdp_assets.plates.landing import FolderLanding, LandingZone, S3Landing
 from mdp_assets.plates.registry import Plate, PlateRegistry
 from mdp_assets.storage.partitions import table_output
 from mdp_assets.storage.policy import StoragePolicy, load_policy
+from mdp_assets.storage.policy_check import check_once
 from mdp_assets.storage.store import PartitionStore
 from mdp_assets.storage.tiers import EphemeralTier, FilesystemTier, GitTier, S3Tier, TierStore
 
@@ -82,7 +83,11 @@ class MdpStorage(dg.ConfigurableResource):
 
     # -- the policy and its tiers -------------------------------------------------------------------
     def policy(self) -> StoragePolicy:
-        return load_policy(Path(self.policy_file))
+        """The validated policy, refused if it would expose data already stored (storage/policy_check.py)."""
+        policy = load_policy(Path(self.policy_file))
+        check_once(policy, Path(self.policy_file), self.catalog_path, self.registry(),
+                   lambda tier, key: self.tier(tier, policy).read_record(key) if tier in policy.tiers else None)
+        return policy
 
     def s3_client(self, endpoint_url: str | None = None, region: str | None = None) -> Any:
         """One client per endpoint, region and credentials in this process (clients are thread-safe)."""

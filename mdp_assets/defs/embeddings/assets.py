@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.defs.pictures import figure_metadata
 from mdp_assets.plates.registry import PERTURBATION
 from mdp_assets.science.embeddings import pca_embedding, pca_embedding_parquet
@@ -31,6 +31,7 @@ def _metadata(ratios: list[float]) -> dict[str, object]:
     description="Single-cell embeddings: the first principal components (8 by default) of the plate's "
     "single-cell profiles (Embedding_PC1..), deterministic; Metadata_ columns carried.",
 )
+@names_plate_and_level
 def single_cell_embeddings(
     single_cell_profiles: StoredPartition, settings: StepSettings, storage: MdpStorage
 ) -> dg.Output:
@@ -47,6 +48,7 @@ def single_cell_embeddings(
     kinds={"parquet", "numpy"},
     description="Well embeddings: the first principal components (8 by default) of the plate's well profiles.",
 )
+@names_plate_and_level
 def well_embeddings(context: dg.AssetExecutionContext, well_profiles: pd.DataFrame, settings: StepSettings,
                     storage: MdpStorage) -> dg.Output:
     embedding = pca_embedding(well_profiles, settings.embeddings.components)

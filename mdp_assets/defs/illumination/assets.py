@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.errors import MdpError
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
@@ -31,9 +31,11 @@ GROUP = "qc_and_illumination"
     "as CellProfiler's MeasureImageQuality defines them, their robust z-scores within the plate's channel, and a "
     "pass flag (qc settings in mdp.yaml or the plate's manifest). Failing sites are excluded below.",
 )
+@names_plate_and_level
 def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settings: StepSettings,
              storage: MdpStorage) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("image_qc", raw_images)  # before any pixel is read
     qc = settings.for_plate(plate.manifest.settings, plate.barcode).qc
     thresholds = qc.thresholds()
     table = measure_plate_quality(raw_images, thresholds)
@@ -59,6 +61,7 @@ def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settin
     "pipeline, or the built-in CorrectIlluminationCalculate approach ('All' images: average of the plate's "
     "QC-passing images, Gaussian-smoothed, rescaled to a robust minimum of 1).",
 )
+@names_plate_and_level
 def illumination_functions(
     context: dg.AssetExecutionContext,
     raw_images: pd.DataFrame,
@@ -68,6 +71,7 @@ def illumination_functions(
     cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("illumination_functions", raw_images)  # before any pixel is read
     settings, stand_in = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
                                           set(raw_images["Metadata_Channel"]))
     if stand_in:
@@ -101,12 +105,14 @@ def illumination_functions(
     "illumination pipeline saved, in their own dtype; none when the analysis pipeline reads raw images (it "
     "corrects them itself, or not at all): correction happens once. A transient level.",
 )
+@names_plate_and_level
 def corrected_images(
     context: dg.AssetExecutionContext, raw_images: pd.DataFrame, image_qc: pd.DataFrame,
     illumination_functions: StoredPartition, storage: MdpStorage, settings: StepSettings,
     cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("corrected_images", raw_images)  # before any pixel is read
     settings, _ = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
                                    set(raw_images["Metadata_Channel"]))
     with storage.staging_dir("corrected_images") as staged:

@@ -5,7 +5,7 @@ import pandas as pd
 
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.pictures import figure_metadata, plate_map_metadata
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.plates.registry import PERTURBATION
 from mdp_assets.science.cell_qc import cells_for_profiles
 from mdp_assets.science.parquet_profiles import aggregate_parquet, normalize_and_select_parquet
@@ -32,6 +32,7 @@ def _qc_summary(left_out: int, settings: StepSettings) -> dict[str, object]:
     "platemap names none) and feature-selected (variance, correlation, missing values, blocklist), streamed "
     "from Parquet to Parquet in bounded memory. Cells single-cell QC flagged are left out (cell_qc.exclude_flagged).",
 )
+@names_plate_and_level
 def single_cell_profiles(
     context: dg.AssetExecutionContext, single_cell_features: StoredPartition, single_cell_qc: pd.DataFrame,
     settings: StepSettings, storage: MdpStorage,
@@ -53,6 +54,7 @@ def single_cell_profiles(
     "and feature-selected. Well-constant metadata and Metadata_Object_Count are carried. Cells single-cell QC "
     "flagged are left out (cell_qc.exclude_flagged).",
 )
+@names_plate_and_level
 def well_profiles(
     context: dg.AssetExecutionContext, single_cell_features: StoredPartition, single_cell_qc: pd.DataFrame,
     settings: StepSettings, storage: MdpStorage,
@@ -80,6 +82,7 @@ def well_profiles(
     "at the significance level; the negative controls split in two halves as the null check (near chance). "
     "One row per treatment; the plate's figures are numeric metadata, plotted across materializations.",
 )
+@names_plate_and_level
 def profile_quality(
     context: dg.AssetExecutionContext, well_profiles: pd.DataFrame, settings: StepSettings, storage: MdpStorage
 ) -> dg.Output:
@@ -101,6 +104,7 @@ def profile_quality(
     "replicate well profiles over the features all plates kept. Plates whose manifest names no treatment "
     "column are left out.",
 )
+@names_plate_and_level
 def consensus_profiles(
     context: dg.AssetExecutionContext,
     well_profiles: dict[str, pd.DataFrame],

@@ -7,7 +7,7 @@ import pandas as pd
 
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.pictures import figure_metadata, plate_map_metadata
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.engines.cellprofiler.choice import engine_for_plate
 from mdp_assets.engines.cellprofiler.engine import CELLPROFILER_POOL, CellProfilerEngine
 from mdp_assets.engines.cellprofiler.run import run_analysis
@@ -30,6 +30,7 @@ from mdp_assets.storage.resource import MdpStorage
     description="Per site, a (2, Y, X) int32 OME-TIFF of Nuclei and Cells labels (built-in engine: Otsu + shape "
     "declumping for nuclei, propagation-style watershed for cells; a cell carries its nucleus' label).",
 )
+@names_plate_and_level
 def segmentation_masks(
     context: dg.AssetExecutionContext,
     raw_images: pd.DataFrame,
@@ -41,6 +42,7 @@ def segmentation_masks(
     cellprofiler: CellProfilerEngine,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("segmentation_masks", raw_images)  # before any pixel is read
     settings, stand_in = engine_for_plate(settings.for_plate(plate.manifest.settings, plate.barcode),
                                           set(raw_images["Metadata_Channel"]))
     if stand_in:

@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.config import StepSettings
-from mdp_assets.defs.plates.partitions import plates_partitions
+from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.engines.cellprofiler.run import OBJECT_TABLES, cellprofiler_features
 from mdp_assets.plates.inventory import site_acquisition_metadata, site_images
 from mdp_assets.science.cell_qc import OUTLIER, outlier_column, plate_cell_qc
@@ -27,6 +27,7 @@ GROUP = "single_cell"
     description="One row per cell: Nuclei_, Cells_ and Cytoplasm_ AreaShape/Location/Intensity features with "
     "CellProfiler's names, and Metadata_ columns for plate, well, site, object, platemap and acquisition.",
 )
+@names_plate_and_level
 def single_cell_features(
     context: dg.AssetExecutionContext,
     raw_images: pd.DataFrame,
@@ -71,6 +72,7 @@ def single_cell_features(
     description="The isolated single-cell images: a square crop (48 px by default) of every channel plus a CellMask "
     "channel around each nucleus, in one chunked zarr store per plate with an index.parquet of Metadata_ rows.",
 )
+@names_plate_and_level
 def single_cell_crops(
     context: dg.AssetExecutionContext,
     raw_images: pd.DataFrame,
@@ -82,6 +84,7 @@ def single_cell_crops(
     settings: StepSettings,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
+    plate.check_images_unchanged("single_cell_crops", raw_images)  # before any pixel is read
     size = settings.for_plate(plate.manifest.settings, plate.barcode).crops.size
     channels = sorted(raw_images["Metadata_Channel"].unique())
     masks = pd.read_parquet(segmentation_masks.path("sites.parquet"))
@@ -114,6 +117,7 @@ def single_cell_crops(
     "flagged, as Metadata_cqc_<condition>_is_outlier columns (and Metadata_cqc_is_outlier for any), one row per "
     "cell in single_cell_features' order. Profiles leave flagged cells out unless cell_qc.exclude_flagged is false.",
 )
+@names_plate_and_level
 def single_cell_qc(
     context: dg.AssetExecutionContext, single_cell_features: StoredPartition, settings: StepSettings,
     storage: MdpStorage,
