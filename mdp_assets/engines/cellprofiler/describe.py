@@ -78,6 +78,8 @@ class PipelineDescription:
     group_by: tuple[str, ...]  # metadata the pipeline groups its image sets by
     rules: tuple[tuple[str, str], ...] = field(default=())  # NamesAndTypes: (image name, rule)
     modules: tuple[str, ...] = field(default=())
+    # Metadata fields the modules after the input read (a \g<Field> in a setting, grouping): LoadData gives them.
+    metadata_needed: tuple[str, ...] = field(default=())
 
     @property
     def corrects_itself(self) -> bool:
@@ -191,11 +193,13 @@ def interpret(raw: dict, path: Path, sha256: str) -> PipelineDescription:
                             _folder(_first(s, "Output file location"), path, f"ExportToSpreadsheet #{module['number']}"),
                             _first(s, "Filename prefix") if _first(s, "Add a prefix to file names?") == "Yes" else "")
     saves = [SavedImage(**{**save.__dict__, "objects": labels.get(save.image)}) for save in saves]
+    read = {name for module in modules if not module.get("input")
+            for _, value in _settings(module) for name in _METADATA.findall(value or "")}
     return PipelineDescription(
         path=path, sha256=sha256, input=input_kind, images_needed=tuple(raw["images_needed"]),
         corrections=tuple(corrections), illumination_made=tuple(m[0] for m in made), calculations=tuple(made), saves=tuple(saves), export=export,
         primary=tuple(primary), secondary=tuple(secondary), tertiary=tuple(tertiary), group_by=tuple(group_by),
-        rules=tuple(rules), modules=tuple(names),
+        rules=tuple(rules), modules=tuple(names), metadata_needed=tuple(sorted(read | set(group_by))),
     )
 
 

@@ -67,14 +67,57 @@ def raw_files(raw_images: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FILES)
 
 
-def _loaddata(files: pd.DataFrame, plate: str, description: PipelineDescription,
-              illumination_dir: Path | None) -> pd.DataFrame:
-    """LoadData rows with every Orig<channel> and Illum<channel> column the pipeline reads."""
+# The Cell Painting Gallery's names for a plate's illumination functions (`illum/<Plate>/<Plate>_Illum<Channel>.npy`),
+# which LoadData-driven pipelines and their load_data_with_illum.csv files expect.
+ILLUM_FILE = "{plate}_Illum{channel}.npy"
+SITE_KEYS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
+
+
+def site_metadata(raw_images: pd.DataFrame) -> pd.DataFrame:
+    """Per site, the Metadata_ columns of raw_images that are one value per site (plate annotations, platemap
+    columns, acquisition metadata), for the LoadData fields a pipeline names."""
+    metadata = [c for c in raw_images.columns if c.startswith("Metadata_") and c not in ("Metadata_Channel", "Metadata_Z", "Metadata_T")]
+    table = raw_images[metadata].assign(Metadata_Site=raw_images["Metadata_Site"].astype(int))
+    return table.drop_duplicates(["Metadata_Well", "Metadata_Site"]).set_index(["Metadata_Well", "Metadata_Site"])
+
+
+def stage_illumination(description: PipelineDescription, illumination_dir: Path | None, folder: Path,
+                       plate: str) -> tuple[dict[str, str], str]:
+    """Copies of the plate's stored illumination functions (`<channel>.npy`) under the names a LoadData pipeline
+    expects (ILLUM_FILE) in `folder`, for each Illum<channel> image it reads: {channel: file name}, and a digest
+    of their content (a changed function is a changed input)."""
+    _, illum = description.loaddata_channels()
+    names, digest = {}, hashlib.sha256()
+    for channel in sorted(illum):
+        source = illumination_dir / f"{channel}.npy" if illumination_dir is not None else None
+        if source is None or not source.exists():
+            raise MdpError(f"{description.path.name} reads Illum{channel} (LoadData FileName_Illum{channel}); the "
+                           f"illumination level saved no function for channel {channel}", path=description.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        names[channel] = ILLUM_FILE.format(plate=plate, channel=channel)
+        data = source.read_bytes()
+        if not (folder / names[channel]).exists() or (folder / names[channel]).read_bytes() != data:
+            (folder / names[channel]).write_bytes(data)
+        digest.update(channel.encode() + hashlib.sha256(data).digest())
+    return names, digest.hexdigest()
+
+
+def analysis_loaddata(files: pd.DataFrame, plate: str, description: PipelineDescription, metadata: pd.DataFrame | None,
+                      illumination_folder: Path | None, illumination_files: dict[str, str]) -> pd.DataFrame:
+    """LoadData rows with every column the pipeline reads: FileName_/PathName_Orig<channel> (the site's files),
+    FileName_/PathName_Illum<channel> (its illumination functions, as `stage_illumination` named them),
+    Metadata_Plate, Metadata_Well, Metadata_Site and every other Metadata_<field> its modules name."""
     orig, illum = description.loaddata_channels()
     channels = set(files["Metadata_Channel"])
     if orig - channels:
         raise MdpError(f"LoadData of {description.path.name} reads Orig{sorted(orig - channels)[0]}: the plate has no "
                        f"channel {sorted(orig - channels)} (its channels: {sorted(channels)})", path=description.path)
+    fields = [f"Metadata_{name}" for name in description.metadata_needed if f"Metadata_{name}" not in SITE_KEYS]
+    known = set(metadata.columns) if metadata is not None else set()
+    if set(fields) - known:
+        raise MdpError(f"{description.path.name} reads metadata {sorted(set(fields) - known)} (its modules name "
+                       f"{', '.join(chr(92) + 'g<' + n + '>' for n in description.metadata_needed)}); the plate has no "
+                       "such column: add it to the platemap or to plate.yaml's annotations", path=description.path)
     rows = []
     for (well, site), site_files in files.groupby(["Metadata_Well", "Metadata_Site"], sort=True):
         record: dict[str, str] = {}
@@ -82,12 +125,11 @@ def _loaddata(files: pd.DataFrame, plate: str, description: PipelineDescription,
             record[f"FileName_Orig{row.Metadata_Channel}"] = Path(row.path).name
             record[f"PathName_Orig{row.Metadata_Channel}"] = str(Path(row.path).parent)
         for channel in sorted(illum):
-            if illumination_dir is None or not (illumination_dir / f"{channel}.npy").exists():
-                raise MdpError(f"{description.path.name} reads Illum{channel} (LoadData FileName_Illum{channel}); the "
-                               f"illumination level saved no function for channel {channel}", path=description.path)
-            record[f"FileName_Illum{channel}"] = f"{channel}.npy"
-            record[f"PathName_Illum{channel}"] = str(illumination_dir)
+            record[f"FileName_Illum{channel}"] = illumination_files[channel]
+            record[f"PathName_Illum{channel}"] = str(illumination_folder)
         record.update({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": str(site)})
+        for name in fields:
+            record[name] = str(metadata.loc[(well, int(site)), name])
         rows.append(record)
     return pd.DataFrame(rows)
 
@@ -141,12 +183,14 @@ def image_channels(description: PipelineDescription, image_sets: list[dict], fil
 
 
 def _group(engine: CellProfilerEngine, description: PipelineDescription, files: pd.DataFrame, plate: str,
-           work: Path, group_id: str, illumination_dir: Path | None) -> dict:
+           work: Path, group_id: str, illumination_dir: Path | None, metadata: pd.DataFrame | None = None) -> dict:
     """One CellProfiler group's inputs (a LoadData CSV, or a file list for input modules) and its image sets, in
     a folder named by pipeline and inputs: a re-run with the same ones finds a finished group and skips it."""
     if description.input == "LoadData":
-        table = _loaddata(files, plate, description, illumination_dir)
-        content = table.to_csv(index=False)
+        illumination_folder = work / "illum" / plate
+        names, digest = stage_illumination(description, illumination_dir, illumination_folder, plate)
+        table = analysis_loaddata(files, plate, description, metadata, illumination_folder, names)
+        content = digest + table.to_csv(index=False)
     else:
         table = None
         content = "".join(f"{Path(p).resolve().as_uri()}\n" for p in sorted(files["path"]))
@@ -154,7 +198,7 @@ def _group(engine: CellProfilerEngine, description: PipelineDescription, files: 
     folder.mkdir(parents=True, exist_ok=True)
     group = {"id": group_id, "output_dir": str(folder / "output")}
     if table is not None:
-        (folder / "load_data.csv").write_text(content)
+        (folder / "load_data.csv").write_text(table.to_csv(index=False))
         group["data_file"] = str(folder / "load_data.csv")
         image_sets = [{**row, "mdp_well": row["Metadata_Well"], "mdp_site": int(row["Metadata_Site"])}
                       for row in table.to_dict("records")]
@@ -202,7 +246,7 @@ def run_illumination(
                        f"CorrectIlluminationApply output); its modules: {description.module_names()}", path=pipeline)
     files = raw_files(images)
     work = work_root / "cellprofiler-illumination" / context.partition_key
-    prepared = _group(engine, description, files, context.partition_key, work, "plate", None)
+    prepared = _group(engine, description, files, context.partition_key, work, "plate", None, site_metadata(images))
     version = _run(context, engine, pipeline, [prepared], "the illumination pipeline")
     output, sets = Path(prepared["runner"]["output_dir"]), prepared["image_sets"]
     channel_of = image_channels(description, sets, files)
@@ -305,7 +349,7 @@ def run_analysis(
     if description.group_by and not set(description.group_by) <= {"Well", "Site"}:
         processes = 1
     prepared = [_group(engine, description, files[files["Metadata_Well"].isin(chunk)], context.partition_key, work,
-                       f"{chunk[0]}-{chunk[-1]}", illumination_dir)
+                       f"{chunk[0]}-{chunk[-1]}", illumination_dir, site_metadata(images))
                 for chunk in split_wells(wells, processes)]
     context.log.info(f"CellProfiler analysis of {len(files)} files ({source}) in {len(prepared)} group(s)")
     version = _run(context, engine, pipeline, prepared, "the analysis pipeline")
