@@ -6,7 +6,7 @@ The pipeline is `pipelines/examples/NF1_analysis_3channel_loaddata.cppipe` (tool
 NF1 lab's analysis modules behind LoadData and CorrectIlluminationApply (each channel divided by the
 illumination function LoadData loads), saving Nuclei and Cells label images named `\\g<Batch>_\\g<Plate>_...`.
 Its LoadData columns are those of the Cell Painting Gallery's `load_data_with_illum` files (pycytominer's test
-data holds one: `<Plate>_Illum<Channel>.npy` under `illum/<Plate>`). Two wells of the real NF1 plate keep it short.
+data holds one: `<Plate>_Illum<Channel>.npy` under `illum/<Plate>`). One site of the real NF1 plate keeps it short.
 """
 
 import hashlib
@@ -27,6 +27,7 @@ from mdp_assets.config import SHIPPED_PIPELINES
 from mdp_assets.engines.cellprofiler.describe import describe_pipeline
 from mdp_assets.engines.cellprofiler.outputs import read_sqlite_output, single_cells
 from mdp_assets.engines.cellprofiler.run import analysis_loaddata
+from mdp_assets.engines.cellprofiler.runner import WARNING_LINE
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets_tests.conftest import NF1_IMAGES, NF1_PLATEMAP, REALDATA, defs_for, make_deployment, stored
 from mdp_assets_tests.test_lab_pipelines import ENVIRONMENT, _failures, _python
@@ -38,7 +39,7 @@ ILLUMINATION = SHIPPED_PIPELINES / "examples" / "NF1_illum_3channel_loaddata.cpp
 GALLERY_LOADDATA = (REALDATA / "pycytominer-testdata" / "tests" / "test_data" / "cell_locations_example_data"
                     / "test_BR00126114_load_data_with_illum.parquet")
 PLATE, BATCH = "Plate_2", "2023_nf1_batch2"
-WELLS = ("B7", "D6")  # as the NF1 file names write them (B07, D06)
+WELLS = ("B7",)  # as the NF1 file names write it (B07); one site keeps the test short
 CHANNELS = ("DAPI", "GFP", "RFP")
 
 
@@ -55,7 +56,7 @@ def _plate(tmp_path: Path) -> MdpStorage:
     shutil.copy(NF1_PLATEMAP, folder / "platemap.csv")
     (folder / "plate.yaml").write_text(yaml.safe_dump({
         "barcode": PLATE, "origin": "public", "platemap": "platemap.csv", "naming_scheme": "nf1",
-        "nuclei_channel": "DAPI", "expected_image_count": 6, "treatment_column": "genotype",
+        "nuclei_channel": "DAPI", "expected_image_count": 3, "treatment_column": "genotype",
         "annotations": {"Batch": BATCH}}))
     return storage
 
@@ -92,6 +93,15 @@ def _cellprofiler(data_file: Path, output: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:]
 
 
+def _compute_log(instance: dg.DagsterInstance, result, step: str) -> str:
+    """The stdout and stderr Dagster captured for the step (the run view's compute log)."""
+    captured = [e.event_specific_data for e in result.all_events if e.event_type_value == "LOGS_CAPTURED"
+                and step in (e.event_specific_data.step_keys or [])]
+    assert captured, "no compute log captured"
+    data = instance.compute_log_manager.get_log_data([result.run_id, "compute_logs", captured[0].file_key])
+    return (data.stdout or b"").decode(errors="replace") + (data.stderr or b"").decode(errors="replace")
+
+
 def test_the_example_reads_the_columns_of_the_cell_painting_gallerys_load_data_with_illum():
     description = describe_pipeline(_python(), PIPELINE)
     assert description.input == "LoadData" and description.corrects_itself
@@ -119,17 +129,22 @@ def test_the_example_reads_the_columns_of_the_cell_painting_gallerys_load_data_w
         analysis_loaddata(files, PLATE, description, metadata.drop(columns="Metadata_Batch"), Path("/illum"), names)
 
 
-def test_a_loaddata_pipeline_with_illum_columns_runs_unmodified_and_equals_cellprofiler_on_the_same_csv(tmp_path):
+def test_a_loaddata_pipeline_with_illum_columns_runs_unmodified_and_equals_cellprofiler_on_the_same_csv(tmp_path, capfd):
     _python()
     before = hashlib.sha256(PIPELINE.read_bytes()).hexdigest()
     storage = _plate(tmp_path)
-    with dg.instance_for_test() as instance:
+    # pytest's own capture holds the file descriptors Dagster captures a step's output from (as a run worker does).
+    with dg.instance_for_test() as instance, capfd.disabled():
         instance.add_dynamic_partitions("plates", [PLATE])
         result = defs_for(storage).resolve_job_def("plate_job").execute_in_process(
             instance=instance, partition_key=PLATE, raise_on_error=False,
             op_selection=["raw_images", "image_qc", "illumination_functions", "corrected_images", "segmentation_masks",
                           "single_cell_features", "single_cell_qc", "single_cell_crops"])
-    assert result.success, _failures(result)
+        assert result.success, _failures(result)
+        compute_log = _compute_log(instance, result, "segmentation_masks")
+        # The event log as the run view shows it (log messages and Dagster events) of the CellProfiler step.
+        step_messages = [e.user_message or "" for e in instance.all_logs(result.run_id)
+                         if e.step_key == "segmentation_masks"]
     assert hashlib.sha256(PIPELINE.read_bytes()).hexdigest() == before, "the pipeline is untouched"
     events = {e.materialization.asset_key.to_user_string(): e.materialization.metadata
               for e in result.get_asset_materialization_events()}
@@ -143,11 +158,11 @@ def test_a_loaddata_pipeline_with_illum_columns_runs_unmodified_and_equals_cellp
     _cellprofiler(_reference_loaddata(stored(storage, "illumination_functions", PLATE), reference), reference / "out")
     theirs = read_sqlite_output(reference / "out" / "nf1_analysis.sqlite")
     counts = theirs.counts()
-    assert counts["Nuclei"] > 10 and counts["Cells"] > 5
+    assert counts["Nuclei"] > 10 and counts["Cells"] > 5, counts
     masks = events["segmentation_masks"]
     assert masks["pipeline_sha256"].value == before
     assert masks["objects"].value == ", ".join(f"{k}: {v}" for k, v in counts.items())
-    assert theirs.image["Image_Metadata_Batch"].tolist() == [BATCH, BATCH]  # the metadata LoadData gave it
+    assert theirs.image["Image_Metadata_Batch"].tolist() == [BATCH]  # the metadata LoadData gave it
 
     # Site by site the same label images (saved under the Batch/Plate/Well/Site names) and the same features.
     partition = stored(storage, "segmentation_masks", PLATE)
@@ -169,5 +184,16 @@ def test_a_loaddata_pipeline_with_illum_columns_runs_unmodified_and_equals_cellp
     key = ["Metadata_Well", "Metadata_ObjectNumber"]
     np.testing.assert_allclose(cells.set_index(key).sort_index()[sample].to_numpy(float),
                                expected.set_index(key).sort_index()[sample].to_numpy(float), rtol=1e-9, equal_nan=True)
+    # The event log holds one summary of the group (sites, objects, warnings counted), not CellProfiler's lines:
+    # those are in the step's compute log, in full.
+    summaries = [m for m in step_messages if m.startswith("CellProfiler group ")]
+    assert len(summaries) == 1, summaries
+    warnings = [line for line in compute_log.splitlines() if line.startswith("[") and WARNING_LINE.search(line)]
+    assert len(warnings) > 0 and "low contrast image" in compute_log  # skimage, on saving the label images
+    objects = ", ".join(f"{name} {count}" for name, count in counts.items())
+    assert summaries[0].startswith(f"CellProfiler group B07-B07: done, 1 site(s); objects: {objects}; "
+                                   f"{len(warnings)} warning line(s) (")
+    assert not [m for m in step_messages if "Warning" in m and not m.startswith("CellProfiler group ")]
+    assert "Image # 1, module SaveImages" in compute_log
     # Crops come from the saved masks.
     assert events["single_cell_crops"]["cells"].value == counts["Cells"]

@@ -69,7 +69,7 @@ class PerGroupCellProfilerEngine(CellProfilerEngine):
         results: dict[int, GroupResult] = {}
         for index, group in enumerate(groups):
             if (Path(group["output_dir"]) / DONE).exists():
-                results[index] = GroupResult(group["id"], True, group["output_dir"], None, True)
+                results[index] = GroupResult.done_earlier(group, Path(group["output_dir"]) / DONE)
         versions: set[str] = set()
         lock = threading.Lock()
         pending = [i for i in range(len(groups)) if i not in results]
@@ -105,8 +105,7 @@ class PerGroupCellProfilerEngine(CellProfilerEngine):
         if summary is None:
             return GroupResult(group["id"], False, None, "the group's runner ended without a result", False), None
         (reported,) = summary["groups"]
-        return (GroupResult(reported["id"], reported["ok"], reported.get("output_dir"), reported.get("message"),
-                            bool(reported.get("skipped"))), summary["cellprofiler_version"])
+        return GroupResult.from_runner(reported), summary["cellprofiler_version"]
 
 
 class KubernetesCellProfilerEngine(PerGroupCellProfilerEngine):

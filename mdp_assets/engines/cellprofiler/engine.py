@@ -3,6 +3,7 @@ plate's groups through Dagster Pipes so CellProfiler's log and progress stream i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -29,6 +30,37 @@ class GroupResult:
     output_dir: str | None
     message: str | None
     skipped: bool
+    sites: int = 0  # image sets CellProfiler processed
+    warnings: int = 0  # warning lines in its output (all of it is in the step's compute log)
+    warning_kinds: tuple[tuple[str, int], ...] = ()  # the most frequent, with their counts
+
+    @classmethod
+    def from_runner(cls, group: dict[str, Any]) -> GroupResult:
+        """A group as runner.py reports it."""
+        return cls(group["id"], group["ok"], group.get("output_dir"), group.get("message"), bool(group.get("skipped")),
+                   int(group.get("images") or 0), int(group.get("warnings") or 0),
+                   tuple((str(k), int(v)) for k, v in (group.get("warning_kinds") or {}).items()))
+
+    @classmethod
+    def done_earlier(cls, group: dict[str, Any], marker: Path) -> GroupResult:
+        """A group a previous attempt finished, as its `_group_done.json` recorded it."""
+        try:
+            recorded = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        return cls.from_runner({**recorded, "id": group["id"], "ok": True, "output_dir": group["output_dir"],
+                                "message": None, "skipped": True})
+
+    def summary(self, objects: dict[str, int] | None = None) -> str:
+        """One line for the event log: sites done, objects found per object, warnings counted."""
+        text = f"CellProfiler group {self.id}: {'done' if self.ok else 'FAILED'}" + (" (done earlier)" if self.skipped else "")
+        text += f", {self.sites} site(s)"
+        if objects is not None:
+            text += "; objects: " + (", ".join(f"{name} {count}" for name, count in objects.items()) or "none")
+        text += f"; {self.warnings} warning line(s)"
+        if self.warning_kinds:
+            text += " (" + "; ".join(f"{count}x {kind}" for kind, count in self.warning_kinds) + ")"
+        return text + ("; full output in the step's compute log (stderr)" if self.warnings else "")
 
 
 class CellProfilerEngine(dg.ConfigurableResource):
@@ -74,8 +106,7 @@ class CellProfilerEngine(dg.ConfigurableResource):
         summary = next((m["summary"] for m in messages if isinstance(m, dict) and "summary" in m), None)
         if summary is None:
             raise MdpError("the CellProfiler runner ended without a summary; see the run's log")
-        results = [GroupResult(g["id"], g["ok"], g.get("output_dir"), g.get("message"), bool(g.get("skipped")))
-                   for g in summary["groups"]]
+        results = [GroupResult.from_runner(g) for g in summary["groups"]]
         return summary["cellprofiler_version"], results
 
     @property

@@ -28,7 +28,7 @@ from mdp_assets.engines.cellprofiler.describe import (
     match_files,
     saved_file_name,
 )
-from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, summarize_failures
+from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, GroupResult, summarize_failures
 from mdp_assets.engines.cellprofiler.outputs import (
     CellProfilerOutput,
     features_from_cellprofiler,
@@ -209,13 +209,19 @@ def _group(engine: CellProfilerEngine, description: PipelineDescription, files: 
 
 
 def _run(context: dg.AssetExecutionContext, engine: CellProfilerEngine, pipeline: Path, prepared: list[dict],
-         what: str) -> str:
+         what: str, summaries_after: bool = False) -> tuple[str, list[GroupResult]]:
+    """Run the groups; one summary line per group goes to the event log (CellProfiler's own output is in the
+    step's compute log), here unless the caller logs them with the objects found (`summaries_after`)."""
     version, results = engine.run_groups(context, pipeline, [p["runner"] for p in prepared])
-    if not all(r.ok for r in results):
+    failed = not all(r.ok for r in results)
+    if failed or not summaries_after:
+        for result in results:
+            (context.log.info if result.ok else context.log.error)(result.summary())
+    if failed:
         ok = sum(r.ok for r in results)
         raise MdpError(f"{what}: {len(results) - ok} of {len(results)} CellProfiler group(s) failed ({ok} finished and "
                        f"are kept for the next run):\n{summarize_failures(results)}", path=pipeline)
-    return version
+    return version, results
 
 
 def run_illumination(
@@ -247,7 +253,7 @@ def run_illumination(
     files = raw_files(images)
     work = work_root / "cellprofiler-illumination" / context.partition_key
     prepared = _group(engine, description, files, context.partition_key, work, "plate", None, site_metadata(images))
-    version = _run(context, engine, pipeline, [prepared], "the illumination pipeline")
+    version, _ = _run(context, engine, pipeline, [prepared], "the illumination pipeline")
     output, sets = Path(prepared["runner"]["output_dir"]), prepared["image_sets"]
     channel_of = image_channels(description, sets, files)
     made = {}
@@ -352,8 +358,10 @@ def run_analysis(
                        f"{chunk[0]}-{chunk[-1]}", illumination_dir, site_metadata(images))
                 for chunk in split_wells(wells, processes)]
     context.log.info(f"CellProfiler analysis of {len(files)} files ({source}) in {len(prepared)} group(s)")
-    version = _run(context, engine, pipeline, prepared, "the analysis pipeline")
+    version, results = _run(context, engine, pipeline, prepared, "the analysis pipeline", summaries_after=True)
     outputs = [read_output(Path(p["runner"]["output_dir"]), description.export) for p in prepared]
+    for result, output in zip(results, outputs):
+        context.log.info(result.summary(output.counts()))
     merged = merge_groups(outputs)
     sites = _image_sites(merged.image, files)
     (staged / OBJECT_TABLES).mkdir()

@@ -9,7 +9,9 @@ Kubernetes/ECS Pipes client) and passes, as Pipes extras:
     workers       how many CellProfiler processes at once
     java_home     optional JAVA_HOME for python-javabridge
 
-Each group is one `python -m cellprofiler -c -r` process whose log streams into the Dagster run. A group
+Each group is one `python -m cellprofiler -c -r` process. Its whole output goes to this process's stderr, which is
+the Dagster step's compute log (stdout/stderr in the run view); each group's result counts the image sets it did and
+the warnings CellProfiler printed (by kind), which mdp puts in the event log as one summary per group. A group
 fails if CellProfiler exits non-zero, cannot load the pipeline (it then exits 0 but says so), or processes
 no image set. A group that finishes writes `_group_done.json` in its output folder; a re-run skips such groups, so only what
 failed runs again. A failed group is reported with CellProfiler's own last words; the others continue.
@@ -26,6 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 DONE = "_group_done.json"
 IMAGE_LINE = re.compile(r"Image # (\d+), module (\S+) # (\d+)")
+# Python warnings ("<file>:<line>: UserWarning: ...") and logging's ("WARNING ..." / "...: WARNING: ...").
+WARNING_LINE = re.compile(r"(?:^|[\s:])(?:[A-Z][A-Za-z]*Warning|WARNING)\b")
+WARNING_SOURCE = re.compile(r"^\S+\.py:\d+:\s*")
+KINDS_KEPT = 5
+
+
+def warning_kind(line):
+    """A warning line without where it was raised, file paths and numbers, so repeats of one warning (one per
+    site's file, say) count together."""
+    text = re.sub(r"\S*/\S+", "<file>", WARNING_SOURCE.sub("", line.strip()))
+    return re.sub(r"\d+(\.\d+)?", "N", text)[:160]
 
 
 def cellprofiler_version() -> str:
@@ -49,17 +62,21 @@ def run_group(pipeline, group, java_home, log):
     env = dict(os.environ)
     if java_home:
         env["JAVA_HOME"] = java_home
-    tail, images = [], set()
+    tail, images, warnings, kinds = [], set(), 0, {}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     for line in process.stdout:
         line = line.rstrip()
         tail = (tail + [line])[-40:]
+        if line:
+            log(f"[{group['id']}] {line}")
         match = IMAGE_LINE.search(line)
         if match:
             images.add(int(match.group(1)))
-        elif line and not line.startswith("Times reported"):
-            log(f"[{group['id']}] {line}")
+        elif WARNING_LINE.search(line):
+            warnings += 1
+            kinds[warning_kind(line)] = kinds.get(warning_kind(line), 0) + 1
     code = process.wait()
+    top = dict(sorted(kinds.items(), key=lambda item: (-item[1], item[0]))[:KINDS_KEPT])
     # CellProfiler 4 exits 0 when it cannot load the pipeline; it says so, and processes no image.
     load_failed = any("Failed to load pipeline" in line for line in tail)
     if code != 0 or load_failed or not images:
@@ -67,8 +84,10 @@ def run_group(pipeline, group, java_home, log):
         message = "\n".join(tail[start:] if start is not None else tail[-15:])
         if not images and not load_failed and code == 0:
             message = "CellProfiler processed no image set\n" + message
-        return {"id": group["id"], "ok": False, "exit_code": code, "message": message}
-    result = {"id": group["id"], "ok": True, "images": len(images), "output_dir": output_dir}
+        return {"id": group["id"], "ok": False, "exit_code": code, "message": message, "images": len(images),
+                "warnings": warnings, "warning_kinds": top}
+    result = {"id": group["id"], "ok": True, "images": len(images), "output_dir": output_dir, "warnings": warnings,
+              "warning_kinds": top}
     with open(marker, "w") as handle:
         json.dump(result, handle)
     return result
@@ -90,12 +109,17 @@ def run(params, log, report):
     return {"cellprofiler_version": cellprofiler_version(), "groups": results}
 
 
+def _to_compute_log(line):
+    print(line, file=sys.stderr, flush=True)
+
+
 def main():
     if os.environ.get("DAGSTER_PIPES_CONTEXT"):
         from dagster_pipes import open_dagster_pipes  # present in CellProfiler's environment (build-env.sh)
 
         with open_dagster_pipes() as pipes:
-            summary = run(dict(pipes.extras), pipes.log.info, pipes.report_custom_message)
+            # CellProfiler's lines go to the compute log, not one event-log entry each (mdp logs a summary per group).
+            summary = run(dict(pipes.extras), _to_compute_log, pipes.report_custom_message)
             pipes.report_custom_message({"summary": summary})
             failed = [g for g in summary["groups"] if not g["ok"]]
             if failed:

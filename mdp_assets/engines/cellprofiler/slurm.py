@@ -12,6 +12,7 @@ task's own log (`<work_dir>/<plate>/logs/<job>_<array job>_<task>.log`) is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -98,7 +99,7 @@ class SlurmCellProfilerEngine(CellProfilerEngine):
         results: dict[int, GroupResult] = {}
         for index, group in enumerate(groups):
             if (Path(group["output_dir"]) / DONE).exists():
-                results[index] = GroupResult(group["id"], True, group["output_dir"], None, True)
+                results[index] = GroupResult.done_earlier(group, Path(group["output_dir"]) / DONE)
         versions: set[str] = set()
         pending = [i for i in range(len(groups)) if i not in results]
         for attempt in range(self.retries + 1):
@@ -168,8 +169,8 @@ class SlurmCellProfilerEngine(CellProfilerEngine):
                 versions.add(summary["cellprofiler_version"])
                 (g,) = summary["groups"]
                 message = g.get("message")
-                outcome[index] = GroupResult(g["id"], g["ok"], g.get("output_dir"),
-                                             f"{message}\n(SLURM log {log})" if message else None, bool(g.get("skipped")))
+                outcome[index] = dataclasses.replace(GroupResult.from_runner(g),
+                                                     message=f"{message}\n(SLURM log {log})" if message else None)
             if not outcome[index].ok:
                 context.log.error(f"SLURM task {job_id}_{index}: group {group['id']} failed; log {log}")
         shutil.rmtree(folder, ignore_errors=True)  # the Pipes files; each task's log stays in `logs`
@@ -248,7 +249,8 @@ def _array_spec(indices: list[int]) -> str:
 
 
 def _keep_pipes_log(messages: Path, log: Path) -> None:
-    """Append what the runner logged through Pipes (CellProfiler's output) to the task's SLURM log."""
+    """Append what the runner reported through Pipes (the group's result) to the task's SLURM log, after the output
+    CellProfiler wrote to it (the task's stdout and stderr)."""
     lines = []
     try:
         for line in messages.read_text(errors="replace").splitlines():
