@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mdp_assets.config import Deployment, load_deployment
+from mdp_assets.engines.cellprofiler.outputs import file_list
 from mdp_assets.storage.partitions import partition_key
 from mdp_assets.storage.resource import MdpStorage
 
@@ -145,3 +146,17 @@ def table_of(storage: MdpStorage, asset: str, plate: str):
     import pandas as pd
 
     return pd.read_parquet(stored(storage, asset, plate) / "table.parquet")
+
+
+def good_and_bad_groups(images: list[Path], tmp_path: Path) -> list[dict]:
+    """Two CellProfiler groups over the same images: "good" as they are, "bad" with its first image not a TIFF."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for image in images:
+        shutil.copy(image, bad / image.name)
+    (bad / images[0].name).write_bytes(b"not a tiff")
+    return [
+        {"id": "good", "output_dir": str(tmp_path / "good"), "file_list": str(file_list(images, tmp_path / "good.txt"))},
+        {"id": "bad", "output_dir": str(tmp_path / "badout"),
+         "file_list": str(file_list(sorted(bad.glob("*.tif")), tmp_path / "bad.txt"))},
+    ]

@@ -23,7 +23,7 @@ from mdp_assets.engines.cellprofiler.outputs import (
 )
 from mdp_assets.engines.cellprofiler.pipelines import CELL_PAINTING_CHANNELS, illumination_pipeline
 from mdp_assets.storage.resource import MdpStorage
-from mdp_assets_tests.conftest import REALDATA, make_deployment, stored
+from mdp_assets_tests.conftest import REALDATA, good_and_bad_groups, make_deployment, stored
 
 EXAMPLE = REALDATA / "cellprofiler-examplehuman"
 PIPELINE = EXAMPLE / "ExampleHuman" / "ExampleHuman.cppipe"
@@ -108,16 +108,7 @@ def test_a_broken_pipeline_fails_with_cellprofilers_own_message(engine, tmp_path
 
 
 def test_one_failing_group_leaves_the_others_intact_and_a_rerun_does_only_what_failed(engine, tmp_path):
-    bad_images = tmp_path / "bad"
-    bad_images.mkdir()
-    for image in IMAGES:
-        shutil.copy(image, bad_images / image.name)
-    (bad_images / IMAGES[0].name).write_bytes(b"not a tiff")
-    groups = [
-        {"id": "good", "output_dir": str(tmp_path / "good"), "file_list": str(file_list(IMAGES, tmp_path / "good.txt"))},
-        {"id": "bad", "output_dir": str(tmp_path / "badout"),
-         "file_list": str(file_list(sorted(bad_images.glob("*.tif")), tmp_path / "bad.txt"))},
-    ]
+    groups = good_and_bad_groups(IMAGES, tmp_path)
     first = {r.id: r for r in _run(engine, PIPELINE, groups)["results"]}
     assert first["good"].ok and not first["bad"].ok and first["bad"].message
     assert read_csv_output(tmp_path / "good").counts()["Nuclei"] == 289

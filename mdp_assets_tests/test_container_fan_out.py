@@ -4,7 +4,6 @@ CellProfiler 4.2.8.1 on CellProfiler's ExampleHuman images, one launch per group
 alone, a finished group not launched again."""
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,8 @@ import dagster as dg
 import pytest
 
 from mdp_assets.engines.cellprofiler.containers import PerGroupCellProfilerEngine
-from mdp_assets.engines.cellprofiler.outputs import file_list, read_csv_output
-from mdp_assets_tests.conftest import REALDATA
+from mdp_assets.engines.cellprofiler.outputs import read_csv_output
+from mdp_assets_tests.conftest import REALDATA, good_and_bad_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT = ROOT / ".mdp" / "cellprofiler"
@@ -37,16 +36,7 @@ def test_each_group_is_launched_alone_and_a_failed_one_again(tmp_path):
         if os.environ.get("CI"):
             pytest.fail(f"CI builds the CellProfiler environment; nothing at {ENVIRONMENT}")
         pytest.skip(f"CellProfiler environment not built (make cellprofiler); nothing at {ENVIRONMENT}")
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for image in IMAGES:
-        shutil.copy(image, bad / image.name)
-    (bad / IMAGES[0].name).write_bytes(b"not a tiff")
-    groups = [
-        {"id": "good", "output_dir": str(tmp_path / "good"), "file_list": str(file_list(IMAGES, tmp_path / "good.txt"))},
-        {"id": "bad", "output_dir": str(tmp_path / "badout"),
-         "file_list": str(file_list(sorted(bad.glob("*.tif")), tmp_path / "bad.txt"))},
-    ]
+    groups = good_and_bad_groups(IMAGES, tmp_path)
     engine = LocalProcessPerGroupEngine(environment=str(ENVIRONMENT), retries=1, max_parallel_groups=2)
     outcome = {}
 

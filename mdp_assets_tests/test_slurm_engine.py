@@ -16,10 +16,10 @@ import yaml
 
 from mdp_assets.definitions import build_definitions
 from mdp_assets.engines.cellprofiler.executor import cellprofiler_engine
-from mdp_assets.engines.cellprofiler.outputs import file_list, read_csv_output
+from mdp_assets.engines.cellprofiler.outputs import read_csv_output
 from mdp_assets.engines.cellprofiler.slurm import SlurmCellProfilerEngine, _array_spec
 from mdp_assets.storage.resource import MdpStorage
-from mdp_assets_tests.conftest import REALDATA, make_deployment, stored
+from mdp_assets_tests.conftest import REALDATA, good_and_bad_groups, make_deployment, stored
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "deploy" / "slurm" / "cluster.sh"
@@ -153,16 +153,7 @@ def test_a_plates_cellprofiler_groups_run_as_slurm_jobs_named_after_it_and_equal
 
 @pytest.mark.slow
 def test_a_failed_group_is_submitted_again_alone_and_its_log_kept(slurm, tmp_path):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for image in IMAGES:
-        shutil.copy(image, bad / image.name)
-    (bad / IMAGES[0].name).write_bytes(b"not a tiff")
-    groups = [
-        {"id": "good", "output_dir": str(tmp_path / "good"), "file_list": str(file_list(IMAGES, tmp_path / "good.txt"))},
-        {"id": "bad", "output_dir": str(tmp_path / "badout"),
-         "file_list": str(file_list(sorted(bad.glob("*.tif")), tmp_path / "bad.txt"))},
-    ]
+    groups = good_and_bad_groups(IMAGES, tmp_path)
     engine = SlurmCellProfilerEngine(environment=str(ENVIRONMENT), work_dir=str(tmp_path / "work"), retries=1,
                                      **_slurm_section(slurm))
     outcome = {}
