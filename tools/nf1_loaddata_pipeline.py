@@ -23,45 +23,33 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from mdp_assets.engines.cellprofiler.pipelines import illumination_pipeline, loaddata_module, module  # noqa: E402
 SOURCE = ROOT.parent / "shared" / "realdata" / "nf1-schwann-metadata" / "2.cellprofiler_analysis" / "NF1_analysis_3channel.cppipe"
 TARGET = ROOT / "mdp_assets" / "pipelines" / "examples" / "NF1_analysis_3channel_loaddata.cppipe"
 ILLUM_TARGET = TARGET.with_name("NF1_illum_3channel_loaddata.cppipe")
 CHANNELS = ("DAPI", "GFP", "RFP")
-HEAD = ("{name}:[module_num:{n}|svn_version:'Unknown'|variable_revision_number:{v}|show_window:False|notes:{notes}|"
-        "batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]\n")
 INPUT_MODULES = ("Images", "Metadata", "NamesAndTypes", "Groups")
 
 
-def _loaddata() -> tuple[str, int, str]:
-    body = """    Input data file location:Default Input Folder|
-    Name of the file:load_data_with_illum.csv
-    Load images based on this data?:Yes
-    Base image location:None|
-    Process just a range of rows?:No
-    Rows to process:1,100000
-    Group images by metadata?:No
-    Select metadata tags for grouping:
-    Rescale intensities?:Yes
-"""
-    return "LoadData", 6, body
-
-
-def _correct() -> tuple[str, int, str]:
-    body = "".join(f"""    Select the input image:Orig{c}
+def _correct() -> str:
+    body = "".join(f"""
+    Select the input image:Orig{c}
     Name the output image:{c}
     Select the illumination function:Illum{c}
-    Select how the illumination function is applied:Divide
-""" for c in CHANNELS) + "    Set output image values less than 0 equal to 0?:No\n    Set output image values greater than 1 equal to 1?:No\n"
-    return "CorrectIlluminationApply", 5, body
+    Select how the illumination function is applied:Divide""" for c in CHANNELS) + (
+        "\n    Set output image values less than 0 equal to 0?:No\n    Set output image values greater than 1 equal to 1?:No")
+    return body
 
 
 def _labels(objects: str) -> list[tuple[str, int, str]]:
-    convert = f"""    Select the input objects:{objects}
+    convert = f"""
+    Select the input objects:{objects}
     Name the output image:{objects}Labels
     Select the color format:uint16
-    Select the colormap:Default
-"""
-    save = f"""    Select the type of image to save:Image
+    Select the colormap:Default"""
+    save = f"""
+    Select the type of image to save:Image
     Select the image to save:{objects}Labels
     Select method for constructing file names:Single name
     Select image name for file prefix:DAPI
@@ -78,8 +66,7 @@ def _labels(objects: str) -> list[tuple[str, int, str]]:
     Create subfolders in the output folder?:No
     Base image folder:Elsewhere...|
     How to save the series:T (Time)
-    Save with lossless compression?:No
-"""
+    Save with lossless compression?:No"""
     return [("ConvertObjectsToImage", 1, convert), ("SaveImages", 16, save)]
 
 
@@ -89,18 +76,16 @@ def build(source_text: str) -> str:
     lab = [b for b in blocks if b.split(":", 1)[0] not in INPUT_MODULES]
     export = [b for b in lab if b.startswith("ExportToDatabase:")]
     measured = [b for b in lab if not b.startswith("ExportToDatabase:")]
-    ours = [_loaddata(), _correct()]
-    notes = {"LoadData": "['mdp (or the lab) writes load_data_with_illum.csv: Orig and Illum images, Metadata_ columns']",
-             "CorrectIlluminationApply": "['Each raw channel divided by its plate illumination function (LoadData Illum)']"}
-    out, number = [], 1
-    for name, version, text in ours:
-        out.append(HEAD.format(name=name, n=number, v=version, notes=notes.get(name, "[]")) + text)
-        number += 1
+    out = [loaddata_module(1, "load_data_with_illum.csv",
+                           "['mdp (or the lab) writes load_data_with_illum.csv: Orig and Illum images, Metadata_ columns']") + "\n",
+           module("CorrectIlluminationApply", 2, 5, _correct(),
+                  "['Each raw channel divided by its plate illumination function (LoadData Illum)']") + "\n"]
+    number = 3
     for block in measured:  # the lab's modules, renumbered only
         out.append(re.sub(r"module_num:\d+", f"module_num:{number}", block, count=1).rstrip("\n") + "\n")
         number += 1
     for name, version, text in _labels("Nuclei") + _labels("Cells"):
-        out.append(HEAD.format(name=name, n=number, v=version, notes="[]") + text)
+        out.append(module(name, number, version, text) + "\n")
         number += 1
     for block in export:
         out.append(re.sub(r"module_num:\d+", f"module_num:{number}", block, count=1).rstrip("\n") + "\n")
@@ -112,9 +97,6 @@ def build(source_text: str) -> str:
 def build_illumination() -> str:
     """The JUMP way to the functions: one per channel over all of the plate's images, smoothed by a polynomial fit
     (a few images hold too few nuclei for a median filter to see past them), saved as <Plate>_Illum<Channel>.npy."""
-    sys.path.insert(0, str(ROOT))
-    from mdp_assets.engines.cellprofiler.pipelines import illumination_pipeline
-
     text = illumination_pipeline(CHANNELS).replace("Smoothing method:Median Filter", "Smoothing method:Fit Polynomial")
     for channel in CHANNELS:
         text = text.replace(f"Enter single file name:Illum{channel}\n", f"Enter single file name:\\g<Plate>_Illum{channel}\n")

@@ -28,24 +28,31 @@ def pipeline_input_channels(pipeline: Path) -> set[str]:
     return set(re.findall(r"(?<![A-Za-z0-9_])Orig([A-Za-z][A-Za-z0-9_]*)", text))
 
 
-def _module(name: str, n: int, v: int, body: str, notes: str = "[]") -> str:
-    return _HEAD.format(name=name, n=n, v=v, notes=notes) + body
+def module(name: str, number: int, version: int, body: str, notes: str = "[]") -> str:
+    """One module of a .cppipe: its header line, then `body` (setting lines, each starting with a newline)."""
+    return _HEAD.format(name=name, n=number, v=version, notes=notes) + body
 
 
-def illumination_pipeline(channels: tuple[str, ...] | list[str], filter_size: int = 50) -> str:
-    modules = [_module("LoadData", 1, 6, """
+def loaddata_module(number: int, file_name: str, notes: str) -> str:
+    """LoadData reading `file_name` (the CSV mdp writes) from the default input folder, images loaded from it."""
+    return module("LoadData", number, 6, f"""
     Input data file location:Default Input Folder|
-    Name of the file:load_data.csv
+    Name of the file:{file_name}
     Load images based on this data?:Yes
     Base image location:None|
     Process just a range of rows?:No
     Rows to process:1,100000
     Group images by metadata?:No
     Select metadata tags for grouping:
-    Rescale intensities?:Yes""", "['mdp writes the LoadData CSV from raw_images (Orig<channel>), one group per plate']")]
+    Rescale intensities?:Yes""", notes)
+
+
+def illumination_pipeline(channels: tuple[str, ...] | list[str], filter_size: int = 50) -> str:
+    modules = [loaddata_module(1, "load_data.csv",
+                               "['mdp writes the LoadData CSV from raw_images (Orig<channel>), one group per plate']")]
     number = 2
     for channel in channels:
-        modules.append(_module("CorrectIlluminationCalculate", number, 2, f"""
+        modules.append(module("CorrectIlluminationCalculate", number, 2, f"""
     Select the input image:Orig{channel}
     Name the output image:Illum{channel}
     Select how the illumination function is calculated:Regular
@@ -71,7 +78,7 @@ def illumination_pipeline(channels: tuple[str, ...] | list[str], filter_size: in
     Residual value for convergence:0.001""", "['One function per channel from all of the plate\\'s images (CorrectIlluminationCalculate, All)']"))
         number += 1
     for channel in channels:
-        modules.append(_module("SaveImages", number, 16, f"""
+        modules.append(module("SaveImages", number, 16, f"""
     Select the type of image to save:Image
     Select the image to save:Illum{channel}
     Select method for constructing file names:Single name
