@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,7 @@ import dagster as dg
 from dagster_aws.pipes import PipesECSClient
 from pydantic import Field
 
-from mdp_assets.config import CELLPROFILER_VERSION
-from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, GroupResult
-from mdp_assets.engines.cellprofiler.runner import DONE
+from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, GroupResult, run_each_group_alone
 from mdp_assets.errors import MdpError
 
 __all__ = ["EcsCellProfilerEngine", "KubernetesCellProfilerEngine", "PerGroupCellProfilerEngine", "group_labels"]
@@ -66,31 +63,16 @@ class PerGroupCellProfilerEngine(CellProfilerEngine):
     ) -> tuple[str, list[GroupResult]]:
         if not pipeline.exists():
             raise MdpError("CellProfiler pipeline not found", path=pipeline)
-        results: dict[int, GroupResult] = {}
-        for index, group in enumerate(groups):
-            if (Path(group["output_dir"]) / DONE).exists():
-                results[index] = GroupResult.done_earlier(group, Path(group["output_dir"]) / DONE)
-        versions: set[str] = set()
-        lock = threading.Lock()
-        pending = [i for i in range(len(groups)) if i not in results]
-        for attempt in range(self.retries + 1):
-            if not pending:
-                break
-            if attempt:
-                context.log.warning(f"launching {len(pending)} failed group(s) again, alone (attempt {attempt + 1} "
-                                    f"of {self.retries + 1}): " + ", ".join(groups[i]["id"] for i in pending))
+        return run_each_group_alone(context, groups, self.retries, where="per-group launch",
+                                    launch=lambda pending, attempt: self._launch_at_once(context, pipeline, groups, pending))
 
-            def one(index: int) -> None:
-                result, version = self._one_group(context, pipeline, groups[index])
-                with lock:
-                    results[index] = result
-                    if version:
-                        versions.add(version)
-
-            with ThreadPoolExecutor(max_workers=min(self.max_parallel_groups, len(pending))) as pool:
-                list(pool.map(one, pending))
-            pending = [i for i in pending if not results[i].ok]
-        return (sorted(versions)[0] if versions else CELLPROFILER_VERSION), [results[i] for i in range(len(groups))]
+    def _launch_at_once(self, context, pipeline: Path, groups: list[dict[str, Any]],
+                        pending: list[int]) -> tuple[dict[int, GroupResult], set[str]]:
+        """The pending groups launched in parallel, at most `max_parallel_groups` at a time."""
+        with ThreadPoolExecutor(max_workers=min(self.max_parallel_groups, len(pending))) as pool:
+            launched = list(pool.map(lambda index: self._one_group(context, pipeline, groups[index]), pending))
+        outcome = {index: result for index, (result, _) in zip(pending, launched)}
+        return outcome, {version for _, version in launched if version}
 
     def _one_group(self, context, pipeline: Path, group: dict[str, Any]) -> tuple[GroupResult, str | None]:
         extras = {"pipeline": str(pipeline), "groups": [group], "workers": self.cpus_per_group,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ import dagster as dg
 from pydantic import Field
 
 from mdp_assets.config import CELLPROFILER_VERSION, CellProfilerSettings
+from mdp_assets.engines.cellprofiler.runner import DONE
 from mdp_assets.errors import MdpError
 
-__all__ = ["CELLPROFILER_VERSION", "CellProfilerEngine", "GroupResult"]
+__all__ = ["CELLPROFILER_VERSION", "CellProfilerEngine", "GroupResult", "run_each_group_alone"]
 # The concurrency pool of the steps that run CellProfiler (or the built-in engine in its place): a service
 # caps them across all runs with `concurrency: pools:` in its dagster.yaml (deploy/dagster.yaml).
 CELLPROFILER_POOL = "cellprofiler"
@@ -118,6 +120,36 @@ class CellProfilerEngine(dg.ConfigurableResource):
     ) -> dg.PipesClientCompletedInvocation:
         """Start the runner and wait for it; here a local process, in the subclasses a pod or an ECS task."""
         return dg.PipesSubprocessClient().run(command=self.command, context=context, extras=extras)
+
+
+# Launches the groups at these indices (attempt 0, 1, ...); returns their results and the CellProfiler versions seen.
+LaunchGroups = Callable[[list[int], int], tuple[dict[int, GroupResult], set[str]]]
+
+
+def run_each_group_alone(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext, groups: list[dict[str, Any]], retries: int,
+    launch: LaunchGroups, where: str,
+) -> tuple[str, list[GroupResult]]:
+    """The Distributed-CellProfiler bookkeeping the per-group engines (SLURM tasks, pods, ECS tasks) share: groups
+    finished earlier (their `_group_done.json`) are not launched, a failed group is launched again alone up to
+    `retries` times, and the results come back in the groups' order, so the merge equals the single-process run's."""
+    results: dict[int, GroupResult] = {}
+    for index, group in enumerate(groups):
+        if (Path(group["output_dir"]) / DONE).exists():
+            results[index] = GroupResult.done_earlier(group, Path(group["output_dir"]) / DONE)
+    versions: set[str] = set()
+    pending = [i for i in range(len(groups)) if i not in results]
+    for attempt in range(retries + 1):
+        if not pending:
+            break
+        if attempt:
+            context.log.warning(f"{where}: launching {len(pending)} failed group(s) again, alone (attempt "
+                                f"{attempt + 1} of {retries + 1}): " + ", ".join(groups[i]["id"] for i in pending))
+        outcome, found = launch(pending, attempt)
+        results.update(outcome)
+        versions |= found
+        pending = [i for i in pending if not results[i].ok]
+    return (sorted(versions)[0] if versions else CELLPROFILER_VERSION), [results[i] for i in range(len(groups))]
 
 
 def summarize_failures(results: list[GroupResult]) -> str:

@@ -29,9 +29,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from mdp_assets.config import CELLPROFILER_VERSION, SlurmSettings
-from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, GroupResult
-from mdp_assets.engines.cellprofiler.runner import DONE
+from mdp_assets.config import SlurmSettings
+from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, GroupResult, run_each_group_alone
 from mdp_assets.errors import MdpError
 
 __all__ = ["SlurmCellProfilerEngine", "job_name"]
@@ -96,24 +95,9 @@ class SlurmCellProfilerEngine(CellProfilerEngine):
         name = job_name(context)
         plate = context.partition_key if context.has_partition_key else "unpartitioned"
         root = Path(self.work_dir) / _UNSAFE.sub("_", plate)
-        results: dict[int, GroupResult] = {}
-        for index, group in enumerate(groups):
-            if (Path(group["output_dir"]) / DONE).exists():
-                results[index] = GroupResult.done_earlier(group, Path(group["output_dir"]) / DONE)
-        versions: set[str] = set()
-        pending = [i for i in range(len(groups)) if i not in results]
-        for attempt in range(self.retries + 1):
-            if not pending:
-                break
-            if attempt:
-                context.log.warning(f"SLURM: submitting {len(pending)} failed group(s) of {plate} again, alone "
-                                    f"(attempt {attempt + 1} of {self.retries + 1}): "
-                                    + ", ".join(groups[i]["id"] for i in pending))
-            outcome, found = self._run_array(context, pipeline, groups, pending, name, root, attempt)
-            results.update(outcome)
-            versions |= found
-            pending = [i for i in pending if not results[i].ok]
-        return (sorted(versions)[0] if versions else CELLPROFILER_VERSION), [results[i] for i in range(len(groups))]
+        return run_each_group_alone(
+            context, groups, self.retries, where=f"SLURM ({plate})",
+            launch=lambda pending, attempt: self._run_array(context, pipeline, groups, pending, name, root, attempt))
 
     def _run_array(self, context, pipeline: Path, groups: list[dict[str, Any]], indices: list[int], name: str,
                    root: Path, attempt: int) -> tuple[dict[int, GroupResult], set[str]]:
