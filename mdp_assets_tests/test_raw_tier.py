@@ -31,6 +31,7 @@ from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 from mdp_assets.services import runs
 from mdp_assets.services.lifecycle import run_lifecycle
 from mdp_assets.services.registration import register_plate
+from mdp_assets.services.reprocess import plan_plate
 from mdp_assets.storage import catalog
 from mdp_assets.storage.costs import current_costs, projection
 from mdp_assets.storage.partitions import partition_key
@@ -315,8 +316,10 @@ def test_the_landing_zone_is_released_only_under_the_policy_after_the_verified_c
     assert main(["--config", str(deployment.path), "catalog", "--query", "raw-images"]) == 0
     assert "copy" in capsys.readouterr().out
     assert main(["--config", str(deployment.path), "verify"]) == 0, "the catalog describes the updated record"
-    # The levels read the stored copy; raw_images cannot be made again from a released landing zone.
+    # The levels read the stored copy; raw_images cannot be made again from a released landing zone, and the
+    # emptied landing folder does not make it stale.
     make_levels(storage, instance, "REL-1", ["image_qc"])
+    assert "raw_images" not in plan_plate(instance, defs_for(storage), storage, "REL-1").levels
     result = defs_for(storage).resolve_job_def("plate_job").execute_in_process(
         instance=instance, partition_key="REL-1", op_selection=["raw_images"], raise_on_error=False)
     assert not result.success

@@ -111,7 +111,7 @@ def _release_landing(storage: MdpStorage, stores: dict, due: raw_images.LandingR
         raise MdpError("; ".join(problems))
     plate = storage.registry().load(due.plate)
     landing = storage.landing()
-    subdir = "" if plate.manifest.images_subdir in (".", "") else plate.manifest.images_subdir.rstrip("/") + "/"
+    subdir = plate.manifest.images_prefix
     try:
         root: Path | None = landing.open_plate(due.plate)
     except MdpError:

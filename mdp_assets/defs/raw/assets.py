@@ -53,7 +53,7 @@ def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Out
         if mode == "copy" else None
     inventory = inventory_plate(folder, accepted_image_count=plate.accepted_image_count, digests=digests)
     plate.check_inventory(inventory, "raw_images")
-    subdir = "" if folder.manifest.images_subdir in (".", "") else folder.manifest.images_subdir.rstrip("/") + "/"
+    subdir = folder.manifest.images_prefix
     inventory.insert(inventory.columns.get_loc("uri") + 1, "source_uri",
                      [landing.source_uri(plate.barcode, subdir + name) for name in inventory["file_name"]])
     inventory.insert(inventory.columns.get_loc("source_uri") + 1, STORED_FILE_COLUMN,
