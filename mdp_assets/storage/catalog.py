@@ -302,8 +302,11 @@ def landing_release(path: Path, plate: str) -> dict | None:
     """The recorded release of a plate's landing images, or None (never released)."""
     if not path.exists():
         return None
-    with connect(path) as con:
-        found = con.execute("SELECT * FROM landing_releases WHERE plate = ?", [plate])
+    with connect(path, read_only=True) as con:
+        try:
+            found = con.execute("SELECT * FROM landing_releases WHERE plate = ?", [plate])
+        except duckdb.CatalogException:
+            return None  # a catalog written before landing releases existed: none was ever recorded
         row = found.fetchone()
         return dict(zip([d[0] for d in found.description], row)) if row else None
 
