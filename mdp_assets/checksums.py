@@ -25,6 +25,58 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def copy_hashed(source: Path, target: Path) -> tuple[int, str]:
+    """Copy `source` to `target` in chunks (never a whole file in memory), hashing the bytes as they are
+    written; the target is flushed to disk before returning (size, sha256)."""
+    digest, size = hashlib.sha256(), 0
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return size, digest.hexdigest()
+
+
+class HashingWriter:
+    """A binary file opened for writing that hashes every byte written to it (so a file is hashed once,
+    while it is written, not read back for its checksum)."""
+
+    def __init__(self, path: Path):
+        self.path, self._handle, self._digest, self.size = path, open(path, "wb"), hashlib.sha256(), 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self._digest.update(data)
+        self.size += len(data)
+        return self._handle.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.close()
+            self.closed = True
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def record(self, root: Path) -> FileRecord:
+        """The written file's record, relative to `root` (after close)."""
+        return FileRecord(self.path.relative_to(root).as_posix(), self.size, self._digest.hexdigest())
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -38,11 +90,15 @@ class FileRecord:
     sha256: str
 
 
-def record_files(root: Path) -> list[FileRecord]:
-    """Checksum every regular file below root, in a stable order."""
+def record_files(root: Path, known: Iterable[FileRecord] = ()) -> list[FileRecord]:
+    """Checksum every regular file below root, in a stable order. Files in `known` (hashed while they were
+    written or copied; same size now) are taken as recorded, not read again."""
+    hashed = {r.relpath: r for r in known}
     records = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        records.append(FileRecord(path.relative_to(root).as_posix(), path.stat().st_size, sha256_file(path)))
+        relpath, size = path.relative_to(root).as_posix(), path.stat().st_size
+        found = hashed.get(relpath)
+        records.append(found if found is not None and found.bytes == size else FileRecord(relpath, size, sha256_file(path)))
     return records
 
 

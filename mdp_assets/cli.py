@@ -212,7 +212,7 @@ def run_catalog(platform: Platform, query_name: str | None, sql: str | None, reb
     path = platform.storage.catalog_path
     if rebuild:
         print(f"catalog rebuilt: {rebuild_catalog(platform.instance, platform.storage)} stored files")
-    names = [query_name] if query_name else ([] if sql else ["by-tier-and-level", "totals"])
+    names = [query_name] if query_name else ([] if sql else ["by-tier-and-level", "raw-images", "totals"])
     for name in names:
         if name not in catalog.CANNED_QUERIES:
             raise MdpError(f"unknown query {name!r}; known: {sorted(catalog.CANNED_QUERIES)}")
@@ -279,6 +279,10 @@ def run_lifecycle(platform: Platform, as_of: str | None, dry_run: bool, wait: bo
             if record.is_dagster_event and record.dagster_event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
                 observation = record.dagster_event.event_specific_data.asset_observation
                 meta = {k: getattr(v, "value", v) for k, v in observation.metadata.items()}
+                if "landing_released_at" in meta:
+                    print(f"released the landing images of {observation.partition}: {meta['landing_files_released']} "
+                          f"files, {meta['landing_bytes_released']} bytes (verified copy in {meta['tier']})")
+                    continue
                 print(describe_move({"asset": observation.asset_key.to_user_string(), "partition": observation.partition,
                                      "from": meta.get("moved_from"), "to": meta.get("tier"),
                                      "sha256": meta.get("sha256")}))
@@ -375,7 +379,7 @@ def parser() -> argparse.ArgumentParser:
     reprocess = waiting(commands.add_parser("reprocess", help="make exactly the stale levels"))
     reprocess.add_argument("plates", nargs="*", help="plates (default: every registered plate)")
     catalog_cmd = commands.add_parser("catalog", help="what is stored where (DuckDB)")
-    catalog_cmd.add_argument("--query", help="by-tier-and-level, by-plate, problems or totals")
+    catalog_cmd.add_argument("--query", help="by-tier-and-level, by-plate, raw-images, problems or totals")
     catalog_cmd.add_argument("--sql", help="SQL over the table stored_files")
     catalog_cmd.add_argument("--rebuild", action="store_true", help="rebuild from the event log and the tiers first")
     provenance = commands.add_parser("provenance", help="how a level of a plate was made")

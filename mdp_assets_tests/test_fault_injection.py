@@ -306,6 +306,7 @@ def _count(lab: Lab, level: str) -> int:
 
 CORRUPTIONS = [
     # (stored kind, level, file, the downstream level that reads it)
+    ("raw tiff", "raw_images", None, "image_qc"),  # an image the raw_images level copied into its tier
     ("npy", "illumination_functions", "DNA.npy", "corrected_images"),
     ("parquet", "single_cell_features", "table.parquet", "single_cell_qc"),
     ("ome-tiff", "segmentation_masks", None, "single_cell_features"),
@@ -319,7 +320,7 @@ def test_one_flipped_byte_fails_the_next_read_naming_it_and_repair_restores_it(l
     assert_whole(lab)
     folder = _folder(lab, level)
     if relpath is None:
-        pattern = "*.tiff" if kind == "ome-tiff" else "crops.zarr/c/**/*"
+        pattern = {"ome-tiff": "*.tiff", "raw tiff": "images/*.tiff"}.get(kind, "crops.zarr/c/**/*")
         relpath = next(p for p in sorted(folder.glob(pattern)) if p.is_file()).relative_to(folder).as_posix()
     original = _flip(folder / relpath)
     damaged = (folder / relpath).read_bytes()

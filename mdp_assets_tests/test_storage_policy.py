@@ -238,14 +238,16 @@ def test_s3_tier_written_read_back_and_moved_to_a_drive(tmp_path, instance, s3_e
     raw = events["raw_images"].metadata
     assert raw["tier"].value == "cloud" and raw["uri"].value == f"s3://{bucket}/cloud/raw_images/S3P"
     listed = client.list_objects_v2(Bucket=bucket, Prefix="cloud/raw_images/S3P/")["Contents"]
-    assert {o["Key"].rsplit("/", 1)[1] for o in listed} == {"table.parquet", "_partition.json", "ro-crate-metadata.json"}
+    names = {o["Key"].removeprefix("cloud/raw_images/S3P/") for o in listed}
+    assert {n for n in names if not n.startswith("images/")} == {"table.parquet", "_partition.json", "ro-crate-metadata.json"}
+    assert len([n for n in names if n.startswith("images/")]) == 4 * 5, "the plate's images are in the bucket too"
     sha_in_s3 = json.loads(client.get_object(Bucket=bucket, Key="cloud/raw_images/S3P/_partition.json")["Body"].read())
 
     report = run_lifecycle(storage, datetime.now(timezone.utc) + timedelta(days=31))
     assert [(m["asset"], m["from"], m["to"]) for m in report.moves] == [("raw_images", "cloud", "internal-drive")]
     assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="cloud/raw_images/S3P/"), "source deleted"
     local = stored(storage, "raw_images", "S3P")
-    assert {r.relpath: r.sha256 for r in record_files(local) if r.relpath == "table.parquet"} == {
+    assert {r.relpath: r.sha256 for r in record_files(local) if r.relpath not in ("_partition.json", "ro-crate-metadata.json")} == {
         f["relpath"]: f["sha256"] for f in sha_in_s3["files"]}
     with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
         assert con.execute("SELECT DISTINCT tier FROM stored_files WHERE asset_key = 'raw_images'").fetchall() == [("internal-drive",)]

@@ -8,6 +8,7 @@ acquired (Metadata_ columns read from TIFF tags and OME-XML).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ from mdp_assets.plates.imagexpress import find_htd, read_htd
 from mdp_assets.plates.manifest import MANIFEST_NAME, PlateManifest, load_manifest
 from mdp_assets.plates.naming import NamingScheme, channel_identifier, looks_like_image
 from mdp_assets.plates.tiff_metadata import read_tiff_info
+
+# The image's path inside the raw_images partition when its bytes are stored in the tiers (copy mode); empty
+# when they stay in the landing zone (reference mode). A stored table read back points `uri` there.
+STORED_FILE_COLUMN = "stored_relpath"
 
 # Acquisition metadata carried from here into every level below (the playbook's rule on metadata).
 ACQUISITION_COLUMNS = [
@@ -64,7 +69,8 @@ class PlateFolder:
         return NamingScheme(self.manifest.naming_scheme, self.manifest.naming_pattern, self.manifest.channels)
 
 
-def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instrument_channels: dict[str, str]) -> dict:
+def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instrument_channels: dict[str, str],
+                    digests: Mapping[str, str] | None = None) -> dict:
     name = scheme.parse(path.name)
     assert name is not None
     info = read_tiff_info(path)
@@ -86,7 +92,7 @@ def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instru
         "file_name": path.name,
         "uri": path.resolve().as_uri(),
         "bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
+        "sha256": digests[path.name] if digests and path.name in digests else sha256_file(path),
         "width": info.width,
         "height": info.height,
         "dtype": info.dtype,
@@ -105,9 +111,12 @@ def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instru
     }
 
 
-def inventory_plate(plate: PlateFolder, max_workers: int = 4, accepted_image_count: int | None = None) -> pd.DataFrame:
+def inventory_plate(plate: PlateFolder, max_workers: int = 4, accepted_image_count: int | None = None,
+                    digests: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Checksum and describe every image of a plate; any inconsistency is an MdpError naming the files.
-    `accepted_image_count`: the plate was registered incomplete with that many images."""
+    `accepted_image_count`: the plate was registered incomplete with that many images. `digests` (file name ->
+    sha256, for every image): the content is hashed elsewhere (raw_images hashes each image as it copies it into
+    its tier, and refuses one that differs), so the inventory reads only the images' headers."""
     scheme = plate.naming_scheme()
     if not plate.images_dir.is_dir():
         raise MdpError("images folder not found", path=plate.images_dir)
@@ -128,7 +137,7 @@ def inventory_plate(plate: PlateFolder, max_workers: int = 4, accepted_image_cou
     harmony = _harmony_metadata(plate.images_dir)
     instrument_channels = instrument_channel_names(plate, [p.name for p in candidates])
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        rows = list(pool.map(lambda p: _describe_image(p, plate, scheme, instrument_channels), candidates))
+        rows = list(pool.map(lambda p: _describe_image(p, plate, scheme, instrument_channels, digests), candidates))
     table = pd.DataFrame(rows)
     if harmony is not None:
         table = _fill_from_instrument(table, harmony.drop(columns="harmony_channel_name"))

@@ -4,7 +4,9 @@ Both give the intake logic the same two operations: `snapshot()` lists every pla
 sizes and modification times, and `fetch()` makes some of a plate's files available as local files.
 For a folder that is the folder itself. For S3, files are downloaded into a local mirror under the data
 root (each file written atomically and checked against the listed size), so validation and the
-`raw_images` level read the same bytes the bucket holds. Nothing is ever written to the landing zone.
+`raw_images` level read the same bytes the bucket holds. Nothing is ever written to the landing zone; its
+image files are deleted (`delete`) only when the storage policy releases them after a verified copy
+(storage/raw_images.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class LandingZone(Protocol):
 
     def open_plate(self, plate: str) -> Path: ...
 
+    def delete(self, plate: str, relpath: str) -> None: ...
+
 
 class FolderLanding:
     def __init__(self, root: Path):
@@ -45,6 +49,9 @@ class FolderLanding:
 
     def open_plate(self, plate: str) -> Path:
         return self.root / plate
+
+    def delete(self, plate: str, relpath: str) -> None:
+        (self.root / plate / relpath).unlink(missing_ok=True)
 
 
 class S3Landing:
@@ -101,3 +108,7 @@ class S3Landing:
 
     def source_uri(self, plate: str, relpath: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{plate}/{relpath}"
+
+    def delete(self, plate: str, relpath: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=f"{self.prefix}{plate}/{relpath}")
+        (self.mirror_root / plate / relpath).unlink(missing_ok=True)

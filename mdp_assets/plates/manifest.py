@@ -108,6 +108,11 @@ class PlateManifest(BaseModel):
                 raise ValueError(f"annotation name {name!r} is set by mdp itself (reserved: {sorted(RESERVED_METADATA)})")
         return value
 
+    @property
+    def images_prefix(self) -> str:
+        """The images' folder as a prefix of their paths in the plate folder ("" or "images/")."""
+        return "" if self.images_subdir in (".", "") else self.images_subdir.rstrip("/") + "/"
+
     @field_validator("platemap", "images_subdir")
     @classmethod
     def _relative_inside(cls, value: str) -> str:

@@ -23,7 +23,7 @@ from mdp_assets.checksums import atomic_path
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.contents import check_contents, check_inside_plate_folder
 from mdp_assets.plates.fingerprints import ImageFingerprint, check_unchanged, fingerprint_images
-from mdp_assets.plates.inventory import PlateFolder, uri_to_path
+from mdp_assets.plates.inventory import STORED_FILE_COLUMN, PlateFolder, uri_to_path
 from mdp_assets.plates.manifest import Origin, PlateManifest
 from mdp_assets.plates.pixels import check_pixels
 from mdp_assets.plates.platemap import metadata_name, read_platemap
@@ -131,7 +131,13 @@ class Plate:
         return annotated, unannotated
 
     def check_images_unchanged(self, level: str, raw_images: pd.DataFrame) -> None:
-        """Stop `level` before it reads an image whose content is not what was registered (naming it)."""
+        """Stop `level` before it reads an image whose content is not what was registered (naming it). Images
+        stored in the tiers were verified against their recorded sha256 as this read fetched them; the images
+        still in the landing zone (reference mode) are checked here."""
+        if STORED_FILE_COLUMN in raw_images.columns:
+            raw_images = raw_images[~raw_images[STORED_FILE_COLUMN].astype(bool)]
+            if raw_images.empty:
+                return
         paths = {name: uri_to_path(uri) for name, uri in zip(raw_images["file_name"], raw_images["uri"])}
         registered = self.image_fingerprints or {
             # Registered before fingerprints were recorded: the inventory's sha256, every file hashed again.

@@ -1,11 +1,13 @@
 """The lifecycle as a service: release transient levels whose readers are made, finish interrupted moves,
-and move every partition that is due to its next tier (copy, verify, record, then delete the source).
+move every partition that is due to its next tier (copy, verify, record, then delete the source), and release
+the landing zone's images of plates whose verified copy the policy lets it (`raw_images.landing`).
 `lifecycle_job` and `mdp lifecycle --dry-run` both come here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -13,7 +15,8 @@ import dagster as dg
 from mdp_assets.errors import MdpError
 from mdp_assets.faults import fault_point
 from mdp_assets.services.instance_status import latest_status
-from mdp_assets.storage import catalog, lifecycle
+from mdp_assets.checksums import FileRecord
+from mdp_assets.storage import catalog, lifecycle, raw_images
 from mdp_assets.storage.policy_check import plates_of_record
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.storage.store import PartitionStore
@@ -26,6 +29,7 @@ class LifecycleReport:
     released: list[str]
     notes: list[str]
     failures: list[str]
+    landing_releases: list[dict[str, Any]] = field(default_factory=list)
 
 
 def release_consumed(
@@ -83,7 +87,52 @@ def run_lifecycle(storage: MdpStorage, now: datetime, dry_run: bool = False) -> 
             report.moves.append(_move(storage, partition_store, stores, move, now.isoformat()))
         except MdpError as exc:
             report.failures.append(f"{move.key}: {exc}")
+    stored, _ = lifecycle.locate_all(policy, stores.__getitem__)  # where the moves left everything
+    for due in raw_images.due_landing_releases(policy, stored, now):
+        if dry_run:
+            report.notes.append(f"{due.key}: would release the landing images of {due.plate} "
+                                f"(verified copy in {due.tier!r})")
+            continue
+        try:
+            report.landing_releases.append(_release_landing(storage, stores, due, now))
+        except MdpError as exc:
+            report.failures.append(f"{due.key}: landing images kept: {exc}")
     return report
+
+
+def _release_landing(storage: MdpStorage, stores: dict, due: raw_images.LandingRelease, now: datetime) -> dict[str, Any]:
+    """Delete a plate's landing images whose stored copy is verified (each landing file must still be the
+    stored content), then record the release in the partition record, its provenance and the catalog. Killed
+    midway, the next run verifies again and deletes what is left: a release is never recorded before every
+    image is gone, and no image is deleted before its stored copy is verified."""
+    tier = stores[due.tier]
+    problems = raw_images.landing_release_problems(due, tier, storage.cache_root)
+    if problems:
+        raise MdpError("; ".join(problems))
+    plate = storage.registry().load(due.plate)
+    landing = storage.landing()
+    subdir = plate.manifest.images_prefix
+    try:
+        root: Path | None = landing.open_plate(due.plate)
+    except MdpError:
+        root = None  # every file already gone from an S3 landing zone
+    stored = {Path(f["relpath"]).name: FileRecord(**f) for f in due.record["files"]
+              if f["relpath"].startswith(f"{raw_images.IMAGES_DIR}/")}
+    files = {name: (root / subdir / name) if root is not None else Path("/nonexistent") / name for name in stored}
+    released, kept, freed = raw_images.release_files(files, stored, lambda name: landing.delete(due.plate, subdir + name))
+    if kept:
+        raise MdpError(f"{len(kept)} landing image(s) differ from the stored copy and were kept: {kept[:10]}")
+    rule = storage.policy().raw_images.landing
+    release = {"plate": due.plate, "released_at": now.isoformat(), "tier": due.tier, "landing": plate.landing,
+               "files": len(released), "bytes": freed, "data_version": due.record["data_version"],
+               "policy": f"release: {rule.release}, after_days: {rule.after_days:g}"}
+    record = {**due.record, "landing_release": release,
+              "provenance": {**due.record["provenance"], "landing_release": release}}
+    tier.replace_record(due.key, record, message=f"mdp: landing images of {due.plate} released ({now.isoformat()})")
+    rows = catalog.rows_for_record(record, lambda relpath: tier.uri(due.key, relpath), catalog.bookkeeping_of(tier, due.key),
+                                   due.tier, record["level"], record["code_version"], record["data_version"])
+    catalog.record_landing_release(storage.catalog_path, release, rows)
+    return release
 
 
 def apply_lifecycle(

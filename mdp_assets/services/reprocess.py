@@ -52,7 +52,10 @@ def plan_plate(instance: dg.DagsterInstance, defs: dg.Definitions | dg.Repositor
         return PlateWork(plate, [k.path[-1] for k in keys if k.path[-1] in levels],
                          {name: "asked for" for name in levels})
     try:
-        fingerprint = plate_fingerprint(storage.plate_folder(plate))
+        # A landing zone released after its verified copy (policy raw_images.landing) no longer says what the
+        # plate is: like an archived folder, only code and data versions count.
+        released = catalog.landing_release(storage.catalog_path, plate) is not None
+        fingerprint = None if released else plate_fingerprint(storage.plate_folder(plate))
     except MdpError:  # the landing folder may be archived; then only code and data versions count
         fingerprint = None
     reasons = stale_reasons(instance, defs, keys, plate, fingerprint)

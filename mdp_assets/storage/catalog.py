@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS stored_files (
     status VARCHAR NOT NULL DEFAULT 'ok',
     checked_at TIMESTAMPTZ,
     PRIMARY KEY (asset_key, partition, relpath)
+);
+CREATE TABLE IF NOT EXISTS landing_releases (
+    plate VARCHAR PRIMARY KEY,
+    released_at TIMESTAMPTZ,
+    tier VARCHAR,
+    landing VARCHAR,
+    files BIGINT,
+    bytes BIGINT,
+    data_version VARCHAR,
+    policy VARCHAR
 )
 """
 
@@ -274,6 +284,33 @@ def damaged_levels(path: Path, partition: str) -> dict[str, str]:
     return {asset: statuses for asset, statuses in rows}
 
 
+def record_landing_release(path: Path, release: dict, rows: Iterable[CatalogRow]) -> None:
+    """Log that a plate's landing images were released after their verified copy, and replace the raw_images
+    partition's rows (its record now names the release) in one transaction."""
+    rows = list(rows)
+    with connect(path) as con:
+        con.execute("BEGIN")
+        con.execute("DELETE FROM stored_files WHERE asset_key = 'raw_images' AND partition = ?", [release["plate"]])
+        _insert(con, rows)
+        con.execute("INSERT OR REPLACE INTO landing_releases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [release["plate"], release["released_at"], release["tier"], release["landing"], release["files"],
+                     release["bytes"], release["data_version"], release["policy"]])
+        con.execute("COMMIT")
+
+
+def landing_release(path: Path, plate: str) -> dict | None:
+    """The recorded release of a plate's landing images, or None (never released)."""
+    if not path.exists():
+        return None
+    with connect(path, read_only=True) as con:
+        try:
+            found = con.execute("SELECT * FROM landing_releases WHERE plate = ?", [plate])
+        except duckdb.CatalogException:
+            return None  # a catalog written before landing releases existed: none was ever recorded
+        row = found.fetchone()
+        return dict(zip([d[0] for d in found.description], row)) if row else None
+
+
 CANNED_QUERIES = {
     "by-tier-and-level": "SELECT tier, level, count(*) AS files, sum(bytes) AS bytes FROM stored_files "
     "GROUP BY ALL ORDER BY tier, level",
@@ -281,6 +318,14 @@ CANNED_QUERIES = {
     "FROM stored_files GROUP BY ALL ORDER BY plate",
     "problems": "SELECT asset_key, partition, uri, status, checked_at FROM stored_files WHERE status <> 'ok' ORDER BY 1, 2",
     "totals": "SELECT count(*) AS files, sum(bytes) AS bytes FROM stored_files",
+    # Where each plate's raw image bytes are: copied into a tier (its images/ files), or left in the landing
+    # zone (reference mode: only the inventory is stored); and whether the landing copy was released.
+    "raw-images": "SELECT f.plate, f.tier, CASE WHEN count(*) FILTER (WHERE f.relpath LIKE 'images/%') > 0 "
+    "THEN 'copy' ELSE 'reference' END AS mode, count(*) FILTER (WHERE f.relpath LIKE 'images/%') AS images, "
+    "coalesce(sum(f.bytes) FILTER (WHERE f.relpath LIKE 'images/%'), 0) AS image_bytes, "
+    "any_value(r.released_at) AS landing_released_at FROM stored_files f "
+    "LEFT JOIN landing_releases r ON r.plate = f.plate WHERE f.asset_key = 'raw_images' GROUP BY f.plate, f.tier "
+    "ORDER BY f.plate",
 }
 
 

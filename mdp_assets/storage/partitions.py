@@ -17,8 +17,11 @@ import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mdp_assets.checksums import FileRecord, record_files, tree_digest
+from mdp_assets.checksums import FileRecord, HashingWriter, record_files, tree_digest
 from mdp_assets.errors import MdpError
+# A table column naming a file stored in the same partition (raw_images: `images/<file name>`): read back,
+# the row's `uri` is where that file is now (the tier's folder, or the verified local cache of a remote tier).
+from mdp_assets.plates.inventory import STORED_FILE_COLUMN
 from mdp_assets.science.parquet_profiles import ROW_GROUP_ROWS
 
 TABLE_FILE = "table.parquet"
@@ -58,7 +61,11 @@ class StoredPartition:
         return target
 
     def read_table(self, relpath: str = TABLE_FILE) -> pd.DataFrame:
-        return pd.read_parquet(self.path(relpath))
+        table = pd.read_parquet(self.path(relpath))
+        if STORED_FILE_COLUMN in table.columns and "uri" in table.columns:
+            table["uri"] = [(self.root / stored).as_uri() if isinstance(stored, str) and stored else uri
+                            for stored, uri in zip(table[STORED_FILE_COLUMN], table["uri"])]
+        return table
 
 
 def _preview(table: pd.DataFrame, rows: int = 5, columns: int = 8) -> str:
@@ -80,26 +87,33 @@ def summarize_table(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def staged_output(
-    staged: Path, metadata: dict[str, Any] | None = None, table_summary: dict[str, Any] | None = None
+    staged: Path, metadata: dict[str, Any] | None = None, table_summary: dict[str, Any] | None = None,
+    hashed: tuple[FileRecord, ...] = (),
 ) -> dg.Output:
     """An Output for a filled staging folder, versioned by the sha256 of its content. With a
-    `table_summary` (rows, columns, preview) the folder is a table: its `table.parquet` is the data."""
-    records = tuple(record_files(staged))
+    `table_summary` (rows, columns, preview) the folder is a table: its `table.parquet` is the data.
+    `hashed`: files hashed while they were written or copied (not read again)."""
+    records = tuple(record_files(staged, hashed))
     value = StagedFiles(staged, "table" if table_summary else "files", records, table_summary or {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)  # Output(data_version=...) is beta; we rely on it knowingly
         return dg.Output(value, metadata=metadata or {}, data_version=dg.DataVersion(tree_digest(records)))
 
 
-def write_table(table: pd.DataFrame, path: Path) -> None:
-    """A DataFrame as Parquet in row groups the streaming steps read one at a time."""
-    table.to_parquet(path, index=False, row_group_size=ROW_GROUP_ROWS)
+def write_table(table: pd.DataFrame, path: Path) -> FileRecord:
+    """A DataFrame as Parquet in row groups the streaming steps read one at a time; returns its record (path
+    relative to its folder), hashed as it was written."""
+    with HashingWriter(path) as writer:
+        table.to_parquet(writer, index=False, row_group_size=ROW_GROUP_ROWS)
+    return writer.record(path.parent)
 
 
-def table_output(staged: Path, table: pd.DataFrame, metadata: dict[str, Any] | None = None) -> dg.Output:
-    """A DataFrame as `table.parquet` in a filled-in staging folder."""
-    write_table(table, staged / TABLE_FILE)
-    return staged_output(staged, metadata, summarize_table(table))
+def table_output(staged: Path, table: pd.DataFrame, metadata: dict[str, Any] | None = None,
+                 hashed: tuple[FileRecord, ...] = ()) -> dg.Output:
+    """A DataFrame as `table.parquet` in a filled-in staging folder (`hashed`: its other files hashed as they
+    were written)."""
+    record = write_table(table, staged / TABLE_FILE)
+    return staged_output(staged, metadata, summarize_table(table), (*hashed, record))
 
 
 def parquet_output(staged: Path, metadata: dict[str, Any] | None = None) -> dg.Output:

@@ -92,6 +92,32 @@ class Stage(BaseModel):
     days: float | None = Field(None, gt=0, description="how long a partition stays here; None: for good")
 
 
+class LandingRelease(BaseModel):
+    """When the landing zone's copy of a plate's images may be deleted: never (the default), or once the copy
+    in the tiers is verified and `after_days` have passed since it was stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    release: Literal["never", "after_verified_copy"] = "never"
+    after_days: float = Field(0, ge=0, description="days after the verified copy was stored")
+
+
+class RawImages(BaseModel):
+    """What `raw_images` does with the image bytes. `copy`: each plate's image files are copied into the tiers
+    of the raw_images lifecycle and every level reads them there; `reference`: they stay in the landing zone
+    (the lab's instrument storage is the archive) and only the inventory is stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["copy", "reference"] = "copy"
+    landing: LandingRelease = Field(default_factory=LandingRelease)
+
+    @model_validator(mode="after")
+    def _release_needs_copy(self) -> RawImages:
+        if self.mode == "reference" and self.landing.release != "never":
+            raise ValueError("raw_images: in reference mode the landing zone holds the only copy of the images, "
+                             "so landing.release must be 'never'")
+        return self
+
+
 class StoragePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
@@ -101,6 +127,7 @@ class StoragePolicy(BaseModel):
     released_collaborator_access: list[Access] = Field(default_factory=lambda: ["private", "public"])
     identifiable_patient_data_access: list[Access] = Field(default_factory=lambda: ["private"])
     active_days: float = Field(30, ge=0, description="a plate materialized this recently stays in its fast tier")
+    raw_images: RawImages = Field(default_factory=RawImages)
 
     @model_validator(mode="after")
     def _rules(self) -> StoragePolicy:
@@ -218,4 +245,4 @@ def shipped_policy(name: str) -> Path:
     return Path(str(resources.files("mdp_assets").joinpath(f"policies/{name}.yaml")))
 
 
-__all__ = ["StoragePolicy", "Tier", "Stage", "load_policy", "shipped_policy", "Origin"]
+__all__ = ["StoragePolicy", "Tier", "Stage", "RawImages", "LandingRelease", "load_policy", "shipped_policy", "Origin"]

@@ -177,6 +177,12 @@ class FilesystemTier:
     def _committed(self, key: str, message: str) -> None:
         """Hook for backends that must do more once a partition is in place."""
 
+    def replace_record(self, key: str, record: dict[str, Any], message: str = "") -> None:
+        """Replace a stored partition's record (in one rename), its data files untouched."""
+        with self._key_lock(key), atomic_path(self.folder(key) / PARTITION_RECORD) as partial:
+            partial.write_text(json.dumps(record, indent=1, default=str))
+        self._committed(key, message or f"mdp: update the record of {key}")
+
     def local_folder(self, key: str, cache_root: Path) -> Path:
         return self.folder(key)
 
@@ -399,25 +405,37 @@ class S3Tier:
         self, source: Path, key: str, data_files: list[FileRecord], move: bool, message: str = "",
         record: dict[str, Any] | None = None,
     ) -> None:
-        local = {r.relpath: r for r in record_files(source)}
-        bad = [r.relpath for r in data_files if local.get(r.relpath) != r]
+        # Data files were hashed as they were written (or verified as they were fetched): each is uploaded with
+        # that recorded SHA-256, which the store checks against the bytes it receives; only the small
+        # bookkeeping files are hashed here.
+        known = {r.relpath: r for r in data_files}
+        bad = [r.relpath for r in data_files
+               if not (source / r.relpath).is_file() or (source / r.relpath).stat().st_size != r.bytes]
         if bad:
             raise MdpError(f"source differs from its record before upload: {bad[:5]}", path=source)
-        for relpath, item in sorted(local.items()):
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            relpath = path.relative_to(source).as_posix()
             if relpath != PARTITION_RECORD:
-                self._upload(source / relpath, self._key(key, relpath), item.sha256)
+                self._upload(path, self._key(key, relpath),
+                             known[relpath].sha256 if relpath in known else sha256_file(path))
         for item in data_files:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key, item.relpath))
             if int(head["ContentLength"]) != item.bytes:
                 raise MdpError(f"{self.uri(key, item.relpath)} holds {head['ContentLength']} bytes, expected {item.bytes}")
         if record is None:
-            self._upload(source / PARTITION_RECORD, self._key(key, PARTITION_RECORD), local[PARTITION_RECORD].sha256)
+            self._upload(source / PARTITION_RECORD, self._key(key, PARTITION_RECORD), sha256_file(source / PARTITION_RECORD))
         else:
             body = json.dumps(record, indent=1, default=str).encode()
             checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
             self.client.put_object(Bucket=self.bucket, Key=self._key(key, PARTITION_RECORD), Body=body, ChecksumSHA256=checksum)
         if move:
             shutil.rmtree(source)
+
+    def replace_record(self, key: str, record: dict[str, Any], message: str = "") -> None:
+        """Replace a stored partition's record (one object, uploaded with its SHA-256)."""
+        body = json.dumps(record, indent=1, default=str).encode()
+        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key, PARTITION_RECORD), Body=body, ChecksumSHA256=checksum)
 
     def local_folder(self, key: str, cache_root: Path) -> Path:
         """Download a partition into the local cache (reused while its checksums still match)."""

@@ -35,6 +35,15 @@ def build_lifecycle(consumers: dict[str, list[str]]):
                 metadata={"tier": move["to"], "moved_from": move["from"], "moved_at": move["when"],
                           "sha256": move["sha256"], "uri": dg.MetadataValue.url(move["uri"])},
             ))
+        for release in report.landing_releases:
+            context.log.info(f"released the landing images of {release['plate']}: {release['files']} files, "
+                             f"{release['bytes']} bytes (verified copy in {release['tier']!r})")
+            context.log_event(dg.AssetObservation(
+                asset_key=dg.AssetKey("raw_images"), partition=release["plate"],
+                metadata={"landing_released_at": release["released_at"], "landing": release["landing"],
+                          "landing_files_released": release["files"], "landing_bytes_released": release["bytes"],
+                          "tier": release["tier"], "sha256": release["data_version"], "policy": release["policy"]},
+            ))
         if report.failures:
             raise dg.Failure("lifecycle problems (nothing was lost; the sources are kept):\n" + "\n".join(report.failures))
 
