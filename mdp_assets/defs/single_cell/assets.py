@@ -11,10 +11,9 @@ from mdp_assets.science.cell_qc import OUTLIER, outlier_column, plate_cell_qc
 from mdp_assets.defs.pictures import figure_metadata
 from mdp_assets.science.plots import crop_montage
 from mdp_assets.science.crops import example_crops, site_images_reader, write_crop_store
-from mdp_assets.science.features import plate_features
-from mdp_assets.science.profiles import metadata_first
+from mdp_assets.science.features import site_features, write_single_cells
 from mdp_assets.services.runs import site_progress
-from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, staged_output
+from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, parquet_output, staged_output
 from mdp_assets.storage.resource import MdpStorage
 
 GROUP = "single_cell"
@@ -34,6 +33,7 @@ def single_cell_features(
     segmentation_masks: StoredPartition,
     corrected_images: StoredPartition,
     storage: MdpStorage,
+    settings: StepSettings,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
     tables = segmentation_masks.root / OBJECT_TABLES
@@ -42,27 +42,20 @@ def single_cell_features(
         made_by = segmentation_masks.record.get("provenance", {})
         engine = made_by.get("parameters", {}).get("engine", "cellprofiler")
         extra["cellprofiler_version"] = made_by.get("software", {}).get("cellprofiler", "unknown")
-        measured = cellprofiler_features(tables)
+        batches = cellprofiler_features(tables)
     else:
         engine = "builtin (scikit-image)"
         masks = pd.read_parquet(segmentation_masks.path("sites.parquet"))
-        measured = plate_features(masks, segmentation_masks.root, corrected_images.root,
-                                  site_progress(context.log.info, "single_cell_features", len(masks)))
+        workers = settings.workers()
+        extra["site_workers"] = workers
+        batches = site_features(masks, segmentation_masks.root, corrected_images.root, workers,
+                                site_progress(context.log.info, "single_cell_features", len(masks)))
     wells = plate.well_metadata(list(raw_images["Metadata_Well"].unique()))
     sites = site_acquisition_metadata(raw_images)
-    # mdp's plate, platemap and acquisition metadata win over whatever the engine wrote under the same name.
-    keys = {"Metadata_Well", "Metadata_Site"}
-    measured = measured.drop(columns=[c for c in [*wells.columns, *sites.columns] if c in measured.columns and c not in keys])
-    table = measured.merge(wells, on="Metadata_Well", how="left").merge(sites, on=["Metadata_Well", "Metadata_Site"],
-                                                                          how="left")
-    table = metadata_first(table)
-    return storage.table_output("single_cell_features", table, {
-        "cells": len(table),
-        "features": sum(not c.startswith("Metadata_") for c in table.columns),
-        "wells": int(table["Metadata_Well"].nunique()) if len(table) else 0,
-        "engine": engine,
-        **extra,
-    })
+    with storage.staging_dir("single_cell_features") as staged:
+        # A batch of sites at a time, annotated and written as it comes: never the plate's cells at once.
+        summary = write_single_cells(batches, wells, sites, staged / TABLE_FILE)
+        return parquet_output(staged, {**summary, "engine": engine, **extra})
 
 
 @dg.asset(
