@@ -32,6 +32,7 @@ from mdp_assets.science.cell_qc import DEFAULT_CONDITIONS, check_conditions
 from mdp_assets.science.illumination import IlluminationParameters
 from mdp_assets.science.image_qc import QcThresholds
 from mdp_assets.science.profile_quality import QualityParameters, copairs_version
+from mdp_assets.science.parquet_profiles import DEFAULT_MEMORY_BUDGET
 from mdp_assets.science.profiles import ProfileParameters
 from mdp_assets.science.segmentation import SegmentationParameters
 
@@ -126,11 +127,16 @@ class ProfileSettings(dg.Config):
     unique_cut: float = _PROFILES.unique_cut
     min_variance: float = _PROFILES.min_variance
     outlier_cutoff: float = _PROFILES.outlier_cutoff
+    memory_gb: float = Field(DEFAULT_MEMORY_BUDGET / 2**30, gt=0, description="feature values the profile steps "
+                             "hold at once, in GB (memory, not results: it is no parameter of theirs)")
 
     def parameters(self) -> ProfileParameters:
-        values = self.model_dump()
+        values = self.model_dump(exclude={"memory_gb"})
         values["operations"] = tuple(values["operations"])
         return ProfileParameters(**values)
+
+    def budget(self) -> int:
+        return int(self.memory_gb * 2**30)
 
 
 class CellQcSettings(dg.Config):
@@ -624,7 +630,8 @@ class StepSettings(dg.ConfigurableResource):
                         "pipeline_sha256": file_sha256(pipeline)}
             return {"engine": "builtin", **builtin}
 
-        profiles = {**self.profiles.model_dump(), "exclude_qc_flagged_cells": self.cell_qc.exclude_flagged}
+        profiles = {**self.profiles.model_dump(exclude={"memory_gb"}),
+                    "exclude_qc_flagged_cells": self.cell_qc.exclude_flagged}
         quality = self.profile_quality
         pca = {"method": "pca", "solver": "covariance-eigh", "n_components": self.embeddings.components}
         by_asset: dict[str, dict[str, Any]] = {
