@@ -36,6 +36,18 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _concat_schema(first: pa.Schema, second: pa.Schema) -> pa.Schema:
+    """The types pandas' concat gives two tables: the wider of each column's, and float64 for an integer column
+    one of them lacks (pandas fills it with NaN there, even for a table without rows)."""
+    wider = pa.unify_schemas([first, second], promote_options="permissive")
+    partial = set(first.names) ^ set(second.names)
+    for name in partial:
+        index = wider.get_field_index(name)
+        if pa.types.is_integer(wider.field(index).type):
+            wider = wider.set(index, pa.field(name, pa.float64()))
+    return wider
+
+
 class BatchWriter:
     """Pandas batches into one Parquet file, `target`, complete or not at all (a partial file is renamed on
     `close`, removed on error). Use as a context manager; `rows` counts what was written."""
@@ -45,7 +57,6 @@ class BatchWriter:
         self.row_group_bytes = row_group_bytes
         self.partial = self.target.with_name(f".{self.target.name}.partial")
         self.schema: pa.Schema | None = None
-        self.empty_schema: pa.Schema | None = None  # of a batch without rows, for a table that has none
         self.writer: pq.ParquetWriter | None = None
         self.pending: list[pa.Table] = []
         self.pending_bytes = 0
@@ -63,19 +74,19 @@ class BatchWriter:
 
     def write(self, frame: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        if table.num_rows == 0:
-            if self.empty_schema is None:
-                self.empty_schema = table.schema
-            return
+        # A batch without rows counts too, as in pandas' concat (an empty site's int64 object numbers widen
+        # the int32 ones of the others).
         if self.schema is None:
             self.schema = table.schema
         elif not table.schema.equals(self.schema, check_metadata=False):
-            wider = pa.unify_schemas([self.schema, table.schema], promote_options="permissive")
+            wider = _concat_schema(self.schema, table.schema)
             if not wider.equals(self.schema, check_metadata=False):
                 # The batch's pandas metadata describes the wider types when it has every column.
                 metadata = table.schema.metadata if set(table.column_names) == set(wider.names) else self.schema.metadata
                 self._widen(wider.with_metadata(metadata))
             table = _conform(table, self.schema)
+        if table.num_rows == 0:
+            return
         self.pending.append(table)
         self.pending_bytes += table.nbytes
         if self.pending_bytes >= self.row_group_bytes or sum(t.num_rows for t in self.pending) >= ROW_GROUP_ROWS:
@@ -111,8 +122,7 @@ class BatchWriter:
     def close(self) -> int:
         self._flush()
         if self.writer is None:  # no rows: the columns of the batches without rows, as pandas would store them
-            schema = self.schema or self.empty_schema or pa.schema([])
-            pq.write_table(schema.empty_table(), self.partial)
+            pq.write_table((self.schema or pa.schema([])).empty_table(), self.partial)
         else:
             self.writer.close()
             self.writer = None
