@@ -176,28 +176,37 @@ def _level_crops(plate: SyntheticPlate, out: Path, memory: int) -> dict:
     return {"cells": store.cells, "flagged_examples": store.flagged, "kept_examples": store.kept}
 
 
+# correlation_threshold is left out: its memory is features squared, not cells, and its time would dominate.
+PROFILE_PARAMETERS_OPERATIONS = ("variance_threshold", "drop_na_columns", "blocklist")
+
+
+def _parameters():
+    from mdp_assets.science.profiles import ProfileParameters
+
+    return ProfileParameters(operations=PROFILE_PARAMETERS_OPERATIONS)
+
+
 def _level_single_cell_profiles(plate: SyntheticPlate, out: Path, memory: int) -> dict:
     from mdp_assets.science.cell_qc import cells_for_profiles
     from mdp_assets.science.parquet_profiles import normalize_and_select_parquet
-    from mdp_assets.science.profiles import ProfileParameters
 
     with cells_for_profiles(out / "features" / "table.parquet", out / "cell_qc.parquet", True, out / "work") as (
             cells, left_out):
         summary = normalize_and_select_parquet(cells, out / "single_cell_profiles.parquet",
-                                               "Metadata_treatment == 'DMSO'", ProfileParameters(), memory_budget=memory)
+                                               "Metadata_treatment == 'DMSO'", _parameters(), memory_budget=memory)
     return {**summary, "left_out": left_out, "rows": pq.ParquetFile(out / "single_cell_profiles.parquet").metadata.num_rows}
 
 
 def _level_well_profiles(plate: SyntheticPlate, out: Path, memory: int) -> dict:
     from mdp_assets.science.cell_qc import cells_for_profiles
     from mdp_assets.science.parquet_profiles import aggregate_parquet
-    from mdp_assets.science.profiles import ProfileParameters, normalize_and_select
+    from mdp_assets.science.profiles import normalize_and_select
 
     with cells_for_profiles(out / "features" / "table.parquet", out / "cell_qc.parquet", True, out / "work") as (
             cells, left_out):
         wells = aggregate_parquet(cells, memory_budget=memory)
     wells.to_parquet(out / "well_aggregates.parquet", index=False)
-    table, summary = normalize_and_select(wells, "Metadata_treatment == 'DMSO'", ProfileParameters())
+    table, summary = normalize_and_select(wells, "Metadata_treatment == 'DMSO'", _parameters())
     table.to_parquet(out / "well_profiles.parquet", index=False)
     return {**summary, "wells": len(table)}
 
@@ -239,8 +248,10 @@ def main(argv: list[str] | None = None) -> None:
         result = {"ok": True, **LEVELS[args.level](plate, args.root / "out", args.memory_bytes)}
     except MemoryError as exc:
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     result.update(level=args.level, seconds=round(time.perf_counter() - started, 2),
-                  peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+                  peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  vm_data_mb=round(int(status.get("VmData", "0 kB").split()[0]) / 1024, 1))
     print(json.dumps(result, default=str), flush=True)
 
 

@@ -25,7 +25,7 @@ from mdp_assets.science.parquet_profiles import ROW_GROUP_ROWS
 
 # A row group holds at most ROW_GROUP_ROWS rows and about this many bytes: a wide table (3,000 CellProfiler
 # features, 24 KB a cell) gets smaller groups, so that writing or reading one group stays a bounded batch.
-ROW_GROUP_BYTES = 128 << 20
+ROW_GROUP_BYTES = 32 << 20
 SITE_KEYS = ("Metadata_Well", "Metadata_Site")
 
 

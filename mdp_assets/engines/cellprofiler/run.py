@@ -500,7 +500,7 @@ class _SortedTable:
         return (pa.concat_tables(parts) if parts else self.schema.empty_table()).to_pandas()
 
 
-def cellprofiler_features(tables: Path, batch_bytes: int = 128 << 20) -> Iterator[pd.DataFrame]:
+def cellprofiler_features(tables: Path, batch_bytes: int = 16 << 20) -> Iterator[pd.DataFrame]:
     """Single cells from the object tables a CellProfiler run left in a segmentation_masks partition, in
     batches of image sets (about `batch_bytes` of features each), in ImageNumber order: together they are the
     table the whole plate's object tables would give, but memory holds one batch."""
