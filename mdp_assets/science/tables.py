@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mdp_assets.science.parquet_profiles import ROW_GROUP_ROWS
@@ -151,11 +152,12 @@ class SiteRows:
         if self.rows == 0:
             return
         table = self.file.read(columns=self.keys)
-        wells = table.column(self.keys[0]).combine_chunks().dictionary_encode()
+        # Rows without a well or site (none are expected) belong to no site.
+        wells = pc.fill_null(table.column(self.keys[0]).combine_chunks(), "").dictionary_encode()
         codes = wells.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        sites = table.column(self.keys[1]).to_numpy(zero_copy_only=False).astype(np.int64)
+        sites = pc.fill_null(table.column(self.keys[1]), -1).to_numpy(zero_copy_only=False).astype(np.int64)
         del table
-        combined = codes * (int(sites.max()) + 1) + sites
+        combined = codes * (int(sites.max()) + 2) + sites + 1
         order = np.argsort(combined, kind="stable")  # each site's rows in the table's order
         bounds = np.flatnonzero(np.diff(combined[order])) + 1
         names = wells.dictionary.to_pylist()
