@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     result.update(level=args.level, seconds=round(time.perf_counter() - started, 2),
-                  peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  # VmHWM: this process' own high-water mark (ru_maxrss keeps the parent's from before exec)
+                  peak_rss_mb=round(int(status.get("VmHWM", "0 kB").split()[0]) / 1024, 1),
                   vm_data_mb=round(int(status.get("VmData", "0 kB").split()[0]) / 1024, 1))
     print(json.dumps(result, default=str), flush=True)
 
