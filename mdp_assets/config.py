@@ -32,6 +32,7 @@ from mdp_assets.science.cell_qc import DEFAULT_CONDITIONS, check_conditions
 from mdp_assets.science.illumination import IlluminationParameters
 from mdp_assets.science.image_qc import QcThresholds
 from mdp_assets.science.profile_quality import QualityParameters, copairs_version
+from mdp_assets.science.parquet_profiles import DEFAULT_MEMORY_BUDGET
 from mdp_assets.science.profiles import ProfileParameters
 from mdp_assets.science.segmentation import SegmentationParameters
 
@@ -110,6 +111,8 @@ class SegmentationSettings(dg.Config):
 class CropSettings(dg.Config):
     model_config = _Section
     size: int = Field(48, ge=8, description="edge of the square crop around each cell, in pixels")
+    channels: list[str] | None = Field(None, description="the channels cropped, in this order (CellMask is added); "
+                                       "default: every channel of the plate")
 
 
 class ProfileSettings(dg.Config):
@@ -124,11 +127,16 @@ class ProfileSettings(dg.Config):
     unique_cut: float = _PROFILES.unique_cut
     min_variance: float = _PROFILES.min_variance
     outlier_cutoff: float = _PROFILES.outlier_cutoff
+    memory_gb: float = Field(DEFAULT_MEMORY_BUDGET / 2**30, gt=0, description="feature values the profile steps "
+                             "hold at once, in GB (memory, not results: it is no parameter of theirs)")
 
     def parameters(self) -> ProfileParameters:
-        values = self.model_dump()
+        values = self.model_dump(exclude={"memory_gb"})
         values["operations"] = tuple(values["operations"])
         return ProfileParameters(**values)
+
+    def budget(self) -> int:
+        return int(self.memory_gb * 2**30)
 
 
 class CellQcSettings(dg.Config):
@@ -289,6 +297,8 @@ class ExecutionSettings(BaseModel):
     max_concurrent_runs: int = Field(2, ge=1, description="runs at once, across all plates")
     runs_per_plate: int = Field(1, ge=1, description="runs of one plate at once")
     cellprofiler_steps: int = Field(1, ge=1, description="CellProfiler steps at once (each uses every core)")
+    site_workers: int = Field(0, ge=0, description="processes a step measures a plate's sites in at once "
+                              "(the built-in engine's single_cell_features); 0: one per core")
     workspace: str | None = Field(None, description="the workspace file the daemon and webserver load; default: "
                                   "one mdp writes into dagster_home, loading this package as the location `mdp`")
 
@@ -579,13 +589,19 @@ class StepSettings(dg.ConfigurableResource):
     consensus: ConsensusSettings = Field(default_factory=ConsensusSettings)
     pictures: PictureSettings = Field(default_factory=PictureSettings)
     cellprofiler: CellProfilerSettings = Field(default_factory=CellProfilerSettings)
+    site_workers: int = 0  # execution.site_workers: not a parameter of any result (outputs are in site order)
 
     @classmethod
     def from_config(cls, config: MdpConfig) -> StepSettings:
         return cls(engine=resolved_engine(config), engine_is_auto=config.engine.kind == "auto", qc=config.qc, illumination=config.illumination,
                    segmentation=config.segmentation, crops=config.crops, cell_qc=config.cell_qc,
                    profiles=config.profiles, profile_quality=config.profile_quality, embeddings=config.embeddings,
-                   consensus=config.consensus, pictures=config.pictures, cellprofiler=config.engine.cellprofiler)
+                   consensus=config.consensus, pictures=config.pictures, cellprofiler=config.engine.cellprofiler,
+                   site_workers=config.execution.site_workers)
+
+    def workers(self) -> int:
+        """Processes to measure sites in: `execution.site_workers`, or one per core."""
+        return self.site_workers or os.cpu_count() or 1
 
     def uses_cellprofiler(self) -> bool:
         return self.engine == "cellprofiler"
@@ -614,7 +630,8 @@ class StepSettings(dg.ConfigurableResource):
                         "pipeline_sha256": file_sha256(pipeline)}
             return {"engine": "builtin", **builtin}
 
-        profiles = {**self.profiles.model_dump(), "exclude_qc_flagged_cells": self.cell_qc.exclude_flagged}
+        profiles = {**self.profiles.model_dump(exclude={"memory_gb"}),
+                    "exclude_qc_flagged_cells": self.cell_qc.exclude_flagged}
         quality = self.profile_quality
         pca = {"method": "pca", "solver": "covariance-eigh", "n_components": self.embeddings.components}
         by_asset: dict[str, dict[str, Any]] = {
@@ -626,7 +643,8 @@ class StepSettings(dg.ConfigurableResource):
                                     if self.engine == "cellprofiler" else {})},
             "segmentation_masks": engine_step(cellprofiler.analysis_pipeline, self.segmentation.model_dump()),
             "single_cell_features": {"engine": engine_step(cellprofiler.analysis_pipeline, {})["engine"]},
-            "single_cell_crops": {"crop_size": self.crops.size},
+            "single_cell_crops": {"crop_size": self.crops.size, "channels": self.crops.channels or "all",
+                                  "bit_depth": "raw"},
             "single_cell_qc": {"method": "coSMicQC z-score thresholds per plate", "conditions": self.cell_qc.conditions},
             "single_cell_profiles": profiles,
             "well_profiles": {**profiles, "aggregate": "median"},

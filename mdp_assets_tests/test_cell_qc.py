@@ -22,7 +22,8 @@ from mdp_assets.science.cell_qc import (
     cells_for_profiles,
     label_outliers,
     outlier_column,
-    plate_cell_qc,
+    well_flags,
+    write_cell_qc,
     write_kept_cells,
     zscore_column,
 )
@@ -93,36 +94,57 @@ def _stored_cells(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
     return path, cells
 
 
+def _stored_qc(path: Path, tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    target = tmp_path / "qc.parquet"
+    summary = write_cell_qc(path, DEFAULT_CONDITIONS, target)
+    qc = pd.read_parquet(target)
+    assert summary["cells"] == len(qc) and summary["flagged_cells"] == qc[OUTLIER].sum()
+    return target, qc
+
+
+def test_the_stored_qc_table_equals_the_flags_of_all_cells_at_once(tmp_path):
+    path, cells = _stored_cells(tmp_path)
+    _, qc = _stored_qc(path, tmp_path)
+    keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"]
+    keys = [k for k in keys if k in cells.columns]
+    expected = pd.concat([cells[keys], label_outliers(cells, DEFAULT_CONDITIONS)], axis=1)
+    pd.testing.assert_frame_equal(qc, expected)
+
+
 def test_flagged_cells_are_left_out_of_profiles_and_counted(tmp_path):
     path, cells = _stored_cells(tmp_path)
-    qc = plate_cell_qc(path, DEFAULT_CONDITIONS)
+    qc_path, qc = _stored_qc(path, tmp_path)
     assert list(qc["Metadata_ObjectNumber"]) == list(cells["Metadata_ObjectNumber"])
     flagged = qc[OUTLIER].to_numpy()
     assert 0 < flagged.sum() < len(cells)
-    with cells_for_profiles(path, qc, True, tmp_path / "work") as (kept_path, left_out):
+    with cells_for_profiles(path, qc_path, True, tmp_path / "work") as (kept_path, left_out):
         assert left_out == flagged.sum() and kept_path != path
         kept = pd.read_parquet(kept_path)
         wells = aggregate_parquet(kept_path)
     assert not list((tmp_path / "work").iterdir()), "the copy without flagged cells is removed afterwards"
     pd.testing.assert_frame_equal(kept, cells[~flagged].reset_index(drop=True))
     pd.testing.assert_frame_equal(wells, aggregate(cells[~flagged].reset_index(drop=True)))
-    with cells_for_profiles(path, qc, False, tmp_path / "work") as (same, none):
+    with cells_for_profiles(path, qc_path, False, tmp_path / "work") as (same, none):
         assert same == path and none == 0
 
 
 def test_qc_of_other_cells_is_refused(tmp_path):
     path, _ = _stored_cells(tmp_path)
-    qc = plate_cell_qc(path, DEFAULT_CONDITIONS)
+    _, qc = _stored_qc(path, tmp_path)
+    reversed_qc, first_ten = tmp_path / "reversed.parquet", tmp_path / "ten.parquet"
+    qc.iloc[::-1].reset_index(drop=True).to_parquet(reversed_qc, index=False)
+    qc.head(10).to_parquet(first_ten, index=False)
     with pytest.raises(MdpError, match="single_cell_qc must be made again"):
-        write_kept_cells(path, qc.iloc[::-1].reset_index(drop=True), tmp_path / "out.parquet")
+        write_kept_cells(path, reversed_qc, tmp_path / "out.parquet")
     with pytest.raises(MdpError, match="lists 10 cells"):
-        write_kept_cells(path, qc.head(10), tmp_path / "out.parquet")
+        write_kept_cells(path, first_ten, tmp_path / "out.parquet")
     assert not (tmp_path / "out.parquet").exists()
 
 
 def test_the_flagged_fraction_check_names_the_wells_over_the_maximum(tmp_path):
     path, _ = _stored_cells(tmp_path)
-    qc = plate_cell_qc(path, DEFAULT_CONDITIONS)
+    qc_path, _ = _stored_qc(path, tmp_path)
+    qc = well_flags(qc_path)
     by_well = qc.groupby("Metadata_Well")[OUTLIER].mean()
     assert flagged_fraction_check(qc, 0.5).passed
     worst = by_well.idxmax()

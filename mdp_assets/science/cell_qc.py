@@ -18,6 +18,7 @@ method; `mdp_assets_tests/test_cell_qc.py` checks it against coSMicQC 1.1.2's ow
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from scipy.stats import zscore
 
 from mdp_assets.errors import MdpError
 from mdp_assets.science.parquet_profiles import ROW_GROUP_ROWS
+from mdp_assets.science.tables import BatchWriter
 
 # coSMicQC 1.1.2, src/cosmicqc/data/qc_nuclei_thresholds_default.yml (BSD-3-Clause).
 DEFAULT_CONDITIONS: dict[str, dict[str, float]] = {
@@ -94,43 +96,79 @@ def _zscores(values: pd.Series) -> np.ndarray:
         return np.asarray(zscore(array, nan_policy="omit"), dtype=np.float64)
 
 
-def plate_cell_qc(features: Path, conditions: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """The QC table of a plate's stored single cells, in their stored order: the cell's identifying Metadata_
-    columns, then the flags. Only those and the named features are read, so memory stays small."""
-    schema = pq.ParquetFile(features).schema_arrow
+def write_cell_qc(features: Path, conditions: dict[str, dict[str, float]], target: Path) -> dict[str, object]:
+    """The QC table of a plate's stored single cells, in their stored order, written to `target`: the cell's
+    identifying Metadata_ columns, then the flags. Only the named features are read whole (8 bytes a cell each,
+    the z-scores need the plate's spread); the identifying columns a row group at a time. Returns the figures:
+    cells, flagged cells, flagged per condition."""
+    check_conditions(conditions)
+    parquet = pq.ParquetFile(features)
+    schema = parquet.schema_arrow
     keys = [k for k in CELL_KEYS if k in schema.names]
-    needed = [f for f in condition_features(conditions) if f in schema.names]
-    cells = pq.read_table(features, columns=keys + needed).to_pandas()
     for feature in condition_features(conditions):
-        if feature not in cells.columns:
+        if feature not in schema.names:
             raise MdpError(f"cell QC: the plate's single cells have no feature {feature!r} (set cell_qc.conditions "
                            "in mdp.yaml to features the engine measures)", path=features)
-    return pd.concat([cells[keys], label_outliers(cells, conditions)], axis=1)
+    scored = pq.read_table(features, columns=condition_features(conditions)).to_pandas()
+    flags = label_outliers(scored, conditions)
+    del scored
+    start = 0
+    with BatchWriter(target) as writer:
+        for group in range(parquet.metadata.num_row_groups):
+            cells = parquet.read_row_group(group, columns=keys).to_pandas()
+            part = flags.iloc[start : start + len(cells)].reset_index(drop=True)
+            start += len(cells)
+            writer.write(pd.concat([cells, part], axis=1))
+        if not parquet.metadata.num_row_groups:
+            writer.write(pd.concat([schema.empty_table().select(keys).to_pandas(), flags], axis=1))
+    return {"cells": len(flags), "flagged_cells": int(flags[OUTLIER].sum()),
+            **{f"flagged_{name}": int(flags[outlier_column(name)].sum()) for name in conditions}}
+
+
+def outlier_flags(qc: Path) -> np.ndarray:
+    """The stored QC table's OUTLIER flags (one byte a cell), in the single cells' order."""
+    return pq.read_table(qc, columns=[OUTLIER]).column(0).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def well_flags(qc: Path) -> pd.DataFrame:
+    """Metadata_Well and OUTLIER of every cell of a stored QC table (what `flagged_by_well` needs)."""
+    return pq.read_table(qc, columns=["Metadata_Well", OUTLIER]).to_pandas()
+
+
+def _keys_digest(path: Path, keys: list[str]) -> str:
+    """A digest of the identifying columns' values, row by row, read a row group at a time."""
+    parquet = pq.ParquetFile(path)
+    digest = hashlib.sha256()
+    for group in range(parquet.metadata.num_row_groups):
+        frame = parquet.read_row_group(group, columns=keys).to_pandas()
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 def flagged_by_well(qc: pd.DataFrame) -> pd.DataFrame:
     """Per well: cells, flagged cells and the flagged fraction, the worst wells first."""
     if qc.empty:
         return pd.DataFrame(columns=["Metadata_Well", "cells", "flagged", "flagged_fraction"])
-    table = qc.groupby("Metadata_Well")[OUTLIER].agg(cells="size", flagged="sum").reset_index()
+    table = qc.groupby("Metadata_Well", observed=True)[OUTLIER].agg(cells="size", flagged="sum").reset_index()
     table["flagged_fraction"] = table["flagged"] / table["cells"]
     return table.sort_values(["flagged_fraction", "Metadata_Well"], ascending=[False, True], ignore_index=True)
 
 
-def write_kept_cells(features: Path, qc: pd.DataFrame, target: Path) -> int:
+def write_kept_cells(features: Path, qc: Path, target: Path) -> int:
     """Copy the stored single cells to `target` without the cells QC flagged, a row group at a time (memory
-    follows the row-group size), atomically. `qc` must list the same cells in the same order (checked on the
-    identifying columns). Returns how many cells were left out."""
+    follows the row-group size), atomically. The stored QC table `qc` must list the same cells in the same order
+    (checked on the identifying columns, a row group at a time). Returns how many cells were left out."""
     parquet = pq.ParquetFile(features)
-    if parquet.metadata.num_rows != len(qc):
-        raise MdpError(f"cell QC lists {len(qc)} cells but the single cells hold {parquet.metadata.num_rows}; "
-                       "single_cell_qc must be made again from these single_cell_features", path=features)
-    keys = [k for k in CELL_KEYS if k in qc.columns and k in parquet.schema_arrow.names]
-    stored_keys = pq.read_table(features, columns=keys).to_pandas()
-    if not stored_keys.reset_index(drop=True).equals(qc[keys].reset_index(drop=True)):
+    listed = pq.ParquetFile(qc)
+    if parquet.metadata.num_rows != listed.metadata.num_rows:
+        raise MdpError(f"cell QC lists {listed.metadata.num_rows} cells but the single cells hold "
+                       f"{parquet.metadata.num_rows}; single_cell_qc must be made again from these single_cell_features",
+                       path=features)
+    keys = [k for k in CELL_KEYS if k in listed.schema_arrow.names and k in parquet.schema_arrow.names]
+    if _keys_digest(features, keys) != _keys_digest(qc, keys):
         raise MdpError("cell QC lists other cells than the single cells (or in another order); single_cell_qc "
                        "must be made again from these single_cell_features", path=features)
-    flagged = qc[OUTLIER].to_numpy(dtype=bool)
+    flagged = outlier_flags(qc)
     partial = target.with_name(f".{target.name}.partial")
     start = 0
     try:
@@ -147,11 +185,11 @@ def write_kept_cells(features: Path, qc: pd.DataFrame, target: Path) -> int:
 
 
 @contextmanager
-def cells_for_profiles(features: Path, qc: pd.DataFrame, exclude_flagged: bool, scratch: Path) -> Iterator[tuple[Path, int]]:
+def cells_for_profiles(features: Path, qc: Path, exclude_flagged: bool, scratch: Path) -> Iterator[tuple[Path, int]]:
     """The single cells profiles are made from, and how many flagged cells were left out: the stored file itself
     when nothing is to be left out, else a copy without the flagged cells in a scratch folder under `scratch`
-    (removed afterwards)."""
-    if not exclude_flagged or qc.empty or not qc[OUTLIER].any():
+    (removed afterwards). `qc` is the stored QC table."""
+    if not exclude_flagged or not outlier_flags(qc).any():
         yield features, 0
         return
     scratch.mkdir(parents=True, exist_ok=True)

@@ -8,16 +8,21 @@ Lengths are in pixels and intensities in CellProfiler's [0, 1] scale, as CellPro
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from skimage import measure
 
 from mdp_assets.science.image_store import read_stack
+from mdp_assets.science.profiles import metadata_first
 from mdp_assets.science.segmentation import cytoplasm_labels
+from mdp_assets.science.tables import BatchWriter
 
 COMPARTMENTS = ("Nuclei", "Cells", "Cytoplasm")
 
@@ -111,20 +116,75 @@ def measure_site(nuclei: np.ndarray, cells: np.ndarray, channels: dict[str, np.n
     return table.reset_index()
 
 
-def plate_features(masks: pd.DataFrame, masks_dir: Path, corrected_dir: Path,
-                   progress: Callable[[int], None] | None = None) -> pd.DataFrame:
-    """Measure every segmented site; rows carry Metadata_Well, Metadata_Site and Metadata_ObjectNumber.
-    `progress` is told how many sites are done after each one."""
-    tables = []
-    for site in masks.itertuples(index=False):
-        labels, _ = read_stack(masks_dir / site.file_name)
-        stack, names = read_stack(corrected_dir / site.corrected_file_name)
-        measured = measure_site(labels[0], labels[1], {name: stack[i] for i, name in enumerate(names)})
-        measured.insert(0, "Metadata_Site", int(site.Metadata_Site))
-        measured.insert(0, "Metadata_Well", site.Metadata_Well)
-        tables.append(measured)
+def _measure_stored_site(masks_path: Path, corrected_path: Path, well: str, site: int) -> pd.DataFrame:
+    """One site measured from its stored masks and corrected stack (what a worker process runs)."""
+    labels, _ = read_stack(masks_path)
+    stack, names = read_stack(corrected_path)
+    measured = measure_site(labels[0], labels[1], {name: stack[i] for i, name in enumerate(names)})
+    measured.insert(0, "Metadata_Site", site)
+    measured.insert(0, "Metadata_Well", well)
+    return measured
+
+
+def ordered_map(function: Callable, jobs: list[tuple], workers: int) -> Iterator:
+    """`function(*job)` for every job, in `workers` processes at once, results yielded in the jobs' order (so
+    outputs do not depend on the number of workers). At most two results per worker wait at once: memory
+    follows the workers, not the jobs."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield function(*job)
+        return
+    # forkserver: workers do not inherit the threads of the process running the step (Dagster's, pyarrow's).
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+    waiting: deque = deque()
+    try:
+        for job in jobs:
+            waiting.append(pool.submit(function, *job))
+            if len(waiting) >= 2 * workers:
+                yield waiting.popleft().result()
+        while waiting:
+            yield waiting.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def site_features(masks: pd.DataFrame, masks_dir: Path, corrected_dir: Path, workers: int = 1,
+                  progress: Callable[[int], None] | None = None) -> Iterator[pd.DataFrame]:
+    """Measure every segmented site, `workers` processes at once: one table per site, in the order of `masks`,
+    its rows carrying Metadata_Well, Metadata_Site and Metadata_ObjectNumber. `progress` is told how many sites
+    are done after each one."""
+    jobs = [(masks_dir / site.file_name, corrected_dir / site.corrected_file_name, site.Metadata_Well,
+             int(site.Metadata_Site)) for site in masks.itertuples(index=False)]
+    for done, measured in enumerate(ordered_map(_measure_stored_site, jobs, min(workers, len(jobs))), start=1):
         if progress:
-            progress(len(tables))
-    if not tables:
-        return pd.DataFrame(columns=["Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"])
-    return pd.concat(tables, ignore_index=True)
+            progress(done)
+        yield measured
+    if not jobs:
+        yield pd.DataFrame(columns=["Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"])
+
+
+def annotate_cells(measured: pd.DataFrame, wells: pd.DataFrame, sites: pd.DataFrame) -> pd.DataFrame:
+    """A batch of measured cells with the plate's well (platemap) and site (acquisition) metadata, Metadata_
+    columns first. mdp's metadata win over whatever the engine wrote under the same name."""
+    keys = {"Metadata_Well", "Metadata_Site"}
+    measured = measured.drop(columns=[c for c in [*wells.columns, *sites.columns]
+                                      if c in measured.columns and c not in keys])
+    return metadata_first(measured.merge(wells, on="Metadata_Well", how="left").merge(
+        sites, on=["Metadata_Well", "Metadata_Site"], how="left"))
+
+
+def write_single_cells(batches: Iterable[pd.DataFrame], wells: pd.DataFrame, sites: pd.DataFrame,
+                       target: Path) -> dict[str, object]:
+    """Every batch of measured cells annotated (`annotate_cells`) and written to `target` as it comes
+    (`tables.BatchWriter`): the table equals the whole plate's, annotated at once, but memory holds one batch
+    and one row group. Returns the level's figures: cells, features, wells."""
+    seen_wells: set[str] = set()
+    with BatchWriter(target) as writer:
+        for batch in batches:
+            table = annotate_cells(batch, wells, sites)
+            writer.write(table)
+            if len(table):
+                seen_wells.update(table["Metadata_Well"].dropna().unique())
+    columns = pq.read_schema(target).names
+    return {"cells": writer.rows, "features": sum(not c.startswith("Metadata_") for c in columns),
+            "wells": len(seen_wells)}

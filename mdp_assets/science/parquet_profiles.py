@@ -1,7 +1,8 @@
 """Profile operations over Parquet files, for plates that do not fit in pandas memory.
 
 A plate of 800,000 cells x 1,000 features is 6.4 GB in float64, and pycytominer holds several copies of it.
-Here the table is never loaded whole. The Metadata_ columns are read once; features are read a batch of
+Here the table is never loaded whole. Only the Metadata_ columns an operation needs are read (the strata, the
+columns a negative-control query names, one column at a time for those carried per well); features are read a batch of
 columns at a time for what is computed per feature (medians, spreads, variances, missing values, outliers),
 and a batch of rows at a time for what couples features (correlations, principal components) and for writing
 results. Memory follows rows x batch columns and batch rows x features, bounded by `memory_budget`.
@@ -76,9 +77,6 @@ class ParquetProfiles:
         """Where the named features are among all of them (to index per-feature statistics)."""
         position = {name: i for i, name in enumerate(self.features)}
         return np.array([position[name] for name in names], dtype=int)
-
-    def read_metadata(self) -> pd.DataFrame:
-        return pq.read_table(self.path, columns=self.metadata).to_pandas()
 
     def read_columns(self, names: Sequence[str]) -> np.ndarray:
         """Every row of the named features, as float64 (rows x names)."""
@@ -162,24 +160,34 @@ def aggregate_parquet(
     path: Path,
     strata: Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
     operation: Literal["median", "mean"] = "median",
-    batch_columns: int = 64,
+    batch_columns: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> pd.DataFrame:
-    """`profiles.aggregate` over a Parquet file: the Metadata_ columns are read once, then the features a batch
-    of columns at a time (memory about rows x batch_columns x 8 bytes per thread). Results equal `aggregate`
-    (medians of float32 features are taken in float64, as pandas does)."""
+    """`profiles.aggregate` over a Parquet file: the strata columns are read once, every other Metadata_ column
+    one at a time (to carry those constant within a stratum), then the features a batch of columns at a time
+    (`batch_columns`, default what `memory_budget` allows). Results equal `aggregate` (medians of float32
+    features are taken in float64, as pandas does)."""
     plate = ParquetProfiles.open(path, "aggregate")
     strata = list(strata)
     missing = [s for s in strata if s not in plate.metadata]
     if missing:
         raise MdpError(f"aggregate: strata columns {missing} are not in the table", path=path)
     features = plate.features
-    keys = plate.read_metadata()
+    keys = pq.read_table(path, columns=strata).to_pandas()
     grouped = keys.groupby(strata, sort=True, dropna=False)
     codes = grouped.ngroup().to_numpy()
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(grouped.ngroups + 1))
-    constant = [c for c in plate.metadata if c not in strata and (grouped[c].nunique(dropna=False) <= 1).all()]
-    result = pd.concat([grouped[constant].first(), grouped.size().rename("Metadata_Object_Count")], axis=1)
+    counts = grouped.size().rename("Metadata_Object_Count")
+    carried = pd.DataFrame(index=counts.index)
+    for column in [c for c in plate.metadata if c not in strata]:
+        by_group = pq.read_table(path, columns=[column]).column(0).to_pandas().groupby(codes, sort=True, dropna=False)
+        if (by_group.nunique(dropna=False) <= 1).all():
+            carried[column] = by_group.first().set_axis(counts.index)
+    del keys
+    result = pd.concat([carried, counts], axis=1)
+    workers = _workers()
+    batch_columns = batch_columns or plate.columns_per_batch(memory_budget, workers)
     values_out = np.empty((grouped.ngroups, len(features)), dtype=np.float64)
 
     def one_batch(start: int) -> None:
@@ -191,7 +199,7 @@ def aggregate_parquet(
         for group in range(grouped.ngroups):
             values_out[group, start : start + len(names)] = _reduce(block[:, bounds[group] : bounds[group + 1]], operation)
 
-    workers = min(_workers(), max(1, -(-len(features) // batch_columns)))
+    workers = min(workers, max(1, -(-len(features) // batch_columns)))
     # pyarrow and numpy release the GIL. An all-missing group gives NaN, as in pandas, without a warning;
     # warning filters are process-wide, so they are set around the threads.
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
@@ -344,8 +352,9 @@ def normalize_and_select_parquet(
     plate = ParquetProfiles.open(source, "single-cell profiles")
     reference, samples = np.ones(plate.rows, dtype=bool), "all"
     if negative_controls is not None:
+        named = [c for c in plate.metadata if c in negative_controls] or plate.metadata[:1]  # what the query reads
         try:
-            chosen = plate.read_metadata().reset_index(drop=True).query(negative_controls).index.to_numpy()
+            chosen = pq.read_table(source, columns=named).to_pandas().query(negative_controls).index.to_numpy()
         except Exception as exc:  # pandas raises many kinds for a bad query; name the query and the file
             raise MdpError(f"normalize: cannot evaluate samples={negative_controls!r}: {exc}", path=source) from exc
         if len(chosen):

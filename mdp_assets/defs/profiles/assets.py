@@ -34,15 +34,16 @@ def _qc_summary(left_out: int, settings: StepSettings) -> dict[str, object]:
 )
 @names_plate_and_level
 def single_cell_profiles(
-    context: dg.AssetExecutionContext, single_cell_features: StoredPartition, single_cell_qc: pd.DataFrame,
+    context: dg.AssetExecutionContext, single_cell_features: StoredPartition, single_cell_qc: StoredPartition,
     settings: StepSettings, storage: MdpStorage,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
     with storage.staging_dir("single_cell_profiles") as staged, cells_for_profiles(
-        single_cell_features.path(TABLE_FILE), single_cell_qc, settings.cell_qc.exclude_flagged, storage.root / ".work"
+        single_cell_features.path(TABLE_FILE), single_cell_qc.path(TABLE_FILE), settings.cell_qc.exclude_flagged,
+        storage.root / ".work"
     ) as (cells, left_out):
         summary = normalize_and_select_parquet(cells, staged / TABLE_FILE, plate.negative_control_query,
-                                               settings.profiles.parameters())
+                                               settings.profiles.parameters(), memory_budget=settings.profiles.budget())
         return parquet_output(staged, {**summary, **_qc_summary(left_out, settings)})
 
 
@@ -56,14 +57,15 @@ def single_cell_profiles(
 )
 @names_plate_and_level
 def well_profiles(
-    context: dg.AssetExecutionContext, single_cell_features: StoredPartition, single_cell_qc: pd.DataFrame,
+    context: dg.AssetExecutionContext, single_cell_features: StoredPartition, single_cell_qc: StoredPartition,
     settings: StepSettings, storage: MdpStorage,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
-    with cells_for_profiles(single_cell_features.path(TABLE_FILE), single_cell_qc, settings.cell_qc.exclude_flagged,
-                            storage.root / ".work") as (cells, left_out):
+    with cells_for_profiles(single_cell_features.path(TABLE_FILE), single_cell_qc.path(TABLE_FILE),
+                            settings.cell_qc.exclude_flagged, storage.root / ".work") as (cells, left_out):
         # Straight from the stored Parquet, a batch of feature columns at a time: never the whole plate in memory.
-        wells = aggregate_parquet(cells, strata=("Metadata_Plate", "Metadata_Well"))
+        wells = aggregate_parquet(cells, strata=("Metadata_Plate", "Metadata_Well"),
+                                  memory_budget=settings.profiles.budget())
     table, summary = normalize_and_select(wells, plate.negative_control_query, settings.profiles.parameters())
     pictures = {}
     for feature in [f for f in settings.pictures.plate_map_features if f in wells.columns]:

@@ -7,14 +7,13 @@ from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.engines.cellprofiler.run import OBJECT_TABLES, cellprofiler_features
 from mdp_assets.plates.inventory import site_acquisition_metadata, site_images
-from mdp_assets.science.cell_qc import OUTLIER, outlier_column, plate_cell_qc
+from mdp_assets.science.cell_qc import outlier_flags, write_cell_qc
 from mdp_assets.defs.pictures import figure_metadata
 from mdp_assets.science.plots import crop_montage
-from mdp_assets.science.crops import example_crops, site_images_reader, write_crop_store
-from mdp_assets.science.features import plate_features
-from mdp_assets.science.profiles import metadata_first
+from mdp_assets.science.crops import example_crops, raw_dtype, site_images_reader, write_crop_store
+from mdp_assets.science.features import site_features, write_single_cells
 from mdp_assets.services.runs import site_progress
-from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, staged_output
+from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, parquet_output, staged_output
 from mdp_assets.storage.resource import MdpStorage
 
 GROUP = "single_cell"
@@ -34,6 +33,7 @@ def single_cell_features(
     segmentation_masks: StoredPartition,
     corrected_images: StoredPartition,
     storage: MdpStorage,
+    settings: StepSettings,
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
     tables = segmentation_masks.root / OBJECT_TABLES
@@ -42,27 +42,20 @@ def single_cell_features(
         made_by = segmentation_masks.record.get("provenance", {})
         engine = made_by.get("parameters", {}).get("engine", "cellprofiler")
         extra["cellprofiler_version"] = made_by.get("software", {}).get("cellprofiler", "unknown")
-        measured = cellprofiler_features(tables)
+        batches = cellprofiler_features(tables)
     else:
         engine = "builtin (scikit-image)"
         masks = pd.read_parquet(segmentation_masks.path("sites.parquet"))
-        measured = plate_features(masks, segmentation_masks.root, corrected_images.root,
-                                  site_progress(context.log.info, "single_cell_features", len(masks)))
+        workers = settings.workers()
+        extra["site_workers"] = workers
+        batches = site_features(masks, segmentation_masks.root, corrected_images.root, workers,
+                                site_progress(context.log.info, "single_cell_features", len(masks)))
     wells = plate.well_metadata(list(raw_images["Metadata_Well"].unique()))
     sites = site_acquisition_metadata(raw_images)
-    # mdp's plate, platemap and acquisition metadata win over whatever the engine wrote under the same name.
-    keys = {"Metadata_Well", "Metadata_Site"}
-    measured = measured.drop(columns=[c for c in [*wells.columns, *sites.columns] if c in measured.columns and c not in keys])
-    table = measured.merge(wells, on="Metadata_Well", how="left").merge(sites, on=["Metadata_Well", "Metadata_Site"],
-                                                                          how="left")
-    table = metadata_first(table)
-    return storage.table_output("single_cell_features", table, {
-        "cells": len(table),
-        "features": sum(not c.startswith("Metadata_") for c in table.columns),
-        "wells": int(table["Metadata_Well"].nunique()) if len(table) else 0,
-        "engine": engine,
-        **extra,
-    })
+    with storage.staging_dir("single_cell_features") as staged:
+        # A batch of sites at a time, annotated and written as it comes: never the plate's cells at once.
+        summary = write_single_cells(batches, wells, sites, staged / TABLE_FILE)
+        return parquet_output(staged, {**summary, "engine": engine, **extra})
 
 
 @dg.asset(
@@ -76,8 +69,8 @@ def single_cell_features(
 def single_cell_crops(
     context: dg.AssetExecutionContext,
     raw_images: pd.DataFrame,
-    single_cell_features: pd.DataFrame,
-    single_cell_qc: pd.DataFrame,
+    single_cell_features: StoredPartition,
+    single_cell_qc: StoredPartition,
     segmentation_masks: StoredPartition,
     corrected_images: StoredPartition,
     storage: MdpStorage,
@@ -85,23 +78,26 @@ def single_cell_crops(
 ) -> dg.Output:
     plate = storage.plate(context.partition_key)
     plate.check_images_unchanged("single_cell_crops", raw_images)  # before any pixel is read
-    size = settings.for_plate(plate.manifest.settings, plate.barcode).crops.size
+    crops = settings.for_plate(plate.manifest.settings, plate.barcode).crops
     channels = sorted(raw_images["Metadata_Channel"].unique())
     masks = pd.read_parquet(segmentation_masks.path("sites.parquet"))
     reader = site_images_reader(masks, corrected_images.root, pd.read_parquet(corrected_images.path("sites.parquet")),
                                 site_images(raw_images))
     with storage.staging_dir("single_cell_crops") as staged:
-        summary = write_crop_store(single_cell_features, masks, segmentation_masks.root, reader, channels, staged, size)
-        metadata = {"cells": summary["cells"], "channels": ", ".join(summary["channels"]),
-                    "cells_without_masks": summary["cells_without_masks"]}
-        if summary["cells_without_masks"]:
+        store = write_crop_store(single_cell_features.path(TABLE_FILE), masks, segmentation_masks.root, reader, channels,
+                                 staged, crops.size, raw_dtype(raw_images), crops.channels,
+                                 outlier_flags(single_cell_qc.path(TABLE_FILE)))
+        metadata = {"cells": store.cells, "channels": ", ".join(store.channels),
+                    "cells_without_masks": store.cells_without_masks, "dtype": str(raw_dtype(raw_images))}
+        if store.cells_without_masks:
             why = ("the analysis pipeline saved no label images of its objects (ConvertObjectsToImage + SaveImages), "
                    "so there is nothing to cut cells out by" if masks["file_name"].isna().all() else
                    "their sites have no saved label images")
-            metadata["crops_missing"] = f"{summary['cells_without_masks']} of {len(single_cell_features)} cells have no crop: {why}"
+            metadata["crops_missing"] = (f"{store.cells_without_masks} of {store.cells + store.cells_without_masks} "
+                                         f"cells have no crop: {why}")
             context.log.warning(metadata["crops_missing"])
-        if summary["cells"]:
-            flagged, kept = example_crops(staged, single_cell_qc, plate.manifest.nuclei_channel)
+        if store.cells:
+            flagged, kept = example_crops(staged, store.flagged, store.kept, plate.manifest.nuclei_channel)
             png = crop_montage(flagged, kept, plate.manifest.nuclei_channel,
                                f"{plate.barcode}: cells single-cell QC flagged and kept")
             metadata["flagged_and_kept_cells"] = figure_metadata(png, "crops of flagged and kept cells")
@@ -123,16 +119,12 @@ def single_cell_qc(
     storage: MdpStorage,
 ) -> dg.Output:
     cell_qc = settings.cell_qc
-    table = plate_cell_qc(single_cell_features.path(TABLE_FILE), cell_qc.conditions)
-    flagged = int(table[OUTLIER].sum())
-    fraction = flagged / len(table) if len(table) else 0.0
-    return storage.table_output("single_cell_qc", table, {
-        "cells": len(table),
-        "flagged_cells": flagged,
-        "flagged_fraction": fraction,
-        **{f"flagged_{name}": int(table[outlier_column(name)].sum()) for name in cell_qc.conditions},
-        "conditions": cell_qc.conditions,
-        "flagged_cells_in_profiles": "left out" if cell_qc.exclude_flagged else "kept",
-    })
-
-
+    with storage.staging_dir("single_cell_qc") as staged:
+        summary = write_cell_qc(single_cell_features.path(TABLE_FILE), cell_qc.conditions, staged / TABLE_FILE)
+        cells, flagged = summary["cells"], summary["flagged_cells"]
+        return parquet_output(staged, {
+            **summary,
+            "flagged_fraction": flagged / cells if cells else 0.0,
+            "conditions": cell_qc.conditions,
+            "flagged_cells_in_profiles": "left out" if cell_qc.exclude_flagged else "kept",
+        })

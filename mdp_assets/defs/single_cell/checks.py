@@ -6,7 +6,8 @@ import pandas as pd
 
 from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import plate_check
-from mdp_assets.science.cell_qc import OUTLIER, flagged_by_well
+from mdp_assets.science.cell_qc import OUTLIER, flagged_by_well, well_flags
+from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition
 
 
 def flagged_fraction_check(table: pd.DataFrame, maximum: float) -> dg.AssetCheckResult:
@@ -31,5 +32,6 @@ def flagged_fraction_check(table: pd.DataFrame, maximum: float) -> dg.AssetCheck
 
 @plate_check(asset="single_cell_qc",
                 description="share of the plate's and of each well's cells flagged as outliers (cell_qc.max_flagged_fraction)")
-def flagged_fraction(single_cell_qc: pd.DataFrame, settings: StepSettings) -> dg.AssetCheckResult:
-    return flagged_fraction_check(single_cell_qc, settings.cell_qc.max_flagged_fraction)
+def flagged_fraction(single_cell_qc: StoredPartition, settings: StepSettings) -> dg.AssetCheckResult:
+    # Two columns of the stored flags, not the whole QC table.
+    return flagged_fraction_check(well_flags(single_cell_qc.path(TABLE_FILE)), settings.cell_qc.max_flagged_fraction)

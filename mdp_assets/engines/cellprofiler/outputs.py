@@ -125,11 +125,16 @@ def _parents(output: CellProfilerOutput, name: str) -> list[str]:
     return [p for p in output.objects if p != name and f"{name}_Parent_{p}" in table.columns]
 
 
-def compartments(output: CellProfilerOutput) -> tuple[str, list[tuple[str, str, str]]]:
+Layout = tuple[str, list[tuple[str, str, str]]]
+
+
+def compartments(output: CellProfilerOutput, rows: dict[str, int] | None = None) -> Layout:
     """How the exported objects make one cell, read from the tables' parent columns (whatever the pipeline
     names its objects): (the cell object, [(object, joined on column, of object)]). A tertiary object (two
     parents, as IdentifyTertiaryObjects makes) joins its larger parent, the cell, and its smaller one;
-    otherwise an object with a parent is the cell and its parent joins it; a lone object is the cell."""
+    otherwise an object with a parent is the cell and its parent joins it; a lone object is the cell.
+    `rows` gives the objects' counts when `output` holds only some of them (a batch of image sets)."""
+    counts = rows or {name: len(table) for name, table in output.objects.items()}
     if not output.objects:
         raise MdpError("the pipeline exported no object table")
     for name in sorted(output.objects):
@@ -138,7 +143,7 @@ def compartments(output: CellProfilerOutput) -> tuple[str, list[tuple[str, str, 
             larger = next((p for p in parents if any(q in parents for q in _parents(output, p))), parents[0])
             smaller = next(p for p in parents if p != larger)
             return larger, [(name, f"{name}_Parent_{larger}", larger), (smaller, f"{name}_Parent_{smaller}", name)]
-    for name in sorted(output.objects, key=lambda n: -len(output.objects[n])):
+    for name in sorted(output.objects, key=lambda n: -counts[n]):
         parents = _parents(output, name)
         if parents:
             return name, [(parents[0], f"{name}_Parent_{parents[0]}", name)]
@@ -148,11 +153,12 @@ def compartments(output: CellProfilerOutput) -> tuple[str, list[tuple[str, str, 
                    "(IdentifySecondaryObjects / IdentifyTertiaryObjects make them); mdp cannot tell which is the cell")
 
 
-def single_cells(output: CellProfilerOutput) -> pd.DataFrame:
+def single_cells(output: CellProfilerOutput, layout: Layout | None = None) -> pd.DataFrame:
     """One row per cell and the objects related to it (for a Cell Painting pipeline: Cells, its Cytoplasm and
     its Nuclei, by CellProfiler's parent relationships), with the image's Metadata_ columns. Feature names
-    keep their compartment prefix; ids become Metadata_ columns. Object names come from the tables."""
-    cell, joins = compartments(output)
+    keep their compartment prefix; ids become Metadata_ columns. Object names come from the tables; `layout`
+    (from `compartments` of the whole plate) when `output` is a batch of its image sets."""
+    cell, joins = layout or compartments(output)
     merged = output.objects[cell]
     for name, column, of in joins:
         key = ["ImageNumber", "ObjectNumber"] if of == cell else ["ImageNumber", f"{of}_ObjectNumber"]
@@ -198,9 +204,9 @@ def split_wells(wells: list[str], groups: int) -> list[list[str]]:
 IDENTIFIER_MARKERS = ("_Parent_", "_Number_Object_Number")
 
 
-def features_from_cellprofiler(output: CellProfilerOutput) -> pd.DataFrame:
+def features_from_cellprofiler(output: CellProfilerOutput, layout: Layout | None = None) -> pd.DataFrame:
     """Single cells in mdp's schema: Metadata_Well/Site/ObjectNumber, relationship ids as Metadata_, features."""
-    cells = single_cells(output)
+    cells = single_cells(output, layout)
     identifiers = {c: f"Metadata_{c}" for c in cells.columns if any(m in c for m in IDENTIFIER_MARKERS)}
     cells = cells.rename(columns=identifiers)
     if "Metadata_Site" in cells.columns:

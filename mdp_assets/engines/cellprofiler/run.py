@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import tifffile
 
 from mdp_assets.config import SHIPPED_PIPELINES
@@ -31,6 +34,7 @@ from mdp_assets.engines.cellprofiler.describe import (
 from mdp_assets.engines.cellprofiler.engine import CellProfilerEngine, GroupResult, summarize_failures
 from mdp_assets.engines.cellprofiler.outputs import (
     CellProfilerOutput,
+    compartments,
     features_from_cellprofiler,
     file_list,
     merge_groups,
@@ -461,11 +465,63 @@ def _write_masks(description: PipelineDescription, sites: pd.DataFrame, image: p
     return pd.DataFrame(rows), note
 
 
-def cellprofiler_features(tables: Path) -> pd.DataFrame:
-    """Single cells from the object tables a CellProfiler run left in a segmentation_masks partition."""
-    image = pd.read_parquet(tables / "Image.parquet")
-    objects = {p.stem: pd.read_parquet(p) for p in sorted(tables.glob("*.parquet")) if p.stem != "Image"}
+class _SortedTable:
+    """One object table read in batches of rows, handed out by image set: the tables are stored sorted by
+    ImageNumber (run_analysis writes them so), so a batch of image sets is a run of consecutive rows."""
+
+    def __init__(self, path: Path, batch_rows: int) -> None:
+        self.path = path
+        self.batches = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(batch_size=batch_rows)
+        self.schema = pq.read_schema(path)
+        self.held: pa.Table | None = None
+        self.last = -1
+
+    def until(self, image_number: int) -> pd.DataFrame:
+        """Every row not handed out yet whose ImageNumber is at most `image_number`."""
+        parts = []
+        while True:
+            if self.held is None:
+                batch = next(self.batches, None)
+                if batch is None:
+                    break
+                self.held = pa.Table.from_batches([batch])
+                numbers = self.held.column("ImageNumber").to_numpy()
+                if len(numbers) and (numbers[0] < self.last or (np.diff(numbers) < 0).any()):
+                    raise MdpError("CellProfiler's object table is not sorted by ImageNumber; make segmentation_masks "
+                                   "again", path=self.path)
+                self.last = int(numbers[-1]) if len(numbers) else self.last
+            numbers = self.held.column("ImageNumber").to_numpy()
+            cut = int(np.searchsorted(numbers, image_number, side="right"))
+            parts.append(self.held.slice(0, cut))
+            if cut < len(numbers):
+                self.held = self.held.slice(cut)
+                break
+            self.held = None
+        return (pa.concat_tables(parts) if parts else self.schema.empty_table()).to_pandas()
+
+
+def cellprofiler_features(tables: Path, batch_bytes: int = 16 << 20) -> Iterator[pd.DataFrame]:
+    """Single cells from the object tables a CellProfiler run left in a segmentation_masks partition, in
+    batches of image sets (about `batch_bytes` of features each), in ImageNumber order: together they are the
+    table the whole plate's object tables would give, but memory holds one batch."""
+    image = pd.read_parquet(tables / "Image.parquet")  # one row per site
+    paths = {p.stem: p for p in sorted(tables.glob("*.parquet")) if p.stem != "Image"}
     # The image table carries Metadata_Well / Metadata_Site as mdp resolved them; CellProfiler's own go.
     image = image.drop(columns=[c for c in ("Image_Metadata_Well", "Image_Metadata_Site") if c in image.columns])
     image = image.rename(columns={"Metadata_Well": "Image_Metadata_Well", "Metadata_Site": "Image_Metadata_Site"})
-    return features_from_cellprofiler(CellProfilerOutput(image, objects))
+    files = {name: pq.ParquetFile(path) for name, path in paths.items()}
+    # How objects make a cell is read from the whole plate's tables (their columns and counts), once.
+    shapes = CellProfilerOutput(image.iloc[:0], {n: f.schema_arrow.empty_table().to_pandas() for n, f in files.items()})
+    layout = compartments(shapes, {n: f.metadata.num_rows for n, f in files.items()})
+    numbers = np.sort(image["ImageNumber"].unique())
+    row_bytes = sum(8 * len(f.schema_arrow) for f in files.values()) or 8
+    per_image = max((f.metadata.num_rows for f in files.values()), default=0) / max(len(numbers), 1)
+    images_per_batch = max(1, int(batch_bytes // (row_bytes * max(per_image, 1))))
+    readers = {name: _SortedTable(path, max(1024, int(batch_bytes // row_bytes))) for name, path in paths.items()}
+    for start in range(0, len(numbers), images_per_batch):
+        chosen = numbers[start : start + images_per_batch]
+        last = int(chosen[-1]) if start + images_per_batch < len(numbers) else np.iinfo(np.int64).max
+        objects = {name: reader.until(last) for name, reader in readers.items()}
+        yield features_from_cellprofiler(CellProfilerOutput(image[image["ImageNumber"].isin(chosen)], objects), layout)
+    if not len(numbers):
+        yield features_from_cellprofiler(shapes, layout)
