@@ -109,7 +109,7 @@ def copy_partition(source_store: Any, target_store: Any, key: str, record: dict[
     new_record = moved_record(record, to_tier, when)
     target_store.write(local, key, data_files, move=False, record=new_record,
                        message=f"mdp: lifecycle move of {key} from {record['tier']} ({when})")
-    return new_record
+    return target_store.read_record(key) or new_record  # as stored: a versioned tier adds its hashes
 
 
 def is_copy_of(record: dict[str, Any], source: Located) -> bool:
