@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,27 +50,29 @@ class VersionedTier(GitTier):
     def __init__(self, name: str, root: Path, git_remote: str | None = None, env: dict[str, str] | None = None):
         super().__init__(name, root)
         self.git_remote, self.env = git_remote, {**(env or {})}
-        self._depth = 0
+        self._owner: int | None = None
         self._checked: dict[str, dict[str, str]] = {}  # key -> relpath -> status, for one verification run
 
     # -- the repository ---------------------------------------------------------------------------------
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """The repository-wide writer lock (`GitTier._one_writer`), re-entrant within this object."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
+    def _one_writer(self) -> Iterator[None]:
+        """The repository-wide writer lock of a git tier, re-entrant within this object's thread (a delete
+        inside a write takes it again); another thread or process waits for it."""
+        if self._owner == threading.get_ident():
+            yield
             return
-        with self._one_writer():
-            self._depth = 1
+        with super()._one_writer():
+            self._owner = threading.get_ident()
             try:
-                self._ensure()
                 yield
             finally:
-                self._depth = 0
+                self._owner = None
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._one_writer():
+            self._ensure()
+            yield
 
     def _run(self, command: list[str], what: str, stdin: bytes | None = None, stdout: Any = None) -> str:
         env = {**os.environ, **self.env}
@@ -210,9 +213,10 @@ class VersionedTier(GitTier):
             return (path.stat().st_size, sha256_file(path)) if path.is_file() else None
 
     def restore_file(self, key: str, relpath: str, source: Path) -> None:
-        raise MdpError(f"tier {self.name!r} ({self.tool}) keeps content-addressed objects that mdp does not "
-                       f"overwrite: restore {key}/{relpath} in the {self.tool} store by hand, or store the "
-                       "partition again")
+        """The store keeps content-addressed objects its client will not upload again: `mdp repair` makes the
+        level again instead (or restore the object in the store by hand)."""
+        raise MdpError(f"tier {self.name!r} ({self.tool}) does not overwrite a stored object: restore "
+                       f"{key}/{relpath} in the {self.tool} store by hand, or make the level again")
 
     # -- deleting and crash recovery ------------------------------------------------------------------------
     def delete(self, key: str, message: str = "") -> None:
