@@ -148,7 +148,7 @@ class Lab:
         asset, _, partition = key.partition("/")
         _, rows = catalog.query(self.storage.catalog_path, "SELECT relpath, tier, sha256, content_hash, tier_commit, "
                                 f"status FROM stored_files WHERE asset_key = '{asset}' AND partition = '{partition}'")
-        return {relpath: rest for relpath, *rest in rows}
+        return {relpath: tuple(rest) for relpath, *rest in rows}
 
     def repository_commit(self, tier: str, key: str) -> str:
         root = self.storage.tier(tier).root

@@ -357,6 +357,11 @@ def lfs_pointer(item: FileRecord) -> bytes:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{item.sha256}\nsize {item.bytes}\n".encode()
 
 
+def _is_pointer(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(40).startswith(b"version https://git-lfs.github.com/spec/")
+
+
 class GitLfsTier(VersionedTier):
     """Data files as Git LFS objects on an LFS server (Debian's `git-lfs` client), pointers and records in git."""
 
@@ -416,7 +421,7 @@ class GitLfsTier(VersionedTier):
         folder = self.folder(key)
         notes = []
         for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
-            if path.is_file() and path.name not in BOOKKEEPING and not path.read_bytes()[:40].startswith(b"version https://git-lfs"):
+            if path.is_file() and path.name not in BOOKKEEPING and not _is_pointer(path):
                 sha = sha256_file(path)
                 path.write_bytes(lfs_pointer(FileRecord(path.relative_to(folder).as_posix(), path.stat().st_size, sha)))
                 notes.append(f"{self.uri(key, path.relative_to(folder).as_posix())}: kept its pointer only")
