@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from mdp_assets.definitions import build_definitions
+from mdp_assets.errors import MdpError
 from mdp_assets.faults import FAULT_ENV
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 from mdp_assets.services import runs
@@ -36,12 +37,10 @@ from mdp_assets.services.registration import register_plate
 from mdp_assets.services.reprocess import materialize_in_process
 from mdp_assets.storage import catalog
 from mdp_assets.storage.partitions import partition_key
-from mdp_assets.storage.policy import shipped_policy
+from mdp_assets.storage.policy import load_policy, shipped_policy
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.storage.tiers import DamagedPartition
 from mdp_assets_tests.conftest import REPOSITORY, make_deployment
-
-pytestmark = pytest.mark.slow
 
 TOOLS = REPOSITORY / ".mdp" / "versioned"  # make versioned-tools
 PLATE = "VERS-1"
@@ -173,6 +172,38 @@ def lab(tmp_path_factory, s3_endpoint, lfs_server):
         yield lab
 
 
+def test_the_versioned_policy_loads_and_each_tier_needs_its_store(tmp_path, monkeypatch):
+    policy = load_policy(shipped_policy("versioned"))
+    assert (policy.tiers["profiles-dvc"].backend, policy.tiers["profiles-lfs"].backend) == ("dvc", "git-lfs")
+    assert [s.tier for s in policy.stages("well_profiles")] == ["profiles-git", "profiles-dvc"]
+    assert [s.tier for s in policy.stages("consensus_profiles")] == ["profiles-lfs"]
+    assert not policy.tiers["profiles-dvc"].holds_identifiable_patient_data, "a store outside the lab, by default"
+    local = load_policy(shipped_policy("local"))
+    assert not {t.backend for t in local.tiers.values()} & {"dvc", "git-lfs"}, "make demo needs neither"
+
+    data = yaml.safe_load(shipped_policy("versioned").read_text())
+    del data["tiers"]["profiles-dvc"]["remote_url"], data["tiers"]["profiles-lfs"]["lfs_url"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(MdpError) as refused:
+        load_policy(tmp_path / "bad.yaml")
+    assert "a dvc tier needs a remote_url" in str(refused.value) and "a git-lfs tier needs an lfs_url" in str(refused.value)
+
+    # The DVC remote's credentials come from the variables the policy names, read when the tier is opened.
+    data = yaml.safe_load(shipped_policy("versioned").read_text())
+    data["tiers"]["profiles-dvc"].update(access_key_id_env="LAB_DVC_KEY", secret_access_key_env="LAB_DVC_SECRET")
+    (tmp_path / "versioned.yaml").write_text(yaml.safe_dump(data))
+    storage = MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(tmp_path / "versioned.yaml"),
+                         versioned_tools=str(tmp_path / "no-such-env"))
+    monkeypatch.setenv("LAB_DVC_KEY", "key-1")
+    monkeypatch.setenv("LAB_DVC_SECRET", "secret-1")
+    tier = storage.tier("profiles-dvc")
+    assert (tier.env["AWS_ACCESS_KEY_ID"], tier.env["AWS_SECRET_ACCESS_KEY"]) == ("key-1", "secret-1")
+    assert tier.dvc == "dvc", "no built environment: dvc from PATH"
+    monkeypatch.setenv("LAB_DVC_KEY", "key-2")
+    assert storage.tier("profiles-dvc").env["AWS_ACCESS_KEY_ID"] == "key-2"
+    assert not (tmp_path / "data" / "profiles-dvc").exists(), "opening a tier writes nothing"
+
+
 def _read_back(lab: Lab, key: str, expected: dict[str, bytes]) -> dict:
     """The partition read from wherever it is now (downloaded, each file's sha256 checked): its bytes equal."""
     asset, _, partition = key.partition("/")
@@ -181,6 +212,7 @@ def _read_back(lab: Lab, key: str, expected: dict[str, bytes]) -> dict:
     return stored.record
 
 
+@pytest.mark.slow
 def test_profiles_round_trip_through_the_git_lfs_and_dvc_tiers(lab):
     assert lab.copies(PROFILES) == ["profiles-git"]
     assert lab.copies(CONSENSUS) == ["profiles-lfs"], "the consensus is written straight to the git-lfs tier"
@@ -237,6 +269,7 @@ def _mdp_verify(lab: Lab) -> subprocess.CompletedProcess:
     return lab.run("-m", "mdp_assets.cli", "verify")
 
 
+@pytest.mark.slow
 def test_mdp_verify_flags_a_corrupted_object_in_the_dvc_remote_and_in_the_lfs_store(lab):
     checked, problems = verify_stored_files(lab.storage)
     assert checked and not problems, problems
@@ -274,6 +307,7 @@ def test_mdp_verify_flags_a_corrupted_object_in_the_dvc_remote_and_in_the_lfs_st
     assert lab.rows(PROFILES)["table.parquet"][4] == "ok"
 
 
+@pytest.mark.slow
 def test_a_move_into_each_versioned_tier_killed_between_copy_and_delete_loses_nothing(lab):
     # Made again, the profiles are back in the git tier (the write removed the copy in the dvc tier).
     made = lab.defs.resolve_job_def("plate_job").execute_in_process(
