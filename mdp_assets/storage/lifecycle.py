@@ -94,6 +94,7 @@ def plan_moves(
 
 def moved_record(record: dict[str, Any], to_tier: str, when: str) -> dict[str, Any]:
     move = {"from": record["tier"], "to": to_tier, "when": when, "sha256": record["data_version"]}
+    record = {k: v for k, v in record.items() if k != "versioned"}  # what a versioned tier said of its own copy
     return {**record, "tier": to_tier, "stage_entered_at": when, "moves": [*(record.get("moves") or []), move]}
 
 
