@@ -8,8 +8,9 @@ export MDP_CONFIG ?= $(CURDIR)/mdp.yaml
 export DAGSTER_HOME ?= $(MDP_HOME)/dagster_home
 
 CELLPROFILER_ENV ?= $(MDP_HOME)/cellprofiler
+VERSIONED_TOOLS_ENV ?= $(MDP_HOME)/versioned
 
-.PHONY: install demo dev test cellprofiler system-packages stack-start stack-stop clean-demo
+.PHONY: install demo dev test cellprofiler versioned-tools system-packages stack-start stack-stop clean-demo
 
 install: $(VENV)/.installed
 
@@ -38,11 +39,15 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 cellprofiler:
 	deploy/cellprofiler/build-env.sh $(CELLPROFILER_ENV)
 
+## versioned-tools: dvc + dvc-s3 (the dvc tier) and giftless (the git-lfs tier's test server), own venv, idempotent
+versioned-tools:
+	deploy/versioned/build-env.sh $(VERSIONED_TOOLS_ENV)
+
 ## test: the whole test suite (slow tests included; the service tests need Postgres and Chromium)
-test: install system-packages
+test: install system-packages versioned-tools
 	$(BIN)/python -m pytest
 
-## system-packages: Debian's postgresql, chromium, chromium-driver, slurm and munge, when missing (as root)
+## system-packages: Debian's postgresql, chromium, chromium-driver, slurm, munge and git-lfs, when missing (as root)
 system-packages:
 	deploy/system-packages.sh
 

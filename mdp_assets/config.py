@@ -285,6 +285,8 @@ class StorageSettings(BaseModel):
     policy: str = Field("local", description="a shipped policy (local, s3, service) or a policy file")
     landing: LandingSettings = Field(default_factory=LandingSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
+    versioned_tools: str = Field(".mdp/versioned", description="the environment deploy/versioned/build-env.sh "
+                                 "builds (dvc for the dvc tier); dvc from PATH when it is not there")
 
 
 class ExecutionSettings(BaseModel):
@@ -343,7 +345,7 @@ PLATE_OVERRIDABLE: tuple[str, ...] = (
 
 # Values that are paths, resolved against the configuration file's folder.
 _PATH_FIELDS = (
-    ("data_root",), ("dagster_home",), ("storage", "landing", "folder"),
+    ("data_root",), ("dagster_home",), ("storage", "landing", "folder"), ("storage", "versioned_tools"),
     ("engine", "cellprofiler", "environment"), ("engine", "cellprofiler", "illumination_pipeline"),
     ("engine", "cellprofiler", "analysis_pipeline"), ("engine", "cellprofiler", "slurm", "work_dir"),
     ("engine", "cellprofiler", "slurm", "slurm_conf"), ("execution", "workspace"),

@@ -19,7 +19,7 @@ POINTS = {
     "write.partial": "the new copy is whole under its hidden temporary name, before anything is replaced",
     "replace.parked": "the old partition folder is parked as .old-*, before the new one is renamed into place",
     "replace.renamed": "the new partition is in place, before the parked old one is removed",
-    "write.uncommitted": "a git tier's new partition is in its folder, before it is committed",
+    "write.uncommitted": "a git, dvc or git-lfs tier's new partition is in place, before it is committed",
     "write.tiered": "the new partition is stored, before older copies in later tiers are removed",
     "write.before_catalog": "the tiers hold the new partition, before the catalog rows are replaced",
     "catalog.uncommitted": "inside the catalog transaction: old rows deleted, new ones inserted, not committed",

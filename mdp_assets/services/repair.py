@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from mdp_assets.checksums import FileRecord, sha256_file
+from mdp_assets.errors import MdpError
 from mdp_assets.services.reprocess import PlateWork, plan_plate, plate_levels
 from mdp_assets.storage import catalog
 from mdp_assets.storage.partitions import partition_key
@@ -82,7 +83,11 @@ def repair(instance: dg.DagsterInstance, defs: dg.Definitions, storage: MdpStora
                         if source is None:
                             beyond_repair.add(level)
                             continue
-                        tier.restore_file(key, wanted.relpath, source[0])
+                        try:
+                            tier.restore_file(key, wanted.relpath, source[0])
+                        except MdpError:  # a store that keeps its objects immutable (dvc, git-lfs): made again
+                            beyond_repair.add(level)
+                            continue
                         report.restored.append(f"{level} of {plate} in {tier_name!r}: {wanted.relpath} restored "
                                                f"from {source[1]} (sha256 {wanted.sha256[:12]})")
                 try:

@@ -1,7 +1,8 @@
 """The catalog: a DuckDB database of every stored file of every level in every tier.
 
 One row per file: plate, level, asset key, partition, tier, uri, relpath, bytes, sha256, created,
-last moved, code version, data version, and the result of the last verification. The IO manager replaces
+last moved, code version, data version, and the result of the last verification; in a versioned tier (dvc,
+git-lfs) also the tool's content hash of the file and the tier repository's commit that holds it. The IO manager replaces
 a partition's rows whenever it stores the partition; `rebuild` makes the same rows from scratch by
 scanning the tiers' partition records and asking the Dagster event log for code and data versions.
 DuckDB lets one process write at a time, so every connection retries briefly while another holds it.
@@ -44,6 +45,8 @@ CREATE TABLE IF NOT EXISTS stored_files (
     data_version VARCHAR,
     status VARCHAR NOT NULL DEFAULT 'ok',
     checked_at TIMESTAMPTZ,
+    content_hash VARCHAR,
+    tier_commit VARCHAR,
     PRIMARY KEY (asset_key, partition, relpath)
 );
 CREATE TABLE IF NOT EXISTS landing_releases (
@@ -57,6 +60,9 @@ CREATE TABLE IF NOT EXISTS landing_releases (
     policy VARCHAR
 )
 """
+# Catalogs made before the versioned tiers get their columns (empty for what they already list).
+MIGRATIONS = ("ALTER TABLE stored_files ADD COLUMN IF NOT EXISTS content_hash VARCHAR",
+              "ALTER TABLE stored_files ADD COLUMN IF NOT EXISTS tier_commit VARCHAR")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class CatalogRow:
     last_moved: datetime | None
     code_version: str | None
     data_version: str | None
+    content_hash: str | None = None  # a versioned tier's own address of the file (DVC md5, LFS oid)
+    tier_commit: str | None = None  # the tier repository's commit holding the partition
 
 
 COLUMNS = [f.name for f in fields(CatalogRow)]
@@ -96,6 +104,8 @@ def connect(path: Path, read_only: bool = False, wait_s: float = 60.0) -> Iterat
     try:
         if not read_only:
             connection.execute(SCHEMA)
+            for migration in MIGRATIONS:
+                connection.execute(migration)
         yield connection
     finally:
         connection.close()
@@ -140,6 +150,9 @@ def rows_for_record(
         last_moved = datetime.fromisoformat(moves[-1]["when"])
     files = [f for f in record["files"] if not record.get("released_at")]
     files += [{"relpath": n, "bytes": b, "sha256": s} for n, b, s in bookkeeping]
+    versioned = record.get("versioned") or {}
+    if versioned.get("tier") != tier:
+        versioned = {}  # written by another tier before a lifecycle move: not this copy's
     return [
         CatalogRow(
             plate=record["partition"],
@@ -155,6 +168,8 @@ def rows_for_record(
             last_moved=last_moved,
             code_version=code_version,
             data_version=data_version,
+            content_hash=(versioned.get("objects") or {}).get(f["relpath"]),
+            tier_commit=versioned.get("commit"),
         )
         for f in files
     ]

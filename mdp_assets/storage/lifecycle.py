@@ -94,6 +94,7 @@ def plan_moves(
 
 def moved_record(record: dict[str, Any], to_tier: str, when: str) -> dict[str, Any]:
     move = {"from": record["tier"], "to": to_tier, "when": when, "sha256": record["data_version"]}
+    record = {k: v for k, v in record.items() if k != "versioned"}  # what a versioned tier said of its own copy
     return {**record, "tier": to_tier, "stage_entered_at": when, "moves": [*(record.get("moves") or []), move]}
 
 
@@ -109,7 +110,7 @@ def copy_partition(source_store: Any, target_store: Any, key: str, record: dict[
     new_record = moved_record(record, to_tier, when)
     target_store.write(local, key, data_files, move=False, record=new_record,
                        message=f"mdp: lifecycle move of {key} from {record['tier']} ({when})")
-    return new_record
+    return target_store.read_record(key) or new_record  # as stored: a versioned tier adds its hashes
 
 
 def is_copy_of(record: dict[str, Any], source: Located) -> bool:

@@ -22,7 +22,8 @@ from mdp_assets.plates.manifest import Origin
 from mdp_assets.safe_yaml import load_yaml
 
 Access = Literal["private", "public"]
-Backend = Literal["filesystem", "s3", "git", "ephemeral"]
+Backend = Literal["filesystem", "s3", "git", "ephemeral", "dvc", "git-lfs"]
+REPOSITORY_BACKENDS = ("filesystem", "git", "ephemeral", "dvc", "git-lfs")  # a folder under the data root
 ORIGINS: tuple[str, ...] = ("internal", "collaborator-academic", "collaborator-industry", "public")
 COLLABORATOR_ORIGINS = ("collaborator-academic", "collaborator-industry")
 MAX_POLICY_BYTES = 1024 * 1024
@@ -45,11 +46,18 @@ class Cost(BaseModel):
 class Tier(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     backend: Backend
-    path: str | None = Field(None, description="filesystem/git/ephemeral: folder, relative to the data root")
+    path: str | None = Field(None, description="filesystem/git/ephemeral: folder, relative to the data root; "
+                             "dvc/git-lfs: the tier's git repository of records and pointers")
     bucket: str | None = Field(None, description="s3: bucket")
     prefix: str = ""
-    endpoint_url: str | None = None
+    endpoint_url: str | None = Field(None, description="s3, and dvc's S3 remote: any S3-compatible endpoint")
     region: str | None = None
+    remote_url: str | None = Field(None, description="dvc: the DVC remote holding the data (s3://bucket/prefix)")
+    lfs_url: str | None = Field(None, description="git-lfs: the LFS server's endpoint (http(s)://host/org/repo)")
+    git_remote: str | None = Field(None, description="dvc/git-lfs: a git remote the tier's repository pushes to")
+    access_key_id_env: str = Field("AWS_ACCESS_KEY_ID", description="dvc: the variable holding the remote's "
+                                   "access key, read when the tier is opened")
+    secret_access_key_env: str = Field("AWS_SECRET_ACCESS_KEY", description="dvc: the variable holding its secret")
     access: Access
     longevity: Literal["none", "low", "intermediate", "high"]
     version_control: bool = False
@@ -70,7 +78,8 @@ class Tier(BaseModel):
 
     @property
     def is_cloud(self) -> bool:
-        return self.backend == "s3"
+        """Storage outside the lab's own: a bucket, a DVC remote, an LFS server."""
+        return self.backend in ("s3", "dvc", "git-lfs")
 
     @property
     def holds_identifiable_patient_data(self) -> bool:
@@ -81,8 +90,12 @@ class Tier(BaseModel):
     def _backend_fields(self) -> Tier:
         if self.backend == "s3" and not self.bucket:
             raise ValueError("an s3 tier needs a bucket")
-        if self.backend in ("filesystem", "git", "ephemeral") and not self.path:
+        if self.backend in REPOSITORY_BACKENDS and not self.path:
             raise ValueError(f"a {self.backend} tier needs a path")
+        if self.backend == "dvc" and not self.remote_url:
+            raise ValueError("a dvc tier needs a remote_url (its DVC remote, e.g. s3://bucket/prefix)")
+        if self.backend == "git-lfs" and not self.lfs_url:
+            raise ValueError("a git-lfs tier needs an lfs_url (its LFS server)")
         return self
 
 

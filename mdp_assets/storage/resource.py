@@ -34,6 +34,7 @@ from mdp_assets.storage.policy import StoragePolicy, load_policy
 from mdp_assets.storage.policy_check import check_once
 from mdp_assets.storage.store import PartitionStore
 from mdp_assets.storage.tiers import EphemeralTier, FilesystemTier, GitTier, S3Tier, TierStore
+from mdp_assets.storage.versioned_tiers import DvcTier, GitLfsTier
 
 
 class MdpStorage(dg.ConfigurableResource):
@@ -48,6 +49,8 @@ class MdpStorage(dg.ConfigurableResource):
     s3_region: str | None = None
     s3_access_key_id_env: str = "AWS_ACCESS_KEY_ID"
     s3_secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    versioned_tools: str | None = Field(None, description="the environment deploy/versioned/build-env.sh builds "
+                                        "(dvc); None: dvc from PATH")
 
     @classmethod
     def from_deployment(cls, deployment: Deployment) -> MdpStorage:
@@ -62,6 +65,7 @@ class MdpStorage(dg.ConfigurableResource):
             s3_region=settings.s3.region,
             s3_access_key_id_env=settings.s3.access_key_id_env,
             s3_secret_access_key_env=settings.s3.secret_access_key_env,
+            versioned_tools=settings.versioned_tools,
         )
 
     # -- places -------------------------------------------------------------------------------------
@@ -104,7 +108,21 @@ class MdpStorage(dg.ConfigurableResource):
             return S3Tier(name, self.s3_client(spec.endpoint_url, spec.region), spec.bucket or "", spec.prefix)
         root = Path(spec.path or name)
         root = root if root.is_absolute() else self.root / root
+        if spec.backend == "dvc":
+            # Credentials from the variables the policy names, read now (never at import, never stored).
+            env = {target: os.environ[source] for target, source in (
+                ("AWS_ACCESS_KEY_ID", spec.access_key_id_env), ("AWS_SECRET_ACCESS_KEY", spec.secret_access_key_env))
+                if source in os.environ}
+            return DvcTier(name, root, spec.remote_url or "", dvc=self.tool("dvc"), endpoint_url=spec.endpoint_url,
+                           region=spec.region, git_remote=spec.git_remote, env=env)
+        if spec.backend == "git-lfs":
+            return GitLfsTier(name, root, spec.lfs_url or "", git_remote=spec.git_remote)
         return {"filesystem": FilesystemTier, "git": GitTier, "ephemeral": EphemeralTier}[spec.backend](name, root)
+
+    def tool(self, name: str) -> str:
+        """A versioned tier's command line tool: from `versioned_tools` when it has it, else from PATH."""
+        built = Path(self.versioned_tools).expanduser() / "bin" / name if self.versioned_tools else None
+        return str(built) if built is not None and built.exists() else name
 
     def store(self) -> PartitionStore:
         policy = self.policy()

@@ -166,6 +166,9 @@ class PartitionStore:
             older = self.tier_of(stage.tier)
             if older.read_record(key) is not None:
                 older.delete(key, message=f"mdp: {asset} of {partition or 'all plates'} replaced by a new version")
+        stored = store.read_record(key) or record
+        if stored.get("versioned"):  # a versioned tier adds its content hashes and commit to the record
+            record, bookkeeping = stored, catalog.bookkeeping_of(store, key)
         fault_point("write.before_catalog")
         catalog.replace_partition(
             self.catalog_path, asset, partition or catalog.UNPARTITIONED,
