@@ -92,8 +92,23 @@ class PlateSummary:
     image_bytes_read: int = 0
 
 
-def _plane_index(values: pd.Series) -> pd.Series:
-    return pd.to_numeric(values, errors="coerce").fillna(0).astype(int) if values is not None else 0
+def _plane_numbers(table: pd.DataFrame, column: str) -> pd.Series | int:
+    """A plane's z or t from the inventory (0 where the naming scheme has none)."""
+    if column not in table.columns:
+        return 0
+    return pd.to_numeric(table[column], errors="coerce").fillna(0).astype(int)
+
+
+def _pixel_size(images: pd.DataFrame) -> tuple[float, float] | None:
+    """(y, x) in micrometres as the site's images state it, or None when they do not."""
+    sizes = []
+    for axis in ("Y", "X"):
+        column = f"Metadata_PhysicalSize{axis}_um"
+        known = pd.to_numeric(images[column], errors="coerce").dropna() if column in images.columns else ()
+        if not len(known):
+            return None
+        sizes.append(float(known.iloc[0]))
+    return sizes[0], sizes[1]
 
 
 def plate_fields(raw_images: pd.DataFrame, masks: pd.DataFrame | None = None,
@@ -101,8 +116,8 @@ def plate_fields(raw_images: pd.DataFrame, masks: pd.DataFrame | None = None,
     """The plate's fields from its raw_images inventory (paths from each row's uri) and, optionally, the
     segmentation_masks partition's `sites.parquet` (a site's `file_name` under `masks_root`)."""
     table = raw_images.copy()
-    table["plane_z"] = _plane_index(table.get("Metadata_Z"))
-    table["plane_t"] = _plane_index(table.get("Metadata_T"))
+    table["plane_z"] = _plane_numbers(table, "Metadata_Z")
+    table["plane_t"] = _plane_numbers(table, "Metadata_T")
     mask_files: dict[tuple[str, int], Path] = {}
     if masks is not None and masks_root is not None:
         for row in masks.itertuples(index=False):
@@ -110,13 +125,10 @@ def plate_fields(raw_images: pd.DataFrame, masks: pd.DataFrame | None = None,
                 mask_files[(row.Metadata_Well, int(row.Metadata_Site))] = masks_root / row.file_name
     fields = []
     for (well, site), images in table.groupby(["Metadata_Well", "Metadata_Site"], sort=True):
-        planes = tuple(Plane(r.Metadata_Channel, int(r.plane_z), int(r.plane_t), uri_to_path(r.uri), r.file_name, r.sha256)
-                       for r in images.itertuples(index=False))
-        sizes = [images.get(f"Metadata_PhysicalSize{axis}_um") for axis in ("Y", "X")]
-        known = [pd.to_numeric(s, errors="coerce").dropna() if s is not None else pd.Series(dtype=float)
-                 for s in sizes]
-        pixel = (float(known[0].iloc[0]), float(known[1].iloc[0])) if all(len(k) for k in known) else None
-        fields.append(FieldSource(well, int(site), planes, pixel, mask_files.get((well, int(site)))))
+        planes = tuple(Plane(r.Metadata_Channel, int(r.plane_z), int(r.plane_t), uri_to_path(r.uri),
+                             r.file_name, r.sha256) for r in images.itertuples(index=False))
+        site = int(site)
+        fields.append(FieldSource(well, site, planes, _pixel_size(images), mask_files.get((well, site))))
     return fields
 
 
@@ -145,8 +157,8 @@ def _read_field(source: FieldSource, channels: list[str], times: list[int], zs: 
         if stack is None:
             stack = np.zeros((len(times), len(channels), len(zs), *pixels.shape), dtype=pixels.dtype)
         if pixels.shape != stack.shape[-2:]:
-            raise MdpError(f"well {source.well} site {source.site}: {plane.file_name} is {pixels.shape[::-1]} pixels, "
-                           f"the field's other images {stack.shape[:-3:-1]}", path=plane.path)
+            raise MdpError(f"well {source.well} site {source.site}: {plane.file_name} is {pixels.shape[::-1]} "
+                           f"pixels, the field's other images {stack.shape[:-3:-1]}", path=plane.path)
         stack[times.index(plane.t), channels.index(plane.channel), zs.index(plane.z)] = pixels
     assert stack is not None
     return stack
@@ -157,18 +169,20 @@ def _omero(stack: np.ndarray, channels: list[str], nuclei_channel: str | None) -
     entries, palette = [], iter(COLORS * (len(channels) // len(COLORS) + 1))
     for index, name in enumerate(channels):
         values = stack[:, index]
-        low, high = (float(v) for v in np.percentile(values, [0.1, 99.9]))  # a window saturation cannot stretch
+        low, high = (float(v) for v in np.percentile(values, [0.1, 99.9]))  # saturated pixels do not stretch it
         entries.append({
             "label": name, "active": True, "coefficient": 1.0, "family": "linear", "inverted": False,
             "color": NUCLEI_COLOR if name == nuclei_channel else next(palette),
-            "window": {"min": float(limits.min) if limits else low, "max": float(limits.max) if limits else high,
+            "window": {"min": float(limits.min) if limits else low,
+                       "max": float(limits.max) if limits else high,
                        "start": low, "end": high if high > low else low + 1},
         })
     return {"channels": entries, "rdefs": {"model": "color"}}
 
 
-def _write_field(group: zarr.Group, source: FieldSource, stack: np.ndarray, axes: list[str], channels: list[str],
-                 nuclei_channel: str | None, fmt: FormatV04) -> list[str]:
+def _write_field(group: zarr.Group, source: FieldSource, stack: np.ndarray, axes: list[str],
+                 channels: list[str], nuclei_channel: str | None, fmt: FormatV04) -> list[str]:
+    """One field's image and its labels; returns the labels' names."""
     squeeze = tuple(i for i, name in enumerate("tcz") if name not in axes)
     image = stack.squeeze(axis=squeeze) if squeeze else stack
     height, width = image.shape[-2:]
@@ -176,7 +190,8 @@ def _write_field(group: zarr.Group, source: FieldSource, stack: np.ndarray, axes
     scale = {"y": source.pixel_size_um[0], "x": source.pixel_size_um[1]} if source.pixel_size_um else None
     units = {"y": "micrometer", "x": "micrometer"} if source.pixel_size_um else None
     write_image(image, group, scale_factors=factors, method=Methods.RESIZE, fmt=fmt, axes=axes, scale=scale,
-                axes_units=units, storage_options={"chunks": _chunks(image.shape)}, name=f"{source.well} site {source.site}",
+                axes_units=units, storage_options={"chunks": _chunks(image.shape)},
+                name=f"{source.well} site {source.site}",
                 metadata={"omero": _omero(stack, channels, nuclei_channel)})
     group.attrs["mdp"] = {"Metadata_Well": source.well, "Metadata_Site": source.site, "files": [
         {"channel": p.channel, "z": p.z, "t": p.t, "file_name": p.file_name, "sha256": p.sha256}
@@ -185,8 +200,8 @@ def _write_field(group: zarr.Group, source: FieldSource, stack: np.ndarray, axes
         return []
     masks, names = read_stack(source.masks)
     if masks.shape[-2:] != (height, width):
-        raise MdpError(f"well {source.well} site {source.site}: masks are {masks.shape[:-3:-1]} pixels, the images "
-                       f"{(width, height)}", path=source.masks)
+        raise MdpError(f"well {source.well} site {source.site}: masks are {masks.shape[:-3:-1]} pixels, the "
+                       f"images {(width, height)}", path=source.masks)
     label_axes = [a for a in axes if a != "c"]
     label_shape = tuple(1 for _ in label_axes[:-2]) + (height, width)  # masks are of the first plane
     for index, name in enumerate(names or [f"labels{i}" for i in range(len(masks))]):

@@ -39,13 +39,13 @@ def ome_zarr_plate(
             "wells": len(summary.wells),
             "fields": summary.fields,
             "channels": ", ".join(summary.channels),
-            "pixel_size_um": summary.pixel_size_um[-1] if summary.pixel_size_um else "unknown (scale 1, no unit)",
+            "pixel_size_um": summary.pixel_size_um[-1] if summary.pixel_size_um else "not stated: scale 1, no unit",
             "resolution_levels": summary.levels,
             "labels": ", ".join(summary.labels) or "none",
             "fields_with_labels": summary.fields_with_labels,
             "image_bytes_read": summary.image_bytes_read,
         }
         if summary.fields_with_labels < summary.fields:
-            metadata["fields_without_labels"] = (f"{summary.fields - summary.fields_with_labels} of {summary.fields}: "
-                                                 "their segmentation saved no label images")
+            missing = summary.fields - summary.fields_with_labels
+            metadata["fields_without_labels"] = f"{missing} of {summary.fields}: their sites have no saved label images"
         return staged_output(staged, metadata)
