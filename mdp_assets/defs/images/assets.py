@@ -39,7 +39,7 @@ def ome_zarr_plate(
             "wells": len(summary.wells),
             "fields": summary.fields,
             "channels": ", ".join(summary.channels),
-            "pixel_size_um": summary.pixel_size_um[-1] if summary.pixel_size_um else "not stated: scale 1, no unit",
+            "pixel_size_um": summary.pixel_size_um[-1] if summary.pixel_size_um else "not stated (scale 1)",
             "resolution_levels": summary.levels,
             "labels": ", ".join(summary.labels) or "none",
             "fields_with_labels": summary.fields_with_labels,
@@ -47,5 +47,5 @@ def ome_zarr_plate(
         }
         if summary.fields_with_labels < summary.fields:
             missing = summary.fields - summary.fields_with_labels
-            metadata["fields_without_labels"] = f"{missing} of {summary.fields}: their sites have no saved label images"
+            metadata["fields_without_labels"] = f"{missing} of {summary.fields}: no saved label images"
         return staged_output(staged, metadata)
