@@ -119,6 +119,7 @@ def test_real_phenix_plate_as_ome_zarr_and_its_embeddings_as_anndata(storage, in
 def test_real_nf1_plate_wells_and_fields(storage, nf1_plate, tmp_path):
     """Several wells and sites, a plate whose images state no pixel size: scale 1 and no unit, never invented."""
     inventory = inventory_plate(PlateFolder.open(storage.landing_path / nf1_plate))
+    assert inventory["Metadata_PhysicalSizeX_um"].isna().all()  # the NF1 TIFFs state no pixel size
     summary = write_hcs_plate(tmp_path / PLATE_STORE, nf1_plate, plate_fields(inventory), "DAPI")
     sites = inventory[["Metadata_Well", "Metadata_Site"]].drop_duplicates()
     plate = _nodes(tmp_path / PLATE_STORE)[0].first(Plate)
@@ -136,9 +137,8 @@ def test_real_nf1_plate_wells_and_fields(storage, nf1_plate, tmp_path):
             for c, channel in enumerate(node.metadata["channel_names"]):
                 source = tifffile.imread(NF1_IMAGES / rows.loc[rows["Metadata_Channel"] == channel, "file_name"].item())
                 assert np.array_equal(pixels[c], source), (well, site, channel)
-            if inventory["Metadata_PhysicalSizeX_um"].isna().all():
-                assert node.metadata["coordinateTransformations"][0][0]["scale"] == [1.0, 1.0, 1.0]
-                assert all("unit" not in axis for axis in node.metadata["axes"])
+            assert node.metadata["coordinateTransformations"][0][0]["scale"] == [1.0, 1.0, 1.0]
+            assert all("unit" not in axis for axis in node.metadata["axes"])
     assert summary.labels == []  # no masks given: no labels
 
 
