@@ -31,6 +31,7 @@ from mdp_assets.safe_yaml import load_yaml
 from mdp_assets.science.cell_qc import DEFAULT_CONDITIONS, check_conditions
 from mdp_assets.science.illumination import IlluminationParameters
 from mdp_assets.science.image_qc import QcThresholds
+from mdp_assets.science.ome_zarr import writer_parameters as ome_zarr_writer_parameters
 from mdp_assets.science.profile_quality import QualityParameters, copairs_version
 from mdp_assets.science.parquet_profiles import DEFAULT_MEMORY_BUDGET
 from mdp_assets.science.profiles import ProfileParameters
@@ -650,12 +651,13 @@ class StepSettings(dg.ConfigurableResource):
             "single_cell_qc": {"method": "coSMicQC z-score thresholds per plate", "conditions": self.cell_qc.conditions},
             "single_cell_profiles": profiles,
             "well_profiles": {**profiles, "aggregate": "median"},
-            "single_cell_embeddings": pca,
+            "single_cell_embeddings": {**pca, "also_written_as": "AnnData .h5ad"},
             "well_embeddings": pca,
             "profile_quality": {"copairs": copairs_version(), "distance": quality.distance,
                                 "null_size": quality.null_size, "significance": quality.significance,
                                 "seed": quality.seed},
             "consensus_profiles": {"operation": self.consensus.operation, "by": "Metadata_Perturbation"},
+            "ome_zarr_plate": ome_zarr_writer_parameters(),
         }
         return by_asset.get(asset, {})
 

@@ -14,6 +14,7 @@ from mdp_assets.config import Deployment, IntakeSettings, StepSettings, load_dep
 from mdp_assets.defs.embeddings import assets as embeddings_assets
 from mdp_assets.defs.illumination import assets as illumination_assets
 from mdp_assets.defs.illumination import checks as illumination_checks
+from mdp_assets.defs.images import assets as images_assets
 from mdp_assets.defs.raw import checks as raw_checks
 from mdp_assets.defs.jobs import build_jobs
 from mdp_assets.defs.plates.sensors import new_plate_sensor
@@ -41,6 +42,7 @@ ASSET_MODULES = [
     single_cell_assets,
     profiles_assets,
     embeddings_assets,
+    images_assets,
     storage_costs_assets,
 ]
 # The levels' own checks, each its own step over the stored partition: they run with their asset or alone.
@@ -74,10 +76,11 @@ def build_definitions(
     """The whole platform for one deployment. A service location may bring its own CellProfiler launcher
     (a pod, a task) and executor; `storage` replaces the configured one (tests)."""
     storage = storage or MdpStorage.from_deployment(deployment)
-    storage.policy()  # a policy that breaks its own rules stops the definitions from loading, naming the rule
+    policy = storage.policy()  # a policy that breaks its own rules stops the definitions from loading, naming the rule
     settings = StepSettings.from_config(deployment.config)
     cellprofiler = cellprofiler or cellprofiler_engine(deployment)
-    assets = [a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.AssetsDefinition)]
+    assets = [a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.AssetsDefinition)
+              and all(policy.builds(key.path[-1]) for key in a.keys)]
     assets = [a.map_asset_specs(lambda spec: spec.replace_attributes(code_version=settings.code_version(spec.key.path[-1])))
               for a in assets]
     if reprocess_automatically:

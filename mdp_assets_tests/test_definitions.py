@@ -20,6 +20,7 @@ LEVEL_ASSETS = [
     "profile_quality",
     "single_cell_embeddings",
     "well_embeddings",
+    "ome_zarr_plate",
 ]
 
 
@@ -41,7 +42,8 @@ def test_every_level_is_an_asset_partitioned_by_plates():
 def test_levels_are_grouped_and_versioned():
     graph = defs.resolve_asset_graph()
     groups = {graph.get(dg.AssetKey(n)).group_name for n in LEVEL_ASSETS}
-    assert groups == {"raw", "qc_and_illumination", "masks", "single_cell", "profiles", "embeddings"}
+    assert groups == {"raw", "qc_and_illumination", "masks", "single_cell", "profiles", "embeddings",
+                      "images"}
     assert all(graph.get(dg.AssetKey(n)).code_version for n in LEVEL_ASSETS)
 
 

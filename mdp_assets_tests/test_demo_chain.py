@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Label, Plate, Reader
 
 from mdp_assets_tests.conftest import defs_for, stored
 from mdp_assets.services.instance_status import stale_assets
@@ -41,7 +43,7 @@ def test_every_level_of_a_demo_plate(storage, instance):
     defs = defs_for(storage)
     result = _run_plate(defs, instance, storage, "DEMO-T1", 1)
     materialized = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
-    assert len(materialized) == 13
+    assert len(materialized) == 14
     policy = storage.policy()
     for name, event in materialized.items():
         meta = {k: v.value for k, v in event.metadata.items()}
@@ -114,6 +116,15 @@ def test_every_level_of_a_demo_plate(storage, instance):
         meta = [c for c in table.columns if c.startswith("Metadata_")]
         assert table.columns[: len(meta)].tolist() == meta, f"{level}: Metadata_ columns come first"
         assert {"Metadata_Plate", "Metadata_Well", "Metadata_treatment"} <= set(meta), level
+
+    # The plate as OME-Zarr, read back with ome-zarr's reader: its 8 wells, one field each, labels under each.
+    ome = {k: v.value for k, v in materialized["ome_zarr_plate"].metadata.items()}
+    assert (ome["wells"], ome["fields"], ome["fields_with_labels"]) == (8, 8, 8) and ome["pixel_size_um"] == 0.65
+    plate = next(Reader(parse_url(str(_stored(storage, "ome_zarr_plate") / "plate.ome.zarr")))()).first(Plate)
+    assert sorted(plate.well_paths) == [f"{r}/{c}" for r in "BC" for c in (2, 3, 4, 5)]
+    field, *labels = Reader(parse_url(str(_stored(storage, "ome_zarr_plate") / "plate.ome.zarr/B/2/0")))()
+    assert field.metadata["channel_names"] == ["AGP", "DNA", "ER", "Mito", "RNA"] and field.data[0].shape == (5, 192, 192)
+    assert {n.metadata["name"] for n in labels if n.first(Label)} == {"Nuclei", "Cells"}
 
     wells = pd.read_parquet(_stored(storage, "well_profiles") / "table.parquet")
     controls = wells[wells["Metadata_treatment"] == "DMSO"]

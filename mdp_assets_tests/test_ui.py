@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 ARTIFACTS = Path(os.environ.get("MDP_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 PLATE_LEVELS = ["raw_images", "image_qc", "illumination_functions", "corrected_images", "segmentation_masks",
                 "single_cell_features", "single_cell_crops", "single_cell_qc", "single_cell_profiles", "well_profiles",
-                "profile_quality", "single_cell_embeddings", "well_embeddings"]
+                "profile_quality", "single_cell_embeddings", "well_embeddings", "ome_zarr_plate"]
 
 
 @pytest.fixture(scope="module")

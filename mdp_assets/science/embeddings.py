@@ -9,6 +9,10 @@ loading is positive, which makes the embedding identical on every run for the sa
 named `Embedding_PC<k>`; a plate gives at most one component fewer than its rows, and none when no feature
 survived selection (the metadata then say why). Per-plate PCA spaces are not comparable across plates; consensus-level analysis uses
 the profiles.
+
+`write_h5ad` writes the same embedding as AnnData for the single-cell tools (scanpy and the scverse): X the
+`Embedding_` columns, obs the `Metadata_` columns, a column at a time, so memory holds the embedding and
+one metadata column, never the plate's whole table.
 """
 
 from __future__ import annotations
@@ -16,11 +20,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+from anndata.io import write_elem
 
 from mdp_assets.science.parquet_profiles import DEFAULT_MEMORY_BUDGET, ParquetProfiles
 from mdp_assets.science.profiles import infer_features, metadata_columns
+
+H5AD_FILE = "embeddings.h5ad"
+EMBEDDING_PREFIX = "Embedding_"
+CELL_ID = ("Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber")
 
 
 @dataclass(frozen=True)
@@ -109,3 +121,40 @@ def pca_embedding_parquet(
     pca = accumulator.fit(n_components)
     plate.write_transformed(target, plate.features, pca.names, pca.scores, batch_rows)
     return pca.explained_variance_ratio
+
+
+def _obs_column(values: pd.Series) -> np.ndarray | pd.Categorical:
+    """A Parquet column as AnnData keeps obs: numbers and booleans as they are, anything else as categories
+    of its text (AnnData turns strings into categories itself), missing values kept missing."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return values.to_numpy()
+    return pd.Categorical([str(v) if present else None for v, present in zip(values, values.notna())])
+
+
+def write_h5ad(table: Path, target: Path, uns: dict | None = None) -> tuple[int, int]:
+    """An embeddings Parquet table (`Metadata_` and `Embedding_` columns) as an AnnData `.h5ad` file:
+    X = the embedding (cells x components, float64 as stored), var = the component names, obs = the
+    `Metadata_` columns (obs names `<well>_s<site>_<object>` where the table has them, else the row number).
+    Returns (observations, variables)."""
+    schema = pq.read_schema(table)
+    embedding = [c for c in schema.names if c.startswith(EMBEDDING_PREFIX)]
+    metadata = [c for c in schema.names if c.startswith("Metadata_")]
+    x = pq.read_table(table, columns=embedding).to_pandas().to_numpy(dtype=np.float64) if embedding else None
+    rows = pq.read_metadata(table).num_rows
+    if set(CELL_ID) <= set(metadata):
+        ids = pq.read_table(table, columns=list(CELL_ID)).to_pandas()
+        names = (ids[CELL_ID[0]].astype(str) + "_s" + ids[CELL_ID[1]].astype(str) + "_"
+                 + ids[CELL_ID[2]].astype(str))
+        obs_names = names if names.is_unique else pd.Series(range(rows)).astype(str)
+    else:
+        obs_names = pd.Series(range(rows)).astype(str)
+    adata = ad.AnnData(X=x if x is not None else np.zeros((rows, 0)), obs=pd.DataFrame(index=obs_names.to_numpy()),
+                       var=pd.DataFrame(index=embedding), uns=uns or {})
+    adata.write_h5ad(target)
+    del adata, x
+    with h5py.File(target, "a") as file:
+        obs = file["obs"]
+        for column in metadata:
+            write_elem(obs, column, _obs_column(pq.read_table(table, columns=[column]).column(0).to_pandas()))
+        obs.attrs["column-order"] = np.array(metadata, dtype=object) if metadata else np.array([], dtype="S")
+    return rows, len(embedding)

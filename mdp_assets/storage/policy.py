@@ -27,6 +27,9 @@ REPOSITORY_BACKENDS = ("filesystem", "git", "ephemeral", "dvc", "git-lfs")  # a 
 ORIGINS: tuple[str, ...] = ("internal", "collaborator-academic", "collaborator-industry", "public")
 COLLABORATOR_ORIGINS = ("collaborator-academic", "collaborator-industry")
 MAX_POLICY_BYTES = 1024 * 1024
+# Levels a lab chooses: they exist (in the definitions, plate_job, the lifecycle) only when the policy gives
+# them a lifecycle. The OME-Zarr copy of a plate's images doubles its image bytes.
+OPTIONAL_LEVELS = ("ome_zarr_plate",)
 
 
 class Limits(BaseModel):
@@ -173,6 +176,10 @@ class StoragePolicy(BaseModel):
         return self
 
     # -- questions the IO manager and the lifecycle ask -----------------------------------------
+    def builds(self, level: str) -> bool:
+        """Whether the platform makes `level` at all: every level, except an optional one the policy omits."""
+        return level not in OPTIONAL_LEVELS or level in self.levels
+
     def stages(self, level: str) -> list[Stage]:
         if level not in self.levels:
             raise MdpError(f"storage policy {self.name!r} has no lifecycle for level {level!r}")

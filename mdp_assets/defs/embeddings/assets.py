@@ -7,7 +7,7 @@ from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.defs.pictures import figure_metadata
 from mdp_assets.plates.registry import PERTURBATION
-from mdp_assets.science.embeddings import pca_embedding, pca_embedding_parquet
+from mdp_assets.science.embeddings import H5AD_FILE, pca_embedding, pca_embedding_parquet, write_h5ad
 from mdp_assets.science.plots import embedding_scatter
 from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition, parquet_output
 from mdp_assets.storage.resource import MdpStorage
@@ -27,9 +27,10 @@ def _metadata(ratios: list[float]) -> dict[str, object]:
 @dg.asset(
     partitions_def=plates_partitions,
     group_name="embeddings",
-    kinds={"parquet", "pyarrow"},
+    kinds={"parquet", "pyarrow", "anndata"},
     description="Single-cell embeddings: the first principal components (8 by default) of the plate's "
-    "single-cell profiles (Embedding_PC1..), deterministic; Metadata_ columns carried.",
+    f"single-cell profiles (Embedding_PC1..), deterministic; Metadata_ columns carried. Also as AnnData "
+    f"(`{H5AD_FILE}`: X the embedding, obs the Metadata_ columns) for scanpy and the scverse tools.",
 )
 @names_plate_and_level
 def single_cell_embeddings(
@@ -39,7 +40,11 @@ def single_cell_embeddings(
     with storage.staging_dir("single_cell_embeddings") as staged:
         ratios = pca_embedding_parquet(single_cell_profiles.path(TABLE_FILE), staged / TABLE_FILE,
                                        settings.embeddings.components)
-        return parquet_output(staged, _metadata(ratios))
+        cells, components = write_h5ad(staged / TABLE_FILE, staged / H5AD_FILE, {
+            "plate": single_cell_profiles.partition, "method": METHOD,
+            "pca": {"variance_ratio": ratios}})  # where scanpy keeps PCA's explained variance
+        anndata = f"{H5AD_FILE}: {cells} cells x {components} components"
+        return parquet_output(staged, {**_metadata(ratios), "anndata": anndata})
 
 
 @dg.asset(
