@@ -293,6 +293,15 @@ class ExecutionSettings(BaseModel):
                                   "one mdp writes into dagster_home, loading this package as the location `mdp`")
 
 
+class ComputeSettings(dg.Config):
+    """How many processes one step spreads its sites over (ingest, image QC, illumination, correction, the
+    built-in segmentation): outputs are the same for any number."""
+
+    model_config = _Section
+    workers: int = Field(0, ge=0, description="processes per step for per-site work; 0: one per core the step "
+                         "may use; 1: in the step's own process")
+
+
 class MdpConfig(BaseModel):
     """A whole deployment."""
 
@@ -313,6 +322,7 @@ class MdpConfig(BaseModel):
     pictures: PictureSettings = Field(default_factory=PictureSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
     @model_validator(mode="after")
     def _landing_is_one_place(self) -> MdpConfig:
@@ -579,13 +589,15 @@ class StepSettings(dg.ConfigurableResource):
     consensus: ConsensusSettings = Field(default_factory=ConsensusSettings)
     pictures: PictureSettings = Field(default_factory=PictureSettings)
     cellprofiler: CellProfilerSettings = Field(default_factory=CellProfilerSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)  # changes no output: in no code version
 
     @classmethod
     def from_config(cls, config: MdpConfig) -> StepSettings:
         return cls(engine=resolved_engine(config), engine_is_auto=config.engine.kind == "auto", qc=config.qc, illumination=config.illumination,
                    segmentation=config.segmentation, crops=config.crops, cell_qc=config.cell_qc,
                    profiles=config.profiles, profile_quality=config.profile_quality, embeddings=config.embeddings,
-                   consensus=config.consensus, pictures=config.pictures, cellprofiler=config.engine.cellprofiler)
+                   consensus=config.consensus, pictures=config.pictures, cellprofiler=config.engine.cellprofiler,
+                   compute=config.compute)
 
     def uses_cellprofiler(self) -> bool:
         return self.engine == "cellprofiler"

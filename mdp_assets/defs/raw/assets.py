@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.plates.fingerprints import check_unchanged
 from mdp_assets.plates.inventory import inventory_plate, plate_fingerprint
@@ -19,7 +20,7 @@ from mdp_assets.storage.resource import MdpStorage
     "(its origin stays as registered).",
 )
 @names_plate_and_level
-def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output:
+def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage, settings: StepSettings) -> dg.Output:
     folder = storage.plate_folder(context.partition_key)
     landing = storage.landing()
     registry = storage.registry()
@@ -32,7 +33,7 @@ def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Out
     plate = registry.fingerprinted(plate, folder.images_dir, names)
     check_unchanged(plate.barcode, "raw_images", plate.image_fingerprints, {n: folder.images_dir / n for n in names},
                     folder.images_dir)
-    inventory = inventory_plate(folder, accepted_image_count=plate.accepted_image_count)
+    inventory = inventory_plate(folder, settings.compute.workers, accepted_image_count=plate.accepted_image_count)
     # The inventory hashed each image again as it read it: the same content, or the plate stops here.
     plate.check_inventory(inventory, "raw_images")
     subdir = "" if folder.manifest.images_subdir in (".", "") else folder.manifest.images_subdir.rstrip("/") + "/"
