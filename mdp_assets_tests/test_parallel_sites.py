@@ -130,3 +130,17 @@ def test_corrected_images_are_stored_in_the_raw_bit_depth_and_read_as_intensitie
     float32_bytes = stored.size * 4
     on_disk = (made["corrected"] / site.file_name).stat().st_size
     assert on_disk < float32_bytes / 2, f"{on_disk} bytes on disk vs {float32_bytes} as float32"
+
+
+def test_run_queue_and_step_limits_come_from_the_deployment(tmp_path: Path):
+    from mdp_assets.definitions import executor_for
+    from mdp_assets.services.instance import instance_config
+
+    deployment = make_deployment(tmp_path, execution={"executor": "multiprocess", "max_concurrent_steps": 3,
+                                                      "max_concurrent_runs": 5, "runs_per_plate": 1})
+    runs = instance_config(deployment)["concurrency"]["runs"]
+    assert runs["max_concurrent_runs"] == 5
+    assert runs["tag_concurrency_limits"][0]["limit"] == 1, "one run of a plate at a time"
+    executor = executor_for(deployment)
+    assert executor.name == "multiprocess"
+    assert executor.apply_config_mapping({}).value["config"]["max_concurrent"] == 3, "steps of one run at once"
