@@ -3,15 +3,15 @@
 It writes synthetic Cell Painting plates (plates/demo.py: 5 uint16 channels of 1080x1080 per site, uncompressed
 as instruments write them; a pool of distinct fields per treatment reused across wells so a plate is written in
 seconds) of each --wells size, registers each, and makes every level of plate_job with the built-in engine, one
-level per child process (a Dagster run over the stored inputs, as the daemon would run it), so each level's
-figures are its own:
-- wall seconds of the level's step (Dagster's step start to success) and of the whole child;
-- peak RSS: the largest high-water mark (VmHWM) of any process of the level (the step's process and its site
-  workers, sampled from /proc), and the peak of their sum;
+level after another in one child process (each a Dagster run over the stored inputs, as the daemon runs it):
+- seconds of the level's step (Dagster's step start to success) and CPU seconds of its processes;
+- peak RSS: the largest high-water mark (VmHWM) of any process of the level (the step's process, its
+  high-water mark reset before the level, and its site workers, sampled from /proc), and the peak of their sum;
 - bytes written: what the catalog lists for the level's stored partition, and that per raw byte.
 It then fits time and memory against wells (log-log least squares) per level, projects a 384-well x 9-site
-plate on this machine and per 100 cores (core-seconds measured / 100; the per-plate steps that do not split
-by site are counted whole), and does the same for the profile operations (aggregate, normalize,
+plate on this machine and per 100 cores (straight-line fits, fixed + per-site, of step seconds and of CPU
+seconds in sites; core-seconds / 100, the per-plate steps that do not split by site counted whole); memory at
+384 wells likewise (fixed + per-site, so a level whose memory grows with the plate shows it), and does the same for the profile operations (aggregate, normalize,
 feature_select; bench/profiles.py's code) over synthetic single-cell tables projected to 1,000,000 cells x
 3,000 features. With --cellprofiler-sites N and a built CellProfiler environment, the CellProfiler engine runs
 illumination and analysis over an N-site plate, and its seconds per site are projected to the plate.
@@ -95,35 +95,38 @@ def make_plate(config: Path, barcode: str, wells: int, sites: int, size: int, ce
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix == ".tiff")
 
 
-# -- one level in a child process ---------------------------------------------------------------------------
-def child_level(config: Path, barcode: str, level: str) -> None:
-    """Make one level of one plate (a Dagster run of plate_job over that level); print its figures as JSON."""
-    import resource
-
+# -- a plate's levels in a child process ------------------------------------------------------------------
+def child_levels(config: Path, barcode: str, levels: list[str], marker: Path) -> None:
+    """Make each level of one plate in turn (a Dagster run of plate_job over that level, as the daemon runs
+    it); append each level's figures as a JSON line to `marker` with the suffix .jsonl. Before each level this process's peak RSS is reset to its
+    current RSS (/proc/self/clear_refs), so a level's figure is its own (plus what earlier levels left
+    allocated: an upper bound); `marker` names the level running, for the parent's sampling of the workers."""
     import dagster as dg
 
     from mdp_assets.config import load_deployment
     from mdp_assets.definitions import build_definitions
+    from mdp_assets.storage import catalog
     from mdp_assets.storage.resource import MdpStorage
 
     deployment = load_deployment(config)
     os.environ["DAGSTER_HOME"] = str(deployment.dagster_home)
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions("plates", [barcode])
-    defs = build_definitions(deployment)
-    job = defs.resolve_job_def("plate_job")
-    result = job.execute_in_process(instance=instance, partition_key=barcode,
-                                    asset_selection=[dg.AssetKey(level)], raise_on_error=True)
-    times = {e.dagster_event.event_type_value: e.timestamp for e in instance.all_logs(result.run_id)
-             if e.is_dagster_event and e.dagster_event.step_key == level}
-    step_s = times.get("STEP_SUCCESS", time.time()) - times.get("STEP_START", time.time())
+    job = build_definitions(deployment).resolve_job_def("plate_job")
     storage = MdpStorage.from_deployment(deployment)
-    from mdp_assets.storage import catalog
-
-    _, rows = catalog.query(storage.catalog_path, f"SELECT coalesce(sum(bytes), 0) FROM stored_files "
-                            f"WHERE asset_key = '{level}' AND partition = '{barcode}'")
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"step_s": step_s, "bytes": int(rows[0][0]), "self_maxrss_kb": usage.ru_maxrss}))
+    for level in levels:
+        Path("/proc/self/clear_refs").write_text("5")
+        marker.write_text(level)
+        result = job.execute_in_process(instance=instance, partition_key=barcode,
+                                        asset_selection=[dg.AssetKey(level)], raise_on_error=True)
+        times = {e.dagster_event.event_type_value: e.timestamp for e in instance.all_logs(result.run_id)
+                 if e.is_dagster_event and e.dagster_event.step_key == level}
+        marker.write_text("")
+        _, rows = catalog.query(storage.catalog_path, f"SELECT coalesce(sum(bytes), 0) FROM stored_files "
+                                f"WHERE asset_key = '{level}' AND partition = '{barcode}'")
+        with marker.with_suffix(".jsonl").open("a") as out:
+            out.write(json.dumps({"level": level, "step_s": times["STEP_SUCCESS"] - times["STEP_START"],
+                                  "bytes": int(rows[0][0]), "self_hwm_kb": _status_kb(os.getpid(), "VmHWM")}) + "\n")
 
 
 def _descendants(root: int) -> list[int]:
@@ -160,31 +163,51 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
-def run_level(config: Path, barcode: str, level: str) -> dict:
-    """Run one level in a child process, sampling its process tree; its figures."""
-    started = time.monotonic()
-    child = subprocess.Popen([sys.executable, __file__, "--child", str(config), barcode, level],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    peak_kb: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    tree_peak_kb = 0
-    while child.poll() is None:
+def run_levels(config: Path, barcode: str, levels: list[str], on_level=None) -> dict[str, dict]:
+    """Every level of one plate in one child process, its process tree sampled; the figures per level."""
+    marker, log = config.parent / "level.txt", config.parent / "levels.log"
+    marker.write_text("")
+    marker.with_suffix(".jsonl").write_text("")
+    with log.open("w") as err:
+        child = subprocess.Popen([sys.executable, __file__, "--child-levels", str(config), barcode, str(marker),
+                                  *levels], stdout=err, stderr=err, start_new_session=True)
+    figures: dict[str, dict] = {}
+    workers_kb: dict[str, int] = {}
+    tree_kb: dict[str, int] = {}
+    cpu_seen: dict[int, float] = {}
+    cpu_at_start: dict[str, float] = {}
+    reported = 0
+    while True:
+        running = child.poll() is None
+        level = marker.read_text().strip()
         pids = _descendants(child.pid)
-        total = 0
-        for pid in pids:
-            peak_kb[pid] = max(peak_kb.get(pid, 0), _status_kb(pid, "VmHWM"))
-            total += _status_kb(pid, "VmRSS")
-            cpu[pid] = max(cpu.get(pid, 0.0), _cpu_s(pid))
-        tree_peak_kb = max(tree_peak_kb, total)
+        if level:
+            for pid in pids:
+                cpu_seen[pid] = max(cpu_seen.get(pid, 0.0), _cpu_s(pid))
+            cpu_at_start.setdefault(level, sum(cpu_seen.values()))
+            others = [pid for pid in pids if pid != child.pid]
+            workers_kb[level] = max([workers_kb.get(level, 0), *(_status_kb(p, "VmHWM") for p in others)])
+            tree_kb[level] = max(tree_kb.get(level, 0), sum(_status_kb(p, "VmRSS") for p in pids))
+        lines = [line for line in marker.with_suffix(".jsonl").read_text().splitlines() if line.endswith("}")]
+        for line in lines[reported:]:
+            reported += 1
+            if line:
+                done = json.loads(line)
+                name = done["level"]
+                for pid in pids:
+                    cpu_seen[pid] = max(cpu_seen.get(pid, 0.0), _cpu_s(pid))
+                peak_kb = max(done["self_hwm_kb"], workers_kb.get(name, 0))
+                figures[name] = {"step_s": done["step_s"], "bytes": done["bytes"], "peak_rss_gb": peak_kb / 1024**2,
+                                 "tree_peak_rss_gb": max(tree_kb.get(name, 0), peak_kb) / 1024**2,
+                                 "cpu_s": sum(cpu_seen.values()) - cpu_at_start.get(name, 0.0)}
+                if on_level:
+                    on_level(name, figures[name])
+        if not running:
+            break
         time.sleep(0.2)
-    out, err = child.communicate()
     if child.returncode != 0:
-        raise SystemExit(f"{level} of {barcode} failed:\n{err[-4000:]}")
-    figures = json.loads(out.strip().splitlines()[-1])
-    peak = max([figures["self_maxrss_kb"], *peak_kb.values()])
-    return {"wall_s": time.monotonic() - started, "step_s": figures["step_s"], "bytes": figures["bytes"],
-            "peak_rss_gb": peak / 1024**2, "tree_peak_rss_gb": max(tree_peak_kb, peak) / 1024**2,
-            "cpu_s": sum(cpu.values())}
+        raise SystemExit(f"the levels of {barcode} failed:\n{log.read_text()[-4000:]}")
+    return figures
 
 
 # -- fits and projections ------------------------------------------------------------------------------------
@@ -198,11 +221,15 @@ def exponent(xs: list[float], ys: list[float]) -> float:
 
 
 def project(xs: list[float], ys: list[float], at: float) -> float:
-    """y at `at` from the log-log fit of the measured points (their largest point when the fit is flat)."""
-    b = exponent(xs, ys)
-    if math.isnan(b):
+    """y at `at` from a straight-line fit y = fixed + slope x of the measured points (slope >= 0): the fixed
+    part (process start, a fork server, Dagster's run) does not shrink the projection the way a log-log fit
+    through small plates would; one point: proportional."""
+    if len(set(xs)) < 2:
         return ys[-1] * at / xs[-1]
-    return ys[-1] * (at / xs[-1]) ** b
+    slope, fixed = np.polyfit(xs, ys, 1)
+    if slope < 0:
+        return float(np.mean(ys))
+    return float(fixed + slope * at)
 
 
 def profile_bench(sizes: list[int], features: int, work: Path) -> list[dict]:
@@ -260,9 +287,7 @@ def cellprofiler_sample(work: Path, sites: int, size: int, cells: int) -> dict |
         return None
     wells = max(1, sites)
     make_plate(config, "BENCH-CP", wells, 1, size, cells)
-    figures = {}
-    for level in LEVELS[:LEVELS.index("single_cell_features") + 1]:
-        figures[level] = run_level(config, "BENCH-CP", level)
+    figures = run_levels(config, "BENCH-CP", LEVELS[:LEVELS.index("single_cell_features") + 1])
     engine_s = sum(figures[level]["step_s"] for level in ("illumination_functions", "corrected_images",
                                                            "segmentation_masks", "single_cell_features"))
     return {"sites": wells, "engine_s": engine_s, "s_per_site": engine_s / wells,
@@ -283,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cellprofiler-sites", type=int, default=0, help="CellProfiler over a plate of N sites")
     parser.add_argument("--quick", action="store_true", help="24/48/96 wells of 1 site; small profile tables")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--levels", nargs="+", choices=LEVELS, help="only these levels (and no others)")
     args = parser.parse_args(argv)
+    levels = [level for level in LEVELS if not args.levels or level in args.levels]
     wells_list = args.wells or ([24, 48, 96] if args.quick else [24, 96, 384])
     sites = args.sites or (1 if args.quick else REAL_SITES)
     profile_cells = args.profile_cells or ([20_000, 40_000] if args.quick else [250_000, 1_000_000])
@@ -305,16 +332,15 @@ def main(argv: list[str] | None = None) -> int:
         raw_bytes[wells] = make_plate(config, barcode, wells, sites, args.size, args.cells_per_site)
         print(f"\n{barcode}: {wells * sites} sites, {raw_bytes[wells] / 1e9:.2f} GB raw, written and registered "
               f"in {time.monotonic() - started:.0f} s")
-        print(f"  {'level':24s} {'step s':>8s} {'child s':>8s} {'cpu s':>8s} {'peak RSS GB':>11s} {'tree GB':>8s} "
+        print(f"  {'level':24s} {'step s':>8s} {'cpu s':>8s} {'peak RSS GB':>11s} {'tree GB':>8s} "
               f"{'bytes':>12s} {'per raw B':>9s}")
-        measured[wells] = {}
-        for level in LEVELS:
-            figures = run_level(config, barcode, level)
-            measured[wells][level] = figures
-            print(f"  {level:24s} {figures['step_s']:8.1f} {figures['wall_s']:8.1f} {figures['cpu_s']:8.1f} "
-                  f"{figures['peak_rss_gb']:11.3f} {figures['tree_peak_rss_gb']:8.3f} {figures['bytes']:12,d} "
-                  f"{figures['bytes'] / raw_bytes[wells]:9.3f}")
+        def show(level: str, figures: dict, raw: int = raw_bytes[wells]) -> None:
+            print(f"  {level:24s} {figures['step_s']:8.1f} {figures['cpu_s']:8.1f} {figures['peak_rss_gb']:11.3f} "
+                  f"{figures['tree_peak_rss_gb']:8.3f} {figures['bytes']:12,d} {figures['bytes'] / raw:9.3f}", flush=True)
+
+        measured[wells] = run_levels(config, barcode, levels, show)
         total = sum(f["step_s"] for f in measured[wells].values())
+        (work / "measured.json").write_text(json.dumps({"raw_bytes": raw_bytes, "measured": measured}))
         print(f"  {'all levels':24s} {total:8.1f} s; {total / (wells * sites):.2f} s per site")
         if not args.keep:
             shutil.rmtree(work / barcode, ignore_errors=True)
@@ -328,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'h here':>7s} {'core-h':>7s} {'per raw B':>9s}")
     peak_384, growths, core_s_real, here_s_real, bytes_ratio = 0.0, [], 0.0, 0.0, []
     measured_sites = [w * sites for w in wells_list]
-    for level in LEVELS:
+    for level in levels:
         times = [measured[w][level]["step_s"] for w in wells_list]
         rss = [measured[w][level]["peak_rss_gb"] for w in wells_list]
         cpu = [measured[w][level]["cpu_s"] for w in wells_list]
@@ -346,14 +372,14 @@ def main(argv: list[str] | None = None) -> int:
         bytes_ratio.append(ratio)
         print(f"  {level:24s} {t_exp:8.2f} {m_exp:8.2f} {rss_384:10.3f} {growth:14.1%} {here / 3600:7.2f} "
               f"{core / 3600:7.2f} {ratio:9.3f}")
-    totals = [sum(measured[w][level]["step_s"] for level in LEVELS) for w in wells_list]
+    totals = [sum(measured[w][level]["step_s"] for level in levels) for w in wells_list]
     time_exponent = exponent(xs, totals)
     per_site = {level: project([float(s) for s in measured_sites],
-                               [measured[w][level]["step_s"] for w in wells_list], sites_real) for level in LEVELS}
+                               [measured[w][level]["step_s"] for w in wells_list], sites_real) for level in levels}
     serial_s = sum(s for level, s in per_site.items() if level not in PER_SITE)
     split_core_s = core_s_real - sum(project([float(s) for s in measured_sites],
                                              [measured[w][level]["cpu_s"] for w in wells_list], sites_real)
-                                     for level in LEVELS if level not in PER_SITE)
+                                     for level in levels if level not in PER_SITE)
     cluster_s = split_core_s / 100 + serial_s
     growth_max = max(growths)
     bytes_total = sum(bytes_ratio)
@@ -398,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child_level(Path(sys.argv[2]), sys.argv[3], sys.argv[4])
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-levels":
+        child_levels(Path(sys.argv[2]), sys.argv[3], sys.argv[5:], Path(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--child-profiles":
         child_profiles(Path(sys.argv[2]), Path(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--child-write-cells":
