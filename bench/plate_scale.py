@@ -11,7 +11,7 @@ level after another in one child process (each a Dagster run over the stored inp
 It then fits time and memory against wells (log-log least squares) per level, projects a 384-well x 9-site
 plate on this machine and per 100 cores (straight-line fits, fixed + per-site, of step seconds and of CPU
 seconds in sites; core-seconds / 100, the per-plate steps that do not split by site counted whole); memory at
-384 wells likewise (fixed + per-site, so a level whose memory grows with the plate shows it), and does the same for the profile operations (aggregate, normalize,
+384 wells from the log-log fit in sites, and does the same for the profile operations (aggregate, normalize,
 feature_select; bench/profiles.py's code) over synthetic single-cell tables projected to 1,000,000 cells x
 3,000 features. With --cellprofiler-sites N and a built CellProfiler environment, the CellProfiler engine runs
 illumination and analysis over an N-site plate, and its seconds per site are projected to the plate.
@@ -220,6 +220,13 @@ def exponent(xs: list[float], ys: list[float]) -> float:
     return float(slope)
 
 
+def project_power(xs: list[float], ys: list[float], at: float) -> float:
+    """y at `at` from the log-log fit (memory: a level whose memory follows the plate has an exponent near 1,
+    one bounded by a batch near 0; a straight line through noisy small points would explode either)."""
+    b = exponent(xs, ys)
+    return ys[-1] if math.isnan(b) else ys[-1] * (at / xs[-1]) ** b
+
+
 def project(xs: list[float], ys: list[float], at: float) -> float:
     """y at `at` from a straight-line fit y = fixed + slope x of the measured points (slope >= 0): the fixed
     part (process start, a fork server, Dagster's run) does not shrink the projection the way a log-log fit
@@ -309,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="24/48/96 wells of 1 site; small profile tables")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument("--levels", nargs="+", choices=LEVELS, help="only these levels (and no others)")
+    parser.add_argument("--report-from", type=Path, help="a measured.json of an earlier run (--keep): fit and "
+                        "project its plates without measuring again")
     args = parser.parse_args(argv)
     levels = [level for level in LEVELS if not args.levels or level in args.levels]
     wells_list = args.wells or ([24, 48, 96] if args.quick else [24, 96, 384])
@@ -325,7 +334,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} cores on this machine; work in {work}")
     measured: dict[int, dict[str, dict]] = {}
     raw_bytes: dict[int, int] = {}
-    for wells in wells_list:
+    if args.report_from:
+        earlier = json.loads(args.report_from.read_text())
+        measured = {int(w): m for w, m in earlier["measured"].items()}
+        raw_bytes = {int(w): b for w, b in earlier["raw_bytes"].items()}
+        wells_list = sorted(measured)
+        levels = [level for level in levels if all(level in m for m in measured.values())]
+        print(f"reporting the plates measured in {args.report_from}: {wells_list} wells")
+    for wells in [] if args.report_from else wells_list:
         barcode = f"BENCH-{wells:03d}W{sites}S"
         config = write_deployment(work / barcode, args.workers)
         started = time.monotonic()
@@ -361,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         t_exp, m_exp = exponent(xs, times), exponent(xs, rss)
         # Memory is projected in sites (a whole-plate table grows with sites, not wells).
         fit_sites = [float(s) for s in measured_sites]
-        rss_384 = project(fit_sites, rss, sites_real) if max(measured_sites) < sites_real else rss[-1]
-        rss_96 = project(fit_sites, rss, 96 * REAL_SITES)
+        rss_384 = project_power(fit_sites, rss, sites_real) if max(measured_sites) < sites_real else rss[-1]
+        rss_96 = project_power(fit_sites, rss, 96 * REAL_SITES)
         growth = rss_384 / rss_96 - 1
         here = project([float(s) for s in measured_sites], times, sites_real)
         core = project([float(s) for s in measured_sites], cpu, sites_real)
@@ -402,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     values = [r["cells"] * r["features"] for r in profile_results]
     real_values = 1_000_000 * 3_000
     p_time = project([float(v) for v in values], [r["wall_s"] for r in profile_results], real_values)
-    p_rss = project([float(v) for v in values], [r["peak_rss_gb"] for r in profile_results], real_values)
+    p_rss = project_power([float(v) for v in values], [r["peak_rss_gb"] for r in profile_results], real_values)
     print(f"  time exponent {exponent([float(v) for v in values], [r['wall_s'] for r in profile_results]):.2f}, "
           f"RSS exponent {exponent([float(v) for v in values], [r['peak_rss_gb'] for r in profile_results]):.2f} "
           f"in cells x features; 1,000,000 x 3,000 projected: {p_time / 60:.1f} min, peak RSS {p_rss:.2f} GB")
