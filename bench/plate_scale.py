@@ -329,9 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     from mdp_assets.parallel import resolve_workers
 
     cores = resolve_workers(args.workers)
-    print(f"plate_scale: {wells_list} wells x {sites} site(s) x 5 channels of {args.size}x{args.size} uint16, "
-          f"{args.cells_per_site} cells per site, built-in engine, {cores} worker process(es) per step, "
-          f"{os.cpu_count()} cores on this machine; work in {work}")
     measured: dict[int, dict[str, dict]] = {}
     raw_bytes: dict[int, int] = {}
     if args.report_from:
@@ -341,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         wells_list = sorted(measured)
         levels = [level for level in levels if all(level in m for m in measured.values())]
         print(f"reporting the plates measured in {args.report_from}: {wells_list} wells")
+    print(f"plate_scale: {wells_list} wells x {sites} site(s) x 5 channels of {args.size}x{args.size} uint16, "
+          f"{args.cells_per_site} cells per site, built-in engine, {cores} worker process(es) per step, "
+          f"{os.cpu_count()} cores on this machine; work in {work}")
     for wells in [] if args.report_from else wells_list:
         barcode = f"BENCH-{wells:03d}W{sites}S"
         config = write_deployment(work / barcode, args.workers)
