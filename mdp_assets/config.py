@@ -300,10 +300,17 @@ class ExecutionSettings(BaseModel):
     max_concurrent_runs: int = Field(2, ge=1, description="runs at once, across all plates")
     runs_per_plate: int = Field(1, ge=1, description="runs of one plate at once")
     cellprofiler_steps: int = Field(1, ge=1, description="CellProfiler steps at once (each uses every core)")
-    site_workers: int = Field(0, ge=0, description="processes a step measures a plate's sites in at once "
-                              "(the built-in engine's single_cell_features); 0: one per core")
     workspace: str | None = Field(None, description="the workspace file the daemon and webserver load; default: "
                                   "one mdp writes into dagster_home, loading this package as the location `mdp`")
+
+
+class ComputeSettings(dg.Config):
+    """How many processes one step spreads its sites over (ingest, image QC, illumination, correction, the
+    built-in segmentation and measurement): outputs are the same for any number."""
+
+    model_config = _Section
+    workers: int = Field(0, ge=0, description="processes per step for per-site work; 0: one per core the step "
+                         "may use; 1: in the step's own process")
 
 
 class MdpConfig(BaseModel):
@@ -326,6 +333,7 @@ class MdpConfig(BaseModel):
     pictures: PictureSettings = Field(default_factory=PictureSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
     @model_validator(mode="after")
     def _landing_is_one_place(self) -> MdpConfig:
@@ -592,7 +600,7 @@ class StepSettings(dg.ConfigurableResource):
     consensus: ConsensusSettings = Field(default_factory=ConsensusSettings)
     pictures: PictureSettings = Field(default_factory=PictureSettings)
     cellprofiler: CellProfilerSettings = Field(default_factory=CellProfilerSettings)
-    site_workers: int = 0  # execution.site_workers: not a parameter of any result (outputs are in site order)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)  # changes no output: in no code version
 
     @classmethod
     def from_config(cls, config: MdpConfig) -> StepSettings:
@@ -600,11 +608,7 @@ class StepSettings(dg.ConfigurableResource):
                    segmentation=config.segmentation, crops=config.crops, cell_qc=config.cell_qc,
                    profiles=config.profiles, profile_quality=config.profile_quality, embeddings=config.embeddings,
                    consensus=config.consensus, pictures=config.pictures, cellprofiler=config.engine.cellprofiler,
-                   site_workers=config.execution.site_workers)
-
-    def workers(self) -> int:
-        """Processes to measure sites in: `execution.site_workers`, or one per core."""
-        return self.site_workers or os.cpu_count() or 1
+                   compute=config.compute)
 
     def uses_cellprofiler(self) -> bool:
         return self.engine == "cellprofiler"

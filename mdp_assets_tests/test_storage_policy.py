@@ -73,7 +73,7 @@ def _error(result) -> str:
 
 def _nothing_anywhere(storage):
     registry = storage.registry().root  # the plate's registration is not data written to a tier
-    files = [p for p in storage.root.rglob("*") if p.is_file() and p.name != "catalog.duckdb" and ".git" not in p.parts
+    files = [p for p in storage.root.rglob("*") if p.is_file() and not p.name.startswith("catalog.duckdb") and ".git" not in p.parts
              and registry not in p.parents]
     return files == []
 

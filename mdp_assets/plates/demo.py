@@ -47,6 +47,10 @@ class DemoPlateSpec:
     empty_wells: tuple[str, ...] = ()  # wells imaged with no cells in them
     negative_controls: bool = True  # False: every well treated, no DMSO to normalize to
     extra_channels: tuple[str, ...] = ()  # channels beyond the five Cell Painting ones (e.g. "Brightfield")
+    # Scale tests (bench/plate_scale.py): synthesize this many distinct fields per treatment and reuse them
+    # (a 384-well plate in seconds, not hours); None synthesizes every site. TIFF compression: zlib or none.
+    site_pool: int | None = None
+    compression: str | None = "zlib"
 
     @property
     def wells(self) -> list[str]:
@@ -174,13 +178,21 @@ def write_demo_plate(landing_zone: Path, spec: DemoPlateSpec) -> Path:
     platemap = platemap_for(spec)
     treatment_by_well = dict(zip(platemap["well_position"], platemap["treatment"]))
     start = datetime(2026, 3, 2, 9, 0, 0)
+    pool: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     with atomic_path(final) as folder:
         folder.mkdir(parents=True)
         for well_index, well in enumerate(spec.wells):
             row, col = row_number(well.rstrip("0123456789")), int(well.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
             cells = 0 if well in spec.empty_wells else spec.cells_per_site
             for site in range(1, spec.sites_per_well + 1):
-                channels = synthesize_site(rng, treatment_by_well[well], spec.image_size, cells, spec.extra_channels)
+                treatment = treatment_by_well[well]
+                if spec.site_pool and cells:
+                    key = (treatment, (well_index * spec.sites_per_well + site) % spec.site_pool)
+                    if key not in pool:
+                        pool[key] = synthesize_site(rng, treatment, spec.image_size, cells, spec.extra_channels)
+                    channels = pool[key]
+                else:
+                    channels = synthesize_site(rng, treatment, spec.image_size, cells, spec.extra_channels)
                 acquired = start + timedelta(seconds=30 * (well_index * spec.sites_per_well + site))
                 for channel_index, name in enumerate(spec.channels, start=1):
                     signal = channels[name] * _vignette(spec.image_size, channel_index)
@@ -192,7 +204,7 @@ def write_demo_plate(landing_zone: Path, spec: DemoPlateSpec) -> Path:
                         pixels,
                         description=_ome_xml(name, *pixels.shape, file_name, acquired).encode("utf-8"),
                         metadata=None,
-                        compression="zlib",
+                        compression=spec.compression,
                     )
         platemap.to_csv(folder / "platemap.csv", index=False)
         manifest = {

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -18,6 +18,7 @@ import pandas as pd
 
 from mdp_assets.errors import MdpError
 from mdp_assets.checksums import sha256_file, sha256_text
+from mdp_assets.parallel import map_sites
 from mdp_assets.plates.harmony import acquisition_metadata, find_index_file, read_harmony_index
 from mdp_assets.plates.imagexpress import find_htd, read_htd
 from mdp_assets.plates.manifest import MANIFEST_NAME, PlateManifest, load_manifest
@@ -69,8 +70,10 @@ class PlateFolder:
         return NamingScheme(self.manifest.naming_scheme, self.manifest.naming_pattern, self.manifest.channels)
 
 
-def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instrument_channels: dict[str, str],
-                    digests: Mapping[str, str] | None = None) -> dict:
+def _describe_image(image: tuple[Path, str | None, str | None], plate: PlateFolder, scheme: NamingScheme) -> dict:
+    """One image's row; `image` is its path, the channel name the instrument's plate file gives it, and its
+    sha256 when it was hashed elsewhere (as raw_images copied it), else None: hashed here."""
+    path, instrument_channel, digest = image
     name = scheme.parse(path.name)
     assert name is not None
     info = read_tiff_info(path)
@@ -79,7 +82,7 @@ def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instru
         # Channel names: the manifest's mapping of the file token, else the instrument's plate file (Harmony
         # index, HTD), else the image's own metadata (OME-XML, Harmony or MetaSeries XML) of a single-channel
         # file, mapped by the manifest too; else the token itself ('5' -> 'Ch5').
-        found = instrument_channels.get(path.name) or (info.channel_names[0] if len(info.channel_names) == 1 else None)
+        found = instrument_channel or (info.channel_names[0] if len(info.channel_names) == 1 else None)
         channel = (plate.manifest.channels.get(found) or channel_identifier(found)) if found else channel_identifier(channel)
     exposure = next((e for e in info.exposure_ms if e is not None), None)
     return {
@@ -92,7 +95,7 @@ def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instru
         "file_name": path.name,
         "uri": path.resolve().as_uri(),
         "bytes": path.stat().st_size,
-        "sha256": digests[path.name] if digests and path.name in digests else sha256_file(path),
+        "sha256": digest or sha256_file(path),
         "width": info.width,
         "height": info.height,
         "dtype": info.dtype,
@@ -111,12 +114,12 @@ def _describe_image(path: Path, plate: PlateFolder, scheme: NamingScheme, instru
     }
 
 
-def inventory_plate(plate: PlateFolder, max_workers: int = 4, accepted_image_count: int | None = None,
+def inventory_plate(plate: PlateFolder, workers: int = 0, accepted_image_count: int | None = None,
                     digests: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Checksum and describe every image of a plate; any inconsistency is an MdpError naming the files.
-    `accepted_image_count`: the plate was registered incomplete with that many images. `digests` (file name ->
-    sha256, for every image): the content is hashed elsewhere (raw_images hashes each image as it copies it into
-    its tier, and refuses one that differs), so the inventory reads only the images' headers."""
+    """Checksum and describe every image of a plate (in `workers` processes, 0: one per core); any inconsistency
+    is an MdpError naming the files. `accepted_image_count`: the plate was registered incomplete with that many
+    images. `digests` (file name -> sha256): images hashed elsewhere (raw_images hashes each image as it copies it
+    into its tier, and refuses one that differs); for those the inventory reads only the headers."""
     scheme = plate.naming_scheme()
     if not plate.images_dir.is_dir():
         raise MdpError("images folder not found", path=plate.images_dir)
@@ -136,8 +139,9 @@ def inventory_plate(plate: PlateFolder, max_workers: int = 4, accepted_image_cou
         )
     harmony = _harmony_metadata(plate.images_dir)
     instrument_channels = instrument_channel_names(plate, [p.name for p in candidates])
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        rows = list(pool.map(lambda p: _describe_image(p, plate, scheme, instrument_channels, digests), candidates))
+    digests = digests or {}
+    rows = map_sites(partial(_describe_image, plate=plate, scheme=scheme),
+                     [(p, instrument_channels.get(p.name), digests.get(p.name)) for p in candidates], workers)
     table = pd.DataFrame(rows)
     if harmony is not None:
         table = _fill_from_instrument(table, harmony.drop(columns="harmony_channel_name"))

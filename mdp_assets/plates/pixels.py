@@ -12,7 +12,6 @@ Every problem names the file.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import tifffile
 
 from mdp_assets.errors import MdpError
+from mdp_assets.parallel import map_sites
 
 MAX_LISTED = 20
 
@@ -73,12 +73,11 @@ def _listed(items: list[str]) -> str:
     return "; ".join(items[:MAX_LISTED]) + (f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
-def pixel_problems(images: dict[str, tuple[str, Path]], float_images: str = "refuse",
-                   max_workers: int = 4) -> list[str]:
-    """Problems of a plate's images ({file name: (channel, path)}), each naming its file."""
+def pixel_problems(images: dict[str, tuple[str, Path]], float_images: str = "refuse", workers: int = 0) -> list[str]:
+    """Problems of a plate's images ({file name: (channel, path)}), each naming its file; headers (and float
+    images' pixels) are read in `workers` processes (0: one per core)."""
     names = sorted(images)
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        found = list(pool.map(lambda n: _format_or_error(images[n][1]), names))
+    found = map_sites(_format_or_error, [images[n][1] for n in names], workers)
     problems: list[str] = []
     formats: dict[str, PixelFormat] = {}
     for name, result in zip(names, found):
@@ -114,10 +113,10 @@ def pixel_problems(images: dict[str, tuple[str, Path]], float_images: str = "ref
                         "hold intensities in [0, 1] (float_images: intensities), as raw counts stored as float would "
                         "be read thousands of times too bright" for n in sorted(floats))
     elif floats:
-        with ThreadPoolExecutor(max_workers=max_workers) as pool:
-            for name, problem in zip(sorted(floats), pool.map(lambda n: _float_or_error(images[n][1]), sorted(floats))):
-                if problem:
-                    problems.append(f"{name}: {problem}")
+        for name, problem in zip(sorted(floats), map_sites(_float_or_error, [images[n][1] for n in sorted(floats)],
+                                                           workers)):
+            if problem:
+                problems.append(f"{name}: {problem}")
     return sorted(problems)
 
 

@@ -8,10 +8,7 @@ Lengths are in pixels and intensities in CellProfiler's [0, 1] scale, as CellPro
 
 from __future__ import annotations
 
-import multiprocessing
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from skimage import measure
 
+from mdp_assets.parallel import imap_sites
 from mdp_assets.science.image_store import read_stack
 from mdp_assets.science.profiles import metadata_first
 from mdp_assets.science.segmentation import cytoplasm_labels
@@ -116,8 +114,9 @@ def measure_site(nuclei: np.ndarray, cells: np.ndarray, channels: dict[str, np.n
     return table.reset_index()
 
 
-def _measure_stored_site(masks_path: Path, corrected_path: Path, well: str, site: int) -> pd.DataFrame:
+def _measure_stored_site(job: tuple[Path, Path, str, int]) -> pd.DataFrame:
     """One site measured from its stored masks and corrected stack (what a worker process runs)."""
+    masks_path, corrected_path, well, site = job
     labels, _ = read_stack(masks_path)
     stack, names = read_stack(corrected_path)
     measured = measure_site(labels[0], labels[1], {name: stack[i] for i, name in enumerate(names)})
@@ -126,36 +125,14 @@ def _measure_stored_site(masks_path: Path, corrected_path: Path, well: str, site
     return measured
 
 
-def ordered_map(function: Callable, jobs: list[tuple], workers: int) -> Iterator:
-    """`function(*job)` for every job, in `workers` processes at once, results yielded in the jobs' order (so
-    outputs do not depend on the number of workers). At most two results per worker wait at once: memory
-    follows the workers, not the jobs."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield function(*job)
-        return
-    # forkserver: workers do not inherit the threads of the process running the step (Dagster's, pyarrow's).
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
-    waiting: deque = deque()
-    try:
-        for job in jobs:
-            waiting.append(pool.submit(function, *job))
-            if len(waiting) >= 2 * workers:
-                yield waiting.popleft().result()
-        while waiting:
-            yield waiting.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def site_features(masks: pd.DataFrame, masks_dir: Path, corrected_dir: Path, workers: int = 1,
+def site_features(masks: pd.DataFrame, masks_dir: Path, corrected_dir: Path, workers: int = 0,
                   progress: Callable[[int], None] | None = None) -> Iterator[pd.DataFrame]:
-    """Measure every segmented site, `workers` processes at once: one table per site, in the order of `masks`,
+    """Measure every segmented site, `workers` processes at once (0: one per core): one table per site, in the order of `masks`,
     its rows carrying Metadata_Well, Metadata_Site and Metadata_ObjectNumber. `progress` is told how many sites
     are done after each one."""
     jobs = [(masks_dir / site.file_name, corrected_dir / site.corrected_file_name, site.Metadata_Well,
              int(site.Metadata_Site)) for site in masks.itertuples(index=False)]
-    for done, measured in enumerate(ordered_map(_measure_stored_site, jobs, min(workers, len(jobs))), start=1):
+    for done, measured in enumerate(imap_sites(_measure_stored_site, jobs, workers), start=1):
         if progress:
             progress(done)
         yield measured

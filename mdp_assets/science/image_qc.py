@@ -10,13 +10,13 @@ Whether an image passes is judged by `QcThresholds`: relative to the plate by de
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from mdp_assets.parallel import map_sites
 from mdp_assets.plates.inventory import uri_to_path
 from mdp_assets.plates.tiff_metadata import read_plane
 
@@ -106,16 +106,16 @@ def robust_z(values: pd.Series) -> pd.Series:
     return (values - median) / scale
 
 
-def measure_plate_quality(raw_images: pd.DataFrame, thresholds: QcThresholds, max_workers: int = 2) -> pd.DataFrame:
-    """One row per image: blur and saturation measurements, their robust z-scores within the plate's channel,
-    the flags, and whether the image passes."""
+def measure_image(uri: str) -> tuple[float, float]:
+    """(PowerLogLogSlope, PercentMaximal) of one image file."""
+    pixels = read_plane(uri_to_path(uri))
+    return power_log_log_slope(pixels), percent_maximal(pixels)
 
-    def measure(uri: str) -> tuple[float, float]:
-        pixels = read_plane(uri_to_path(uri))
-        return power_log_log_slope(pixels), percent_maximal(pixels)
 
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        measured = list(pool.map(measure, raw_images["uri"]))
+def measure_plate_quality(raw_images: pd.DataFrame, thresholds: QcThresholds, workers: int = 0) -> pd.DataFrame:
+    """One row per image: blur and saturation measurements (in `workers` processes, 0: one per core), their
+    robust z-scores within the plate's channel, the flags, and whether the image passes."""
+    measured = map_sites(measure_image, list(raw_images["uri"]), workers)
     keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Channel", "file_name"]
     table = raw_images[keys].copy()
     table["ImageQuality_PowerLogLogSlope"] = [m[0] for m in measured]

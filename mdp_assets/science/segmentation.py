@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from scipy import ndimage
 from skimage import feature, filters, measure, morphology, segmentation
 
 from mdp_assets.errors import MdpError
+from mdp_assets.parallel import imap_sites
 from mdp_assets.science.image_store import read_stack, write_stack
 
 
@@ -90,6 +92,29 @@ def cell_body_image(stack: np.ndarray, names: list[str], nuclei_channel: str, ce
     return np.mean(scaled, axis=0)
 
 
+def segment_stack_file(site: tuple[str, int, str], corrected_dir: Path, out_dir: Path, nuclei_channel: str,
+                       cell_channel: str | None, params: SegmentationParameters) -> dict:
+    """Segment one corrected site (well, site, file name) into `<well>_s<site>_masks.tiff`; its index row."""
+    well, site_number, corrected_name = site
+    stack, names = read_stack(corrected_dir / corrected_name)
+    for needed in (nuclei_channel, cell_channel):
+        if needed is not None and needed not in names:
+            raise MdpError(f"channel {needed!r} (plate manifest) is not among the plate's channels {names}")
+    nuclei, cells = segment_site(
+        stack[names.index(nuclei_channel)], cell_body_image(stack, names, nuclei_channel, cell_channel), params
+    )
+    file_name = f"{well}_s{site_number:02d}_masks.tiff"
+    write_stack(out_dir / file_name, np.stack([nuclei, cells]), ["Nuclei", "Cells"], None)
+    return {
+        "Metadata_Well": well,
+        "Metadata_Site": site_number,
+        "file_name": file_name,
+        "corrected_file_name": corrected_name,
+        "Count_Nuclei": int(nuclei.max()),
+        "Count_Cells": int(np.unique(cells[cells > 0]).size),
+    }
+
+
 def write_masks(
     corrected_sites: pd.DataFrame,
     corrected_dir: Path,
@@ -98,30 +123,17 @@ def write_masks(
     cell_channel: str | None,
     params: SegmentationParameters,
     progress: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
-    """Segment every corrected site into `<well>_s<site>_masks.tiff` (Nuclei, Cells); returns the site index.
-    `progress` is told how many sites are done after each one."""
+    """Segment every corrected site into `<well>_s<site>_masks.tiff` (Nuclei, Cells) in `workers` processes
+    (0: one per core); returns the site index in the input's order. `progress` is told how many sites are
+    done after each one."""
+    sites = [(s.Metadata_Well, int(s.Metadata_Site), s.file_name) for s in corrected_sites.itertuples(index=False)]
+    work = partial(segment_stack_file, corrected_dir=corrected_dir, out_dir=out_dir, nuclei_channel=nuclei_channel,
+                   cell_channel=cell_channel, params=params)
     rows = []
-    for site in corrected_sites.itertuples(index=False):
-        stack, names = read_stack(corrected_dir / site.file_name)
-        for needed in (nuclei_channel, cell_channel):
-            if needed is not None and needed not in names:
-                raise MdpError(f"channel {needed!r} (plate manifest) is not among the plate's channels {names}")
-        nuclei, cells = segment_site(
-            stack[names.index(nuclei_channel)], cell_body_image(stack, names, nuclei_channel, cell_channel), params
-        )
-        file_name = f"{site.Metadata_Well}_s{int(site.Metadata_Site):02d}_masks.tiff"
-        write_stack(out_dir / file_name, np.stack([nuclei, cells]), ["Nuclei", "Cells"], None)
-        rows.append(
-            {
-                "Metadata_Well": site.Metadata_Well,
-                "Metadata_Site": int(site.Metadata_Site),
-                "file_name": file_name,
-                "corrected_file_name": site.file_name,
-                "Count_Nuclei": int(nuclei.max()),
-                "Count_Cells": int(np.unique(cells[cells > 0]).size),
-            }
-        )
+    for row in imap_sites(work, sites, workers):
+        rows.append(row)
         if progress:
             progress(len(rows))
     return pd.DataFrame(rows)

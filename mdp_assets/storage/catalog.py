@@ -5,12 +5,20 @@ last moved, code version, data version, and the result of the last verification;
 git-lfs) also the tool's content hash of the file and the tier repository's commit that holds it. The IO manager replaces
 a partition's rows whenever it stores the partition; `rebuild` makes the same rows from scratch by
 scanning the tiers' partition records and asking the Dagster event log for code and data versions.
-DuckDB lets one process write at a time, so every connection retries briefly while another holds it.
+
+Many writers (groups, levels and plates finishing at once, the lifecycle, verification): DuckDB lets one process
+hold a database file open for writing, and refuses the others. So every connection first takes a lock file
+beside the catalog (`<catalog>.lock`, flock): writers one at a time, readers together, waiting their turn (up
+to `wait_s`) instead of failing; a write is one transaction (a partition's rows deleted and inserted, the
+primary key refusing duplicates), so no row is lost or written twice however many processes finish at once.
+A connection still retries briefly while something outside mdp (the duckdb shell) holds the file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -87,28 +95,69 @@ class CatalogRow:
 COLUMNS = [f.name for f in fields(CatalogRow)]
 
 
+_HELD = threading.local()  # lock file -> exclusive?, of the catalog locks this thread holds
+LOCK_WAIT_S = 600.0  # a write takes milliseconds: a queue of hundreds of writers is served well within this
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
 @contextmanager
-def connect(path: Path, read_only: bool = False, wait_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def catalog_lock(path: Path, exclusive: bool, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the catalog's lock file: alone (`exclusive`, to write) or beside other readers; wait for it up to
+    `wait_s`, then fail naming the catalog."""
+    held = getattr(_HELD, "modes", None) or {}
+    _HELD.modes = held
+    key = str(lock_path(path).resolve())
+    if key in held:  # a connection opened inside another of this thread's: the outer one's lock covers it
+        if exclusive and not held[key]:
+            raise MdpError("a catalog write inside a read of the same thread would wait for itself", path=path)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path(path), "a+b") as handle:
+        deadline, delay = time.monotonic() + wait_s, 0.002
+        while True:
+            try:
+                fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise MdpError(f"catalog stayed locked by other writers for {wait_s:.0f} s", path=path) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        held[key] = exclusive
+        try:
+            yield
+        finally:
+            del held[key]
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def connect(path: Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the catalog, holding its lock (see the module's docstring) until it is closed."""
     if read_only and not path.exists():
         raise MdpError("no catalog yet: materialize something first, or run `mdp catalog --rebuild`", path=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    while True:
+    with catalog_lock(path, exclusive=not read_only, wait_s=wait_s):
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                connection = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:  # held by a process outside mdp
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise MdpError(f"catalog is busy or unreadable: {exc}", path=path) from exc
+                time.sleep(0.2)
         try:
-            connection = duckdb.connect(str(path), read_only=read_only)
-            break
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise MdpError(f"catalog is busy or unreadable: {exc}", path=path) from exc
-            time.sleep(0.2)
-    try:
-        if not read_only:
-            connection.execute(SCHEMA)
-            for migration in MIGRATIONS:
-                connection.execute(migration)
-        yield connection
-    finally:
-        connection.close()
+            if not read_only:
+                connection.execute(SCHEMA)
+                for migration in MIGRATIONS:
+                    connection.execute(migration)
+            yield connection
+        finally:
+            connection.close()
 
 
 def rows_for_partition(

@@ -38,7 +38,7 @@ def image_qc(context: dg.AssetExecutionContext, raw_images: pd.DataFrame, settin
     plate.check_images_unchanged("image_qc", raw_images)  # before any pixel is read
     qc = settings.for_plate(plate.manifest.settings, plate.barcode).qc
     thresholds = qc.thresholds()
-    table = measure_plate_quality(raw_images, thresholds)
+    table = measure_plate_quality(raw_images, thresholds, settings.compute.workers)
     failing = failing_sites(table)
     sites = raw_images[["Metadata_Well", "Metadata_Site"]].drop_duplicates().shape[0]
     return storage.table_output("image_qc", table, {
@@ -87,7 +87,8 @@ def illumination_functions(
                                         staged)
         else:
             parameters = settings.illumination.parameters()
-            used = write_illumination_functions(raw_images, passing_sites(image_qc), staged, parameters)
+            used = write_illumination_functions(raw_images, passing_sites(image_qc), staged, parameters,
+                                                settings.compute.workers)
             metadata = {"engine": "builtin", "channels": len(used), "images_per_channel": used,
                         **parameters.__dict__, **({"engine_note": stand_in} if stand_in else {})}
         (staged / "illumination.json").write_text(json.dumps(metadata))
@@ -101,7 +102,8 @@ def illumination_functions(
     kinds={"tiff"},
     metadata={"lifecycle": "transient"},
     description="The images the analysis reads, one (C, Y, X) OME-TIFF per QC-passing site. Built-in engine: "
-    "mdp's correction (CorrectIlluminationApply, divide), float32. CellProfiler: the corrected images the lab's "
+    "mdp's correction (CorrectIlluminationApply, divide), in the raw images' bit depth (uint16: round(intensity x "
+    "65535); read back as CellProfiler's [0, 1] intensities). CellProfiler: the corrected images the lab's "
     "illumination pipeline saved, in their own dtype; none when the analysis pipeline reads raw images (it "
     "corrects them itself, or not at all): correction happens once. A transient level.",
 )
@@ -126,7 +128,8 @@ def corrected_images(
             context.log.info(f"corrected_images: the analysis pipeline reads {made['analysis_reads']}")
         else:
             sites = write_corrected_images(raw_images, good, illumination_functions.root, staged,
-                                           site_progress(context.log.info, "corrected_images", len(good)))
+                                           site_progress(context.log.info, "corrected_images", len(good)),
+                                           settings.compute.workers)
         sites.insert(0, "Metadata_Plate", context.partition_key)
         sites.to_parquet(staged / "sites.parquet", index=False)
         all_sites = raw_images[["Metadata_Well", "Metadata_Site"]].drop_duplicates().itertuples(index=False)

@@ -4,6 +4,7 @@ policy's `copy` mode) the image files themselves, copied from the landing zone i
 import dagster as dg
 import pandas as pd
 
+from mdp_assets.config import StepSettings
 from mdp_assets.defs.plates.partitions import names_plate_and_level, plates_partitions
 from mdp_assets.plates.fingerprints import check_unchanged
 from mdp_assets.errors import MdpError
@@ -27,7 +28,7 @@ from mdp_assets.storage.resource import MdpStorage
     "as registered).",
 )
 @names_plate_and_level
-def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Output:
+def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage, settings: StepSettings) -> dg.Output:
     released = catalog.landing_release(storage.catalog_path, context.partition_key)
     if released is not None:
         raise MdpError(f"plate {context.partition_key}: its landing images were released on {released['released_at']} "
@@ -51,7 +52,8 @@ def raw_images(context: dg.AssetExecutionContext, storage: MdpStorage) -> dg.Out
     # inventory hashes each image again as it reads it: the same content, or the plate stops here.
     digests = {n: plate.image_fingerprints[n].sha256 for n in names if n in plate.image_fingerprints} \
         if mode == "copy" else None
-    inventory = inventory_plate(folder, accepted_image_count=plate.accepted_image_count, digests=digests)
+    inventory = inventory_plate(folder, settings.compute.workers, accepted_image_count=plate.accepted_image_count,
+                                digests=digests)
     plate.check_inventory(inventory, "raw_images")
     subdir = folder.manifest.images_prefix
     inventory.insert(inventory.columns.get_loc("uri") + 1, "source_uri",

@@ -63,7 +63,8 @@ def segmentation_masks(
             corrected = pd.read_parquet(corrected_images.path("sites.parquet"))
             sites = write_masks(corrected, corrected_images.root, staged, plate.manifest.nuclei_channel,
                                 plate.manifest.cell_channel, settings.segmentation.parameters(),
-                                site_progress(context.log.info, "segmentation_masks", len(corrected)))
+                                site_progress(context.log.info, "segmentation_masks", len(corrected)),
+                                settings.compute.workers)
             nuclei = int(sites["Count_Nuclei"].sum()) if len(sites) else 0
             metadata = {"engine": "builtin", "sites": len(sites), "nuclei": nuclei,
                         **({"engine_note": stand_in} if stand_in else {})}

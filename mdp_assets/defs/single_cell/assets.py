@@ -46,9 +46,7 @@ def single_cell_features(
     else:
         engine = "builtin (scikit-image)"
         masks = pd.read_parquet(segmentation_masks.path("sites.parquet"))
-        workers = settings.workers()
-        extra["site_workers"] = workers
-        batches = site_features(masks, segmentation_masks.root, corrected_images.root, workers,
+        batches = site_features(masks, segmentation_masks.root, corrected_images.root, settings.compute.workers,
                                 site_progress(context.log.info, "single_cell_features", len(masks)))
     wells = plate.well_metadata(list(raw_images["Metadata_Well"].unique()))
     sites = site_acquisition_metadata(raw_images)
