@@ -47,6 +47,7 @@ class DemoPlateSpec:
     empty_wells: tuple[str, ...] = ()  # wells imaged with no cells in them
     negative_controls: bool = True  # False: every well treated, no DMSO to normalize to
     extra_channels: tuple[str, ...] = ()  # channels beyond the five Cell Painting ones (e.g. "Brightfield")
+    origin: str = "internal"  # the manifest's origin (a public plate may be published)
 
     @property
     def wells(self) -> list[str]:
@@ -197,7 +198,7 @@ def write_demo_plate(landing_zone: Path, spec: DemoPlateSpec) -> Path:
         platemap.to_csv(folder / "platemap.csv", index=False)
         manifest = {
             "barcode": spec.barcode,
-            "origin": "internal",
+            "origin": spec.origin,
             "identifiable_patient_data": False,
             "platemap": "platemap.csv",
             "naming_scheme": "phenix",
