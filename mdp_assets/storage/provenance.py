@@ -178,6 +178,10 @@ def deposit_crate(record: dict[str, Any], files: list[dict[str, Any]], *, title:
                  "license": {"@id": licence_url}, "author": [{"@id": p["@id"]} for p in people]})
     action = next(e for e in graph if e["@id"] == root["prov:wasGeneratedBy"]["@id"])
     action["name"] = f"publish {record['partition']}"
+    # Each property its own entity with an @id (RO-Crate's flattened form; rocrate's reader requires it).
+    properties = [{"@id": f"#property-{p['name']}", **p} for p in action.pop("additionalProperty")]
+    action["additionalProperty"] = [{"@id": p["@id"]} for p in properties]
+    graph += properties
     for entity in graph:
         if entity.get("@type") == "File":
             entity["encodingFormat"] = _format(entity["@id"])
