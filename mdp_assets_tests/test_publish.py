@@ -145,7 +145,7 @@ def test_the_targets_limits_refuse_naming_the_limit_and_the_file(made):
     files = [DepositFile(f"f{i}.parquet", Path("/nonexistent"), 10, "0" * 64, "well_profiles of P") for i in range(3)]
     check_limits(TARGETS["zenodo"], files)
     with pytest.raises(MdpError, match=r"Zenodo takes at most 100 files per record .*help\.zenodo\.org.*has 101"):
-        check_limits(TARGETS["zenodo"], files * 34)
+        check_limits(TARGETS["zenodo"], [dataclasses.replace(files[0], relpath=f"f{i}") for i in range(101)])
     big = dataclasses.replace(files[0], relpath="well_profiles__P.parquet", bytes=int(21e9))
     with pytest.raises(MdpError, match=r"Figshare takes files of at most 20000000000 bytes .*; "
                                        r"well_profiles__P\.parquet \(from well_profiles of P\) has 21000000000"):

@@ -172,6 +172,14 @@ def deposit_crate(record: dict[str, Any], files: list[dict[str, Any]], *, title:
     authors, every file with its sha256), made by a CreateAction that used the stored partitions it names."""
     crate = ro_crate(record, files)
     graph = crate["@graph"]
+    # The stored partitions it came from are named by level, plate and data version, not by the lab's paths.
+    renamed = {e["@id"]: f"#source-{e['name'].replace(' ', '-')}" for e in graph
+               if e.get("@type") == "Dataset" and e["@id"] != "./"}
+    for entity in graph:
+        entity["@id"] = renamed.get(entity["@id"], entity["@id"])
+        for key in ("object", "prov:used", "prov:wasDerivedFrom"):
+            if isinstance(entity.get(key), list):
+                entity[key] = [{"@id": renamed.get(ref["@id"], ref["@id"])} for ref in entity[key]]
     root = next(e for e in graph if e["@id"] == "./")
     people = [{"@id": f"#creator-{index}", "@type": "Person", "name": name} for index, name in enumerate(creators, 1)]
     root.update({"name": title, "description": description or title, "datePublished": date_published,

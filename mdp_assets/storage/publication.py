@@ -320,10 +320,11 @@ def build_deposit(folder: Path, request: DepositRequest, sources: list[Source], 
         parameters={"target": request.target.name, "plates": request.plates, "levels": request.levels,
                     "include_images": request.include_images, "license": request.licence.spdx},
         run_id=f"mdp publish by {request.who}",
-        inputs=[{"asset": s.stored.asset, "partition": s.partition, "tier": s.tier,
-                 "data_version": s.stored.record.get("data_version"), "sha256": s.stored.record.get("data_version"),
-                 "uri": (s.stored.record.get("provenance") or {}).get("outputs", {}).get("uri")} for s in sources],
-        outputs={"uri": uri, "sha256": tree_digest(written), "bytes": sum(r.bytes for r in written),
+        # A public record: the sources are named by level, plate, tier and data version, not by the lab's paths.
+        inputs=[{"asset": s.stored.asset, "partition": s.partition, "tier": s.tier, "run_id": s.stored.record.get("run_id"),
+                 "data_version": s.stored.record.get("data_version"), "sha256": s.stored.record.get("data_version")}
+                for s in sources],
+        outputs={"uri": "./", "sha256": tree_digest(written), "bytes": sum(r.bytes for r in written),
                  "files": len(written)},
         origin=", ".join(origins) or None)
     record = {
@@ -331,12 +332,13 @@ def build_deposit(folder: Path, request: DepositRequest, sources: list[Source], 
         "title": request.title, "creators": request.creators, "license": request.licence.spdx, "plates": plates,
         "levels": sorted({s.stored.asset for s in sources} | ({"raw_images"} if any(
             f.kind == "image" and f.made_from.startswith("raw_images") for f in files) else set())),
-        "uri": uri, "files": [r.__dict__ for r in written],
+        "files": [r.__dict__ for r in written],
         "sources": [{"relpath": f.relpath, "made_from": f.made_from, "sha256": f.sha256} for f in files],
         "provenance": provenance,
     }
     (folder / DEPOSIT_RECORD).write_text(json.dumps(record, indent=1, default=str))
-    crate_files = _records(folder)
+    record["uri"] = uri  # where it is kept here: the catalog's, not the published record's
+    crate_files = _records(folder, keep_record=True)
     (folder / RO_CRATE_FILE).write_text(json.dumps(deposit_crate(
         provenance, [r.__dict__ for r in crate_files], title=request.title, description=request.description,
         creators=request.creators, licence_url=request.licence.url, licence_name=request.licence.name,
@@ -344,10 +346,11 @@ def build_deposit(folder: Path, request: DepositRequest, sources: list[Source], 
     return record
 
 
-def _records(folder: Path) -> list[FileRecord]:
+def _records(folder: Path, keep_record: bool = False) -> list[FileRecord]:
+    """Every file of the deposit but the RO-Crate (and, unless `keep_record`, deposit.json), with its sha256."""
+    left_out = {RO_CRATE_FILE} | (set() if keep_record else {DEPOSIT_RECORD})
     return [FileRecord(p.relative_to(folder).as_posix(), p.stat().st_size, _sha256(p))
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (RO_CRATE_FILE,)
-            and p.relative_to(folder).as_posix() not in (DEPOSIT_RECORD,)]
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() not in left_out]
 
 
 # -- the targets' metadata ----------------------------------------------------------------------------------
