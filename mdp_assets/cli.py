@@ -55,7 +55,7 @@ from mdp_assets.services.catalog import rebuild_catalog, verify_stored_files
 from mdp_assets.services.instance import instance_config
 from mdp_assets.services.lifecycle import apply_lifecycle, describe_move, release_consumed
 from mdp_assets.services.provenance import explain_chain, provenance_chain
-from mdp_assets.services.publish import publish, upload_deposit
+from mdp_assets.services.publish import publish, upload_deposit, verify_deposits
 from mdp_assets.services.recovery import fail_dead_runs, recover
 from mdp_assets.services.repair import repair
 from mdp_assets.services.reclassify import reclassify_plate
@@ -252,7 +252,12 @@ def run_verify(platform: Platform) -> int:
     for problem in problems:
         print(f"mdp verify: {problem}", file=sys.stderr)
     print(f"{checked} stored files verified; {len(problems)} missing, corrupt or uncommitted")
-    return 1 if problems else 0
+    published, damaged = verify_deposits(platform.storage)
+    for problem in damaged:
+        print(f"mdp verify: {problem}", file=sys.stderr)
+    if published:
+        print(f"{published} files of published deposits verified; {len(damaged)} missing or corrupt")
+    return 1 if problems or damaged else 0
 
 
 def run_repair(platform: Platform, plate: str | None, levels: list[str] | None, wait: bool) -> int:

@@ -24,7 +24,7 @@ from mdp_assets.checksums import sha256_file
 from mdp_assets.cli import main
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
-from mdp_assets.services.publish import publish, upload_deposit
+from mdp_assets.services.publish import publish, upload_deposit, verify_deposits
 from mdp_assets.storage.publication import TARGETS, DepositFile, check_limits
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets_tests.conftest import defs_for, make_deployment, run_plate, stored
@@ -300,7 +300,9 @@ def test_the_zenodo_uploader_against_a_local_stand_in_of_the_rest_api(made, zeno
     with duckdb.connect(str(storage.catalog_path), read_only=True) as con:
         recorded = con.execute("SELECT uploaded FROM deposits WHERE deposit_id = ?", [published.deposit_id]).fetchone()[0]
     assert json.loads(recorded)["deposition_id"] == deposition["id"]
-    # A deposit whose file changed since it was built is not uploaded.
+    # A deposit whose file changed since it was built is not uploaded, and verification names the file.
+    assert verify_deposits(storage)[1] == []
     (folder / "README.md").write_text("changed")
     with pytest.raises(MdpError, match=r"\['README.md'\] no longer match their sha256; nothing was uploaded"):
         upload_deposit(storage, published.deposit_id, zenodo_stand_in)
+    assert verify_deposits(storage)[1] == [f"corrupt: {folder / 'README.md'} (deposit {published.deposit_id})"]

@@ -21,6 +21,7 @@ import dagster as dg
 
 from mdp_assets.checksums import sha256_file
 from mdp_assets.errors import MdpError
+from mdp_assets.plates.inventory import uri_to_path
 from mdp_assets.storage import catalog
 from mdp_assets.storage.publication import (CONSENSUS, DEFAULT_LEVELS, DEPOSIT_RECORD, DEPOSITS_FOLDER,
                                             OME_ZARR_LEVELS, DepositFile, DepositRequest, Source, build_deposit,
@@ -148,6 +149,21 @@ def upload_deposit(storage: MdpStorage, deposit_id: str, base_url: str = ZENODO,
     return uploaded
 
 
+def verify_deposits(storage: MdpStorage) -> tuple[int, list[str]]:
+    """Re-read every file of every recorded deposit and compare its sha256 with the catalog's (`mdp verify`)."""
+    if not catalog.has_deposits(storage.catalog_path):
+        return 0, []
+    _, rows = catalog.query(storage.catalog_path, "SELECT d.uri, f.deposit_id, f.relpath, f.sha256 FROM deposit_files f "
+                                                  "JOIN deposits d USING (deposit_id) ORDER BY 2, 3")
+    problems = []
+    for uri, deposit_id, relpath, expected in rows:
+        path = uri_to_path(uri) / relpath
+        status = "missing" if not path.is_file() else "ok" if sha256_file(path) == expected else "corrupt"
+        if status != "ok":
+            problems.append(f"{status}: {path} (deposit {deposit_id})")
+    return len(rows), problems
+
+
 def _deposit_folder(storage: MdpStorage, deposit_id: str) -> Path:
     policy = storage.policy()
     tier = storage.tier(policy.publication.tier, policy)
@@ -158,4 +174,4 @@ def _deposit_folder(storage: MdpStorage, deposit_id: str) -> Path:
     return folder
 
 
-__all__ = ["publish", "upload_deposit", "Published", "zenodo_metadata"]
+__all__ = ["publish", "upload_deposit", "verify_deposits", "Published", "zenodo_metadata"]
