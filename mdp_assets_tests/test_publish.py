@@ -18,6 +18,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 import pytest
+import yaml
 from rocrate.rocrate import ROCrate
 
 from mdp_assets.checksums import sha256_file
@@ -25,6 +26,7 @@ from mdp_assets.cli import main
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 from mdp_assets.services.publish import publish, upload_deposit, verify_deposits
+from mdp_assets.storage.policy import load_policy
 from mdp_assets.storage.publication import TARGETS, DepositFile, check_limits
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets_tests.conftest import defs_for, make_deployment, run_plate, stored
@@ -191,6 +193,13 @@ def test_publication_is_refused_for_a_collaborator_plate_and_a_consensus_that_po
     assert "mdp reclassify PLATE --origin public" in policy.publication_problem("internal", False, False)
     assert policy.publication_problem("collaborator-industry", False, True) is None
     assert policy.publication_problem("public", False, False) is None
+    # And a policy may not list collaborator origins as publishable: refused when it loads, naming the rule.
+    bad = storage.root.parent / "bad-policy.yaml"
+    bad.write_text(yaml.safe_dump({**policy.model_dump(mode="json"),
+                                   "publication": {"origins": ["public", "collaborator-industry"]}}))
+    with pytest.raises(MdpError, match="rule 'collaborator data stay private unless released': publication.origins "
+                                       "must not include 'collaborator-industry'"):
+        load_policy(bad)
 
 
 def test_published_deposits_count_in_the_costs(made):

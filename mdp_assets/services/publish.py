@@ -10,9 +10,9 @@ whole in the publication tier (`<tier>/deposits/<id>/`), is recorded in the cata
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +104,7 @@ def publish(storage: MdpStorage, plates: list[str], to: str, levels: list[str] |
     data_sources = [s for s in sources if s.stored.asset != RAW_IMAGES]
     planned = plan_files(request, data_sources, images)
     check_limits(service, planned, extra_files=6)
-    digest = hashlib.sha256(json.dumps([plates, chosen, to, request.created]).encode()).hexdigest()[:8]
-    deposit_id = f"{to}-{request.created.replace(':', '').replace('-', '').replace('+0000', 'Z')}-{digest}"
+    deposit_id = f"{to}-{request.created.replace(':', '').replace('-', '').replace('+0000', 'Z')}-{uuid.uuid4().hex[:8]}"
     final = tier.folder(f"{DEPOSITS_FOLDER}/{deposit_id}")
     with storage.staging_dir(f"deposit-{to}") as staged:
         record = build_deposit(staged, request, sources, planned, registry, deposit_id, final.as_uri())

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from mdp_assets.checksums import FileRecord, atomic_path, tree_digest
+from mdp_assets.checksums import FileRecord, atomic_path, sha256_file, tree_digest
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.inventory import uri_to_path
 from mdp_assets.plates.registry import PERTURBATION, PlateAccess, PlateRegistry
@@ -270,14 +270,6 @@ def _copy_verified(item: DepositFile, destination: Path) -> None:
                        f"stored ({item.sha256}); nothing was published. `mdp verify` and `mdp repair` restore it")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _tables_to_text(folder: Path, tables: list[DepositFile]) -> None:
     """IDR's processed-data files: tab-delimited text, one per level, the plates' rows one after another."""
     by_file: dict[str, list[DepositFile]] = {}
@@ -286,7 +278,7 @@ def _tables_to_text(folder: Path, tables: list[DepositFile]) -> None:
     for relpath, items in by_file.items():
         frames = []
         for item in items:
-            if _sha256(item.source) != item.sha256:
+            if sha256_file(item.source) != item.sha256:
                 raise MdpError(f"{item.source} (from {item.made_from}) no longer matches its stored sha256; "
                                "nothing was published")
             frames.append(pd.read_parquet(item.source))
@@ -349,7 +341,7 @@ def build_deposit(folder: Path, request: DepositRequest, sources: list[Source], 
 def _records(folder: Path, keep_record: bool = False) -> list[FileRecord]:
     """Every file of the deposit but the RO-Crate (and, unless `keep_record`, deposit.json), with its sha256."""
     left_out = {RO_CRATE_FILE} | (set() if keep_record else {DEPOSIT_RECORD})
-    return [FileRecord(p.relative_to(folder).as_posix(), p.stat().st_size, _sha256(p))
+    return [FileRecord(p.relative_to(folder).as_posix(), p.stat().st_size, sha256_file(p))
             for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() not in left_out]
 
 
@@ -510,7 +502,7 @@ def move_into(staged: Path, final: Path, record: dict[str, Any]) -> None:
             staged.rename(partial)
         except OSError:
             shutil.copytree(staged, partial)
-            damaged = [f["relpath"] for f in record["files"] if _sha256(partial / f["relpath"]) != f["sha256"]]
+            damaged = [f["relpath"] for f in record["files"] if sha256_file(partial / f["relpath"]) != f["sha256"]]
             if damaged:
                 raise MdpError(f"copying the deposit into {final.parent} damaged {damaged[:10]}; nothing was published")
             shutil.rmtree(staged)
