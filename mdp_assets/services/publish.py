@@ -26,7 +26,7 @@ from mdp_assets.storage import catalog
 from mdp_assets.storage.publication import (CONSENSUS, DEFAULT_LEVELS, DEPOSIT_RECORD, DEPOSITS_FOLDER,
                                             OME_ZARR_LEVELS, DepositFile, DepositRequest, Source, build_deposit,
                                             check_limits, check_publishable, image_files, licence, move_into,
-                                            plan_files, plates_of, target, zenodo_metadata)
+                                            plan_files, plates_of, target)
 from mdp_assets.storage.resource import MdpStorage
 from mdp_assets.storage.tiers import FilesystemTier
 from mdp_assets.storage.zenodo import ZENODO, ZenodoUploader
@@ -85,24 +85,22 @@ def publish(storage: MdpStorage, plates: list[str], to: str, levels: list[str] |
             stored = store.read(level, plate)
             sources.append(Source(stored, store.locate(level, plate).tier, plates_of(stored, registry)))
     images: dict[str, list] = {}
+    image_sources: list[Source] = []  # what the images come from: the plate's OME-Zarr level, or its inventory
     if service.takes_images if include_images is None else include_images:
         for plate in plates:
             ome_zarr = next((lvl for lvl in OME_ZARR_LEVELS if lvl in policy.levels and store.locate(lvl, plate)), None)
-            if ome_zarr is not None:  # an OME-Zarr plate, when one is stored, stands for the TIFFs
-                stored = store.read(ome_zarr, plate)
-                sources.append(Source(stored, store.locate(ome_zarr, plate).tier, plates_of(stored, registry)))
-                continue
-            stored = store.read(RAW_IMAGES, plate)
-            sources.append(Source(stored, store.locate(RAW_IMAGES, plate).tier, plates_of(stored, registry)))
-            images[plate] = image_files(stored.read_table())
-    check_publishable(policy, sources)
-    request = DepositRequest(service, plates, chosen, bool(images) or any(s.stored.asset in OME_ZARR_LEVELS
-                                                                          for s in sources),
+            level = ome_zarr or RAW_IMAGES  # an OME-Zarr plate, when one is stored, stands for the TIFFs
+            stored = store.read(level, plate)
+            image_sources.append(Source(stored, store.locate(level, plate).tier, plates_of(stored, registry)))
+            if ome_zarr is None:
+                images[plate] = image_files(stored.read_table())
+    check_publishable(policy, sources + image_sources)
+    request = DepositRequest(service, plates, chosen, bool(image_sources),
                              licence(license_id or policy.publication.license),
                              title or f"Cell Painting profiles of plates {', '.join(plates)}",
                              creators or [who or "mdp"], description, who or "unknown")
-    data_sources = [s for s in sources if s.stored.asset != RAW_IMAGES]
-    planned = plan_files(request, data_sources, images)
+    planned = plan_files(request, sources + [s for s in image_sources if s.stored.asset in OME_ZARR_LEVELS], images)
+    sources += image_sources
     check_limits(service, planned, extra_files=6)
     deposit_id = f"{to}-{request.created.replace(':', '').replace('-', '').replace('+0000', 'Z')}-{uuid.uuid4().hex[:8]}"
     final = tier.folder(f"{DEPOSITS_FOLDER}/{deposit_id}")
@@ -173,4 +171,4 @@ def _deposit_folder(storage: MdpStorage, deposit_id: str) -> Path:
     return folder
 
 
-__all__ = ["publish", "upload_deposit", "verify_deposits", "Published", "zenodo_metadata"]
+__all__ = ["publish", "upload_deposit", "verify_deposits", "Published"]
