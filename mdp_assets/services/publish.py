@@ -40,12 +40,12 @@ class Published:
     deposit_id: str
     folder: Path
     record: dict[str, Any]
+    files: list[tuple[str, int, str]]  # every file of the deposit: relpath, bytes, sha256
 
     def lines(self) -> list[str]:
-        files = self.record["files"]
         return [f"deposit {self.deposit_id} for {self.record['target']}: {self.folder}",
                 f"  plates {', '.join(self.record['plates'])}; levels {', '.join(self.record['levels'])}",
-                f"  {len(files) + 2} files, {sum(f['bytes'] for f in files)} bytes of data and metadata; sha256 "
+                f"  {len(self.files)} files, {sum(size for _, size, _ in self.files)} bytes; sha256 "
                 f"{self.record['provenance']['outputs']['sha256']} (every file's in SHA256SUMS and the catalog)"]
 
 
@@ -119,7 +119,7 @@ def publish(storage: MdpStorage, plates: list[str], to: str, levels: list[str] |
                 dg.AssetKey(source.stored.asset), partition=source.partition,
                 metadata={"published_to": to, "deposit": deposit_id, "deposit_uri": dg.MetadataValue.url(final.as_uri()),
                           "data_version": str(source.stored.record.get("data_version")), "by": request.who}))
-    return Published(deposit_id, final, record)
+    return Published(deposit_id, final, record, files)
 
 
 def _size_and_sha256(path: Path) -> tuple[int, str]:
