@@ -19,6 +19,9 @@ runs appear in the UI) and wait for them unless told `--no-wait`; the others rea
   mdp lifecycle [--as-of ISO] [--dry-run]
   mdp pin PLATE [--reason TEXT] / mdp unpin PLATE
   mdp reclassify PLATE --origin O --reason TEXT [--identifiable-patient-data yes|no] [--released yes|no]
+  mdp publish PLATE.. --to zenodo|figshare|idr [--levels L ..] [--images|--no-images] [--license SPDX]
+                                 [--title T] [--creator "Family, Given" ..] [--upload [--publish-record]]
+  mdp upload-deposit DEPOSIT_ID [--zenodo-url URL] [--publish-record]
   mdp loaddata FOLDER -o OUT.csv [--pe2loaddata-config CONFIG.yml] [--path-name P]
 """
 
@@ -52,6 +55,7 @@ from mdp_assets.services.catalog import rebuild_catalog, verify_stored_files
 from mdp_assets.services.instance import instance_config
 from mdp_assets.services.lifecycle import apply_lifecycle, describe_move, release_consumed
 from mdp_assets.services.provenance import explain_chain, provenance_chain
+from mdp_assets.services.publish import publish, upload_deposit, verify_deposits
 from mdp_assets.services.recovery import fail_dead_runs, recover
 from mdp_assets.services.repair import repair
 from mdp_assets.services.reclassify import reclassify_plate
@@ -212,7 +216,8 @@ def run_catalog(platform: Platform, query_name: str | None, sql: str | None, reb
     path = platform.storage.catalog_path
     if rebuild:
         print(f"catalog rebuilt: {rebuild_catalog(platform.instance, platform.storage)} stored files")
-    names = [query_name] if query_name else ([] if sql else ["by-tier-and-level", "raw-images", "totals"])
+    names = [query_name] if query_name else ([] if sql else ["by-tier-and-level", "raw-images", "totals"] +
+                                             (["deposits"] if catalog.has_deposits(path) else []))
     for name in names:
         if name not in catalog.CANNED_QUERIES:
             raise MdpError(f"unknown query {name!r}; known: {sorted(catalog.CANNED_QUERIES)}")
@@ -247,7 +252,12 @@ def run_verify(platform: Platform) -> int:
     for problem in problems:
         print(f"mdp verify: {problem}", file=sys.stderr)
     print(f"{checked} stored files verified; {len(problems)} missing, corrupt or uncommitted")
-    return 1 if problems else 0
+    published, damaged = verify_deposits(platform.storage)
+    for problem in damaged:
+        print(f"mdp verify: {problem}", file=sys.stderr)
+    if published:
+        print(f"{published} files of published deposits verified; {len(damaged)} missing or corrupt")
+    return 1 if problems or damaged else 0
 
 
 def run_repair(platform: Platform, plate: str | None, levels: list[str] | None, wait: bool) -> int:
@@ -308,6 +318,25 @@ def run_reclassify(platform: Platform, plate: str, origin: str, reason: str, ide
                               flag[identifiable], flag[released], platform.instance)
     for line in result.lines():
         print(line)
+    return 0
+
+
+def run_publish(platform: Platform, args: argparse.Namespace) -> int:
+    for plate in args.plates:
+        check_barcode(plate, "publish")
+    published = publish(platform.storage, args.plates, args.to, args.levels, args.images, args.license, args.title,
+                        args.creator, args.description or "", getpass.getuser(), platform.instance)
+    for line in published.lines():
+        print(line)
+    if args.upload:
+        return run_upload(platform, published.deposit_id, args.zenodo_url, args.publish_record)
+    return 0
+
+
+def run_upload(platform: Platform, deposit_id: str, zenodo_url: str, publish_record: bool) -> int:
+    uploaded = upload_deposit(platform.storage, deposit_id, zenodo_url, publish_record)
+    print(f"deposit {deposit_id} uploaded to {zenodo_url}: deposition {uploaded['deposition_id']} ({uploaded['state']}"
+          f"{', DOI ' + str(uploaded['doi']) if uploaded.get('doi') else ''}); recorded in the catalog")
     return 0
 
 
@@ -407,6 +436,27 @@ def parser() -> argparse.ArgumentParser:
     reclassify.add_argument("--reason", required=True, help="why (recorded with who and when)")
     reclassify.add_argument("--identifiable-patient-data", choices=["yes", "no"], help="default: unchanged")
     reclassify.add_argument("--released", choices=["yes", "no"], help="default: unchanged")
+    publish_cmd = commands.add_parser("publish", help="build a deposit for Zenodo, Figshare or IDR, refused where the "
+                                      "plates' origin forbids it")
+    publish_cmd.add_argument("plates", nargs="+")
+    publish_cmd.add_argument("--to", required=True, choices=["zenodo", "figshare", "idr"])
+    publish_cmd.add_argument("--levels", nargs="+", help="default: well_profiles well_embeddings consensus_profiles")
+    images = publish_cmd.add_mutually_exclusive_group()
+    images.add_argument("--images", dest="images", action="store_true", default=None,
+                        help="include the plates' images (IDR: always, by default)")
+    images.add_argument("--no-images", dest="images", action="store_false")
+    publish_cmd.add_argument("--license", help="SPDX id (default: the policy's publication.license, CC-BY-4.0)")
+    publish_cmd.add_argument("--title")
+    publish_cmd.add_argument("--creator", action="append", help='"Family, Given"; repeat for each creator')
+    publish_cmd.add_argument("--description")
+    publish_cmd.add_argument("--upload", action="store_true", help="zenodo: upload the deposit once built "
+                             "(token in $ZENODO_ACCESS_TOKEN)")
+    publish_cmd.add_argument("--zenodo-url", default="https://zenodo.org", help="https://sandbox.zenodo.org to try")
+    publish_cmd.add_argument("--publish-record", action="store_true", help="publish the Zenodo record after upload")
+    upload = commands.add_parser("upload-deposit", help="upload a built Zenodo deposit through Zenodo's REST API")
+    upload.add_argument("deposit_id")
+    upload.add_argument("--zenodo-url", default="https://zenodo.org")
+    upload.add_argument("--publish-record", action="store_true")
     loaddata = commands.add_parser("loaddata", help="a CellProfiler LoadData CSV for a plate folder")
     loaddata.add_argument("folder", type=Path)
     loaddata.add_argument("-o", "--output", type=Path, required=True)
@@ -438,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
             "lifecycle": lambda: run_lifecycle(platform, args.as_of, args.dry_run, args.wait),
             "pin": lambda: run_pin(platform, args.plate, args.reason, False),
             "unpin": lambda: run_pin(platform, args.plate, None, True),
+            "publish": lambda: run_publish(platform, args),
+            "upload-deposit": lambda: run_upload(platform, args.deposit_id, args.zenodo_url, args.publish_record),
             "reclassify": lambda: run_reclassify(platform, args.plate, args.origin, args.reason,
                                                  args.identifiable_patient_data, args.released),
         }

@@ -51,6 +51,7 @@ class DemoPlateSpec:
     # (a 384-well plate in seconds, not hours); None synthesizes every site. TIFF compression: zlib or none.
     site_pool: int | None = None
     compression: str | None = "zlib"
+    origin: str = "internal"  # the manifest's origin (a public plate may be published)
 
     @property
     def wells(self) -> list[str]:
@@ -209,7 +210,7 @@ def write_demo_plate(landing_zone: Path, spec: DemoPlateSpec) -> Path:
         platemap.to_csv(folder / "platemap.csv", index=False)
         manifest = {
             "barcode": spec.barcode,
-            "origin": "internal",
+            "origin": spec.origin,
             "identifiable_patient_data": False,
             "platemap": "platemap.csv",
             "naming_scheme": "phenix",

@@ -390,6 +390,8 @@ CANNED_QUERIES = {
     "any_value(r.released_at) AS landing_released_at FROM stored_files f "
     "LEFT JOIN landing_releases r ON r.plate = f.plate WHERE f.asset_key = 'raw_images' GROUP BY f.plate, f.tier "
     "ORDER BY f.plate",
+    "deposits": "SELECT deposit_id, target, created, plates, levels, files, bytes, sha256, "
+    "coalesce(uploaded, 'not uploaded') AS uploaded FROM deposits ORDER BY created",
 }
 
 
@@ -446,6 +448,50 @@ def last_materialized(path: Path) -> dict[str, datetime]:
     with connect(path, read_only=True) as con:
         rows = con.execute("SELECT plate, max(created) FROM stored_files WHERE plate IS NOT NULL GROUP BY plate").fetchall()
     return {plate: created for plate, created in rows}
+
+
+DEPOSITS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deposits (
+    deposit_id VARCHAR PRIMARY KEY, target VARCHAR, created TIMESTAMPTZ, who VARCHAR, tier VARCHAR, uri VARCHAR,
+    plates VARCHAR, levels VARCHAR, license VARCHAR, files BIGINT, bytes BIGINT, sha256 VARCHAR, uploaded VARCHAR
+);
+CREATE TABLE IF NOT EXISTS deposit_files (
+    deposit_id VARCHAR, relpath VARCHAR, bytes BIGINT, sha256 VARCHAR, made_from VARCHAR,
+    PRIMARY KEY (deposit_id, relpath)
+)
+"""
+
+
+def record_deposit(path: Path, tier: str, record: dict, files: list[tuple[str, int, str]]) -> None:
+    """A deposit built for publication (`mdp publish`): what, when, target, which files with their sha256."""
+    made_from = {s["relpath"]: s["made_from"] for s in record.get("sources") or []}
+    with connect(path) as con:
+        con.execute(DEPOSITS_SCHEMA)
+        con.execute("BEGIN")
+        con.execute("DELETE FROM deposit_files WHERE deposit_id = ?", [record["deposit_id"]])
+        con.execute("INSERT OR REPLACE INTO deposits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [record["deposit_id"], record["target"], record["created"], record["who"], tier, record["uri"],
+                     ", ".join(record["plates"]), ", ".join(record["levels"]), record["license"], len(files),
+                     sum(size for _, size, _ in files), record["provenance"]["outputs"]["sha256"], None])
+        con.executemany("INSERT INTO deposit_files VALUES (?, ?, ?, ?, ?)",
+                        [(record["deposit_id"], relpath, size, digest, made_from.get(relpath, "written by mdp publish"))
+                         for relpath, size, digest in files])
+        con.execute("COMMIT")
+
+
+def record_upload(path: Path, deposit_id: str, uploaded: dict) -> None:
+    """Where a deposit was uploaded (the service's id, links, state), beside its row."""
+    with connect(path) as con:
+        con.execute(DEPOSITS_SCHEMA)
+        con.execute("UPDATE deposits SET uploaded = ? WHERE deposit_id = ?", [json.dumps(uploaded), deposit_id])
+
+
+def has_deposits(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with connect(path, read_only=True) as con:
+        return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'deposits'")
+                    .fetchone()[0])
 
 
 def query(path: Path, sql: str) -> tuple[list[str], list[tuple]]:

@@ -3,6 +3,7 @@
 Prices come from the policy (per GB-month for cloud-like tiers, one time per TB for drives, per 1000
 requests where it applies); they are configuration, not code. The projection walks every stored
 partition through its level's stages month by month: a partition due to move counts in its next tier.
+Published deposits (`mdp publish`) count in the publication tier as level `published:<target>`, for good.
 """
 
 from __future__ import annotations
@@ -27,6 +28,32 @@ def current_costs(stored: pd.DataFrame, policy: StoragePolicy) -> pd.DataFrame:
     table["monthly_cost_usd"] = table["bytes"] / GB * per_gb_month
     table["one_time_cost_usd"] = table["bytes"] / TB * one_time_per_tb
     return table.sort_values(["tier", "level", "plate"], na_position="first").reset_index(drop=True)
+
+
+PUBLISHED = "published:"
+
+
+def with_deposits(stored: pd.DataFrame, partitions: pd.DataFrame,
+                  deposits: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stored files and partitions with every published deposit added (deposits: tier, target, plates,
+    bytes, created), so the cost summary and the projection count them by target."""
+    if deposits.empty:
+        return stored, partitions
+    rows = pd.DataFrame({"tier": deposits["tier"], "level": PUBLISHED + deposits["target"],
+                         "plate": deposits["plates"], "bytes": deposits["bytes"].astype("int64"),
+                         "stage_entered_at": pd.to_datetime(deposits["created"], utc=True)})
+    stored = pd.concat([stored, rows[["tier", "level", "plate", "bytes"]]], ignore_index=True) \
+        if not stored.empty else rows[["tier", "level", "plate", "bytes"]]
+    partitions = pd.concat([partitions, rows[["level", "tier", "bytes", "stage_entered_at"]]], ignore_index=True) \
+        if not partitions.empty else rows[["level", "tier", "bytes", "stage_entered_at"]]
+    return stored, partitions
+
+
+def published_by_target(costs: pd.DataFrame) -> dict[str, int]:
+    """Bytes of published deposits per target, from `current_costs`' table."""
+    published = costs[costs["level"].astype(str).str.startswith(PUBLISHED)]
+    return {level.removeprefix(PUBLISHED): int(size)
+            for level, size in published.groupby("level")["bytes"].sum().items()}
 
 
 def tier_at(policy: StoragePolicy, level: str, tier: str, entered: datetime, when: datetime) -> str:

@@ -134,6 +134,19 @@ class RawImages(BaseModel):
         return self
 
 
+class Publication(BaseModel):
+    """What may be published (`mdp publish`), and where deposits are built. Identifiable-patient plates are never
+    published, and collaborator plates only once released: those hold whatever this section says."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tier: str = Field("public-archive", description="the public filesystem tier deposits are built in")
+    origins: list[Origin] = Field(default_factory=lambda: ["public"],
+                                  description="origins whose plates may be published; an internal plate is "
+                                  "reclassified public first (`mdp reclassify`, recorded)")
+    released_collaborators: bool = Field(True, description="collaborator plates marked released may be published")
+    license: str = Field("CC-BY-4.0", description="SPDX id of the deposits' licence unless `mdp publish --license`")
+
+
 class StoragePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
@@ -144,6 +157,7 @@ class StoragePolicy(BaseModel):
     identifiable_patient_data_access: list[Access] = Field(default_factory=lambda: ["private"])
     active_days: float = Field(30, ge=0, description="a plate materialized this recently stays in its fast tier")
     raw_images: RawImages = Field(default_factory=RawImages)
+    publication: Publication = Field(default_factory=Publication)
 
     @model_validator(mode="after")
     def _rules(self) -> StoragePolicy:
@@ -155,6 +169,10 @@ class StoragePolicy(BaseModel):
             if "public" in self.origins.get(origin, []):
                 problems.append(f"rule 'collaborator data stay private unless released': origins.{origin} "
                                 "must not include 'public' (released plates use released_collaborator_access)")
+        for origin in COLLABORATOR_ORIGINS:
+            if origin in self.publication.origins:
+                problems.append(f"rule 'collaborator data stay private unless released': publication.origins must "
+                                f"not include {origin!r} (released plates use publication.released_collaborators)")
         missing = [o for o in ORIGINS if o not in self.origins]
         if missing:
             problems.append(f"origins lacks {missing}")
@@ -211,6 +229,29 @@ class StoragePolicy(BaseModel):
             return (f"{tier!r} ({spec.access}, {'cloud' if spec.is_cloud else 'lab'} storage): it holds identifiable "
                     f"patient data, which no level (inventories and metadata included) may put there unless the "
                     f"policy allows it (tiers.{tier}.identifiable_patient_data_allowed: true)")
+        return None
+
+    def publication_problem(self, origin: str, identifiable_patient_data: bool, released: bool) -> str | None:
+        """The rule that forbids publishing a plate of this access class, or None when it may be published."""
+        if identifiable_patient_data:
+            return "rule 'identifiable patient data are never shared': it holds identifiable patient data"
+        if origin in COLLABORATOR_ORIGINS:
+            if not released:
+                return (f"rule 'collaborator data stay private unless released': its origin is {origin!r} and it is "
+                        "not released")
+            if not self.publication.released_collaborators:
+                return (f"rule 'publication.released_collaborators: false' of policy {self.name!r}: its origin is "
+                        f"{origin!r}")
+        elif origin not in self.publication.origins:
+            return (f"rule 'only plates of origin {sorted(self.publication.origins)} are published' "
+                    f"(policy {self.name!r}, publication.origins): its origin is {origin!r}; a lab publishes its own "
+                    "plate by reclassifying it first (`mdp reclassify PLATE --origin public --reason ...`, recorded)")
+        tier = self.publication.tier
+        if tier not in self.tiers:
+            return f"policy {self.name!r} has no tier {tier!r} (publication.tier) to build deposits in"
+        problem = self.origin_problem(tier, origin, identifiable_patient_data, released)
+        if problem:
+            return f"the policy's origin rules: tier {problem}"
         return None
 
     def check_limits(self, tier: str, file_sizes: list[int], tier_used_bytes: Callable[[], int], what: str) -> None:

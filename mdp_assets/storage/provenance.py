@@ -164,3 +164,41 @@ def describe(record: dict[str, Any]) -> str:
             f"sha256 {item.get('sha256')}, at {item.get('uri')}"
         )
     return "\n".join(lines)
+
+
+def deposit_crate(record: dict[str, Any], files: list[dict[str, Any]], *, title: str, description: str,
+                  creators: list[str], licence_url: str, licence_name: str, date_published: str) -> dict[str, Any]:
+    """A publication deposit as an RO-Crate 1.1: the root Dataset (name, description, datePublished, licence,
+    authors, every file with its sha256), made by a CreateAction that used the stored partitions it names."""
+    crate = ro_crate(record, files)
+    graph = crate["@graph"]
+    # The stored partitions it came from are named by level, plate and data version, not by the lab's paths.
+    renamed = {e["@id"]: f"#source-{e['name'].replace(' ', '-')}" for e in graph
+               if e.get("@type") == "Dataset" and e["@id"] != "./"}
+    for entity in graph:
+        entity["@id"] = renamed.get(entity["@id"], entity["@id"])
+        for key in ("object", "prov:used", "prov:wasDerivedFrom"):
+            if isinstance(entity.get(key), list):
+                entity[key] = [{"@id": renamed.get(ref["@id"], ref["@id"])} for ref in entity[key]]
+    root = next(e for e in graph if e["@id"] == "./")
+    people = [{"@id": f"#creator-{index}", "@type": "Person", "name": name} for index, name in enumerate(creators, 1)]
+    root.update({"name": title, "description": description or title, "datePublished": date_published,
+                 "license": {"@id": licence_url}, "author": [{"@id": p["@id"]} for p in people]})
+    action = next(e for e in graph if e["@id"] == root["prov:wasGeneratedBy"]["@id"])
+    action["name"] = f"publish {record['partition']}"
+    # Each property its own entity with an @id (RO-Crate's flattened form; rocrate's reader requires it).
+    properties = [{"@id": f"#property-{p['name']}", **p} for p in action.pop("additionalProperty")]
+    action["additionalProperty"] = [{"@id": p["@id"]} for p in properties]
+    graph += properties
+    for entity in graph:
+        if entity.get("@type") == "File":
+            entity["encodingFormat"] = _format(entity["@id"])
+    graph += [{"@id": licence_url, "@type": "CreativeWork", "name": licence_name}, *people]
+    return crate
+
+
+def _format(relpath: str) -> str:
+    suffix = relpath.rsplit(".", 1)[-1].lower() if "." in relpath else ""
+    return {"parquet": "application/vnd.apache.parquet", "json": "application/json", "md": "text/markdown",
+            "txt": "text/plain", "tif": "image/tiff", "tiff": "image/tiff", "npy": "application/octet-stream",
+            "csv": "text/csv"}.get(suffix, "application/octet-stream")

@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from mdp_assets.storage import catalog
-from mdp_assets.storage.costs import current_costs, plot, projection
+from mdp_assets.storage.costs import current_costs, plot, projection, published_by_target, with_deposits
 from mdp_assets.storage.partitions import staged_output, summarize_table
 from mdp_assets.storage.resource import MdpStorage
 
@@ -18,7 +18,7 @@ STORAGE_COSTS = dg.AssetKey("storage_costs")
     group_name="storage",
     kinds={"duckdb", "parquet"},
     description="Bytes and cost per tier, level and plate from the policy's prices, a 12-month projection under the "
-    "lifecycle, and a plot. Reads the catalog.",
+    "lifecycle, and a plot; published deposits count as level published:<target>. Reads the catalog.",
 )
 def storage_costs(storage: MdpStorage) -> dg.Output:
     policy = storage.policy()
@@ -29,6 +29,9 @@ def storage_costs(storage: MdpStorage) -> dg.Output:
         "SELECT asset_key AS level, tier, sum(bytes) AS bytes, max(coalesce(last_moved, created)) AS stage_entered_at "
         "FROM stored_files GROUP BY asset_key, partition, tier",
     )
+    deposits = _catalog_frame(storage, "SELECT tier, target, plates, bytes, created FROM deposits") \
+        if catalog.has_deposits(storage.catalog_path) else pd.DataFrame()
+    files, partitions = with_deposits(files, partitions, deposits)
     costs = current_costs(files, policy)
     projected = projection(partitions, policy, now)
     png = plot(projected)
@@ -45,6 +48,7 @@ def storage_costs(storage: MdpStorage) -> dg.Output:
                 "one_time_cost_usd": float(costs["one_time_cost_usd"].sum()),
                 "cost_in_12_months_usd": float(projected.loc[projected["month"] == 12, "monthly_cost_usd"].sum()),
                 "by_tier": dg.MetadataValue.md(_markdown(by_tier)),
+                "published_bytes_by_target": dg.MetadataValue.json(published_by_target(costs)),
                 "plot": dg.MetadataValue.md(f"![storage costs](data:image/png;base64,{base64.b64encode(png).decode()})"),
                 "policy": policy.name,
             },
