@@ -33,8 +33,8 @@ from mdp_assets.checksums import FileRecord, atomic_path, sha256_file, tree_dige
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.inventory import uri_to_path
 from mdp_assets.plates.registry import PERTURBATION, PlateAccess, PlateRegistry
-from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition
 from mdp_assets.science.ome_zarr import PLATE_STORE
+from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition
 from mdp_assets.storage.policy import StoragePolicy
 from mdp_assets.storage.provenance import RO_CRATE_FILE, deposit_crate, provenance_record
 
