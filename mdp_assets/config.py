@@ -35,6 +35,7 @@ from mdp_assets.science.ome_zarr import writer_parameters as ome_zarr_writer_par
 from mdp_assets.science.profile_quality import QualityParameters, copairs_version
 from mdp_assets.science.parquet_profiles import DEFAULT_MEMORY_BUDGET
 from mdp_assets.science.profiles import ProfileParameters
+from mdp_assets.science.features import CpMeasureGroups
 from mdp_assets.science.segmentation import SegmentationParameters
 
 CONFIG_ENV = "MDP_CONFIG"
@@ -53,6 +54,7 @@ _Section = ConfigDict(extra="forbid")
 _QC, _ILLUMINATION = QcThresholds(), IlluminationParameters()
 _SEGMENTATION, _PROFILES = SegmentationParameters(), ProfileParameters()
 _QUALITY = QualityParameters()
+_FEATURES = CpMeasureGroups()
 
 
 # -- the settings of each processing step (dagster Config: the same classes are the run's resource fields) --
@@ -107,6 +109,30 @@ class SegmentationSettings(dg.Config):
 
     def parameters(self) -> SegmentationParameters:
         return SegmentationParameters(**self.model_dump())
+
+
+class FeatureSettings(dg.Config):
+    """The built-in engine's cp-measure feature groups (CellProfiler's module settings; CellProfiler's own live in
+    its pipeline). Each group can be switched off; all are on by default."""
+
+    model_config = _Section
+    texture: bool = Field(_FEATURES.texture, description="MeasureTexture (Haralick, numba kernel)")
+    texture_scales: list[int] = Field(default_factory=lambda: list(_FEATURES.texture_scales))
+    texture_gray_levels: int = Field(_FEATURES.texture_gray_levels, ge=2, le=256)
+    granularity: bool = Field(_FEATURES.granularity, description="MeasureGranularity")
+    granularity_subsample: float = _FEATURES.granularity_subsample
+    granularity_background_subsample: float = _FEATURES.granularity_background_subsample
+    granularity_element_size: int = _FEATURES.granularity_element_size
+    granularity_spectrum: int = _FEATURES.granularity_spectrum
+    radial_distribution: bool = Field(_FEATURES.radial_distribution, description="MeasureObjectIntensityDistribution")
+    radial_bins: int = _FEATURES.radial_bins
+    correlation: bool = Field(_FEATURES.correlation, description="MeasureColocalization within objects")
+    correlation_threshold: int = _FEATURES.correlation_threshold
+
+    def parameters(self) -> CpMeasureGroups:
+        values = self.model_dump()
+        values["texture_scales"] = tuple(values["texture_scales"])
+        return CpMeasureGroups(**values)
 
 
 class CropSettings(dg.Config):
@@ -324,6 +350,7 @@ class MdpConfig(BaseModel):
     qc: QcSettings = Field(default_factory=QcSettings)
     illumination: IlluminationSettings = Field(default_factory=IlluminationSettings)
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
     crops: CropSettings = Field(default_factory=CropSettings)
     cell_qc: CellQcSettings = Field(default_factory=CellQcSettings)
     profiles: ProfileSettings = Field(default_factory=ProfileSettings)
@@ -347,6 +374,7 @@ PLATE_OVERRIDABLE: tuple[str, ...] = (
     *(f"qc.{k}" for k in QcSettings.model_fields),
     *(f"illumination.{k}" for k in IlluminationSettings.model_fields),
     *(f"segmentation.{k}" for k in SegmentationSettings.model_fields),
+    *(f"features.{k}" for k in FeatureSettings.model_fields),
     *(f"crops.{k}" for k in CropSettings.model_fields),
     "engine.cellprofiler.illumination_pipeline",
     "engine.cellprofiler.analysis_pipeline",
@@ -592,6 +620,7 @@ class StepSettings(dg.ConfigurableResource):
     qc: QcSettings = Field(default_factory=QcSettings)
     illumination: IlluminationSettings = Field(default_factory=IlluminationSettings)
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
     crops: CropSettings = Field(default_factory=CropSettings)
     cell_qc: CellQcSettings = Field(default_factory=CellQcSettings)
     profiles: ProfileSettings = Field(default_factory=ProfileSettings)
@@ -605,7 +634,7 @@ class StepSettings(dg.ConfigurableResource):
     @classmethod
     def from_config(cls, config: MdpConfig) -> StepSettings:
         return cls(engine=resolved_engine(config), engine_is_auto=config.engine.kind == "auto", qc=config.qc, illumination=config.illumination,
-                   segmentation=config.segmentation, crops=config.crops, cell_qc=config.cell_qc,
+                   segmentation=config.segmentation, features=config.features, crops=config.crops, cell_qc=config.cell_qc,
                    profiles=config.profiles, profile_quality=config.profile_quality, embeddings=config.embeddings,
                    consensus=config.consensus, pictures=config.pictures, cellprofiler=config.engine.cellprofiler,
                    compute=config.compute)
@@ -649,7 +678,8 @@ class StepSettings(dg.ConfigurableResource):
                                  **({"analysis_pipeline_sha256": file_sha256(cellprofiler.analysis_pipeline)}
                                     if self.engine == "cellprofiler" else {})},
             "segmentation_masks": engine_step(cellprofiler.analysis_pipeline, self.segmentation.model_dump()),
-            "single_cell_features": {"engine": engine_step(cellprofiler.analysis_pipeline, {})["engine"]},
+            "single_cell_features": engine_step(cellprofiler.analysis_pipeline, {"features": self.features.model_dump()})
+            if self.engine == "builtin" else {"engine": engine_step(cellprofiler.analysis_pipeline, {})["engine"]},
             "single_cell_crops": {"crop_size": self.crops.size, "channels": self.crops.channels or "all",
                                   "bit_depth": "raw"},
             "single_cell_qc": {"method": "coSMicQC z-score thresholds per plate", "conditions": self.cell_qc.conditions},

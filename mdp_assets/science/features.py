@@ -4,19 +4,31 @@ Column names follow CellProfiler / pycytominer: `<Compartment>_<FeatureGroup>_<F
 for example `Nuclei_AreaShape_Area` or `Cells_Intensity_MeanIntensity_DNA`. The compartments are
 Nuclei, Cells and Cytoplasm; objects are matched by ObjectNumber (a cell carries its nucleus' label).
 Lengths are in pixels and intensities in CellProfiler's [0, 1] scale, as CellProfiler reports them.
+
+AreaShape, Location and Intensity are computed here with scikit-image. Texture, Granularity,
+RadialDistribution and Correlation come from cp-measure (CellProfiler's measurement code as a library),
+renamed as CellProfiler's MeasureTexture, MeasureGranularity, MeasureObjectIntensityDistribution and
+MeasureColocalization name them; `CpMeasureGroups` says which of them run and with which settings.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from skimage import measure
+from cp_measure.core import measurecolocalization, measuregranularity, measureobjectintensitydistribution
+from cp_measure.core.numba import measuretexture  # numba's Haralick kernel: mahotas' GLCM counts, ~100x faster
+from scipy import ndimage
+from skimage import measure, segmentation
 
 from mdp_assets.parallel import imap_sites
+from mdp_assets.science.illumination import to_unit_range
 from mdp_assets.science.image_store import read_stack
 from mdp_assets.science.profiles import metadata_first
 from mdp_assets.science.segmentation import cytoplasm_labels
@@ -55,10 +67,145 @@ def _upper_quartile(mask: np.ndarray, intensity: np.ndarray) -> np.ndarray:
     return np.percentile(intensity[mask], 75, axis=0)
 
 
+@dataclass(frozen=True)
+class CpMeasureGroups:
+    """The feature groups measured with cp-measure, with CellProfiler's module settings (defaults: those of
+    the field's Cell Painting pipelines and CellProfiler's own). Texture is the slowest; each group can be
+    switched off."""
+
+    texture: bool = True
+    texture_scales: tuple[int, ...] = (3,)  # MeasureTexture "Texture scale to measure"
+    texture_gray_levels: int = 256  # MeasureTexture "how many gray levels"
+    granularity: bool = True
+    granularity_subsample: float = 0.25  # MeasureGranularity "Subsampling factor for granularity measurements"
+    granularity_background_subsample: float = 0.25  # "... for background reduction"
+    granularity_element_size: int = 10  # "Radius of structuring element"
+    granularity_spectrum: int = 16  # "Range of the granular spectrum"
+    radial_distribution: bool = True
+    radial_bins: int = 4  # MeasureObjectIntensityDistribution "Number of bins" (scaled bins)
+    correlation: bool = True
+    correlation_threshold: int = 15  # MeasureColocalization "threshold as percentage of maximum intensity"
+
+    @classmethod
+    def none(cls) -> "CpMeasureGroups":
+        return cls(texture=False, granularity=False, radial_distribution=False, correlation=False)
+
+
+DEFAULT_GROUPS = CpMeasureGroups()
+
+
+def _texture(labels: np.ndarray, pixels: np.ndarray, channel: str, groups: CpMeasureGroups) -> dict[str, np.ndarray]:
+    out = {}
+    for scale in groups.texture_scales:
+        # cp-measure names a feature <Feature>_<scale>_<angle>_<levels>; CellProfiler puts the image after the feature.
+        for key, values in measuretexture.get_texture(labels, pixels, scale=scale,
+                                                      gray_levels=groups.texture_gray_levels).items():
+            feature, rest = key.split("_", 1)
+            out[f"Texture_{feature}_{channel}_{rest}"] = values
+    return out
+
+
+def _granularity(labels: np.ndarray, pixels: np.ndarray, channel: str, groups: CpMeasureGroups) -> dict[str, np.ndarray]:
+    spectrum = measuregranularity.get_granularity(
+        labels, pixels, subsample_size=groups.granularity_subsample,
+        image_sample_size=groups.granularity_background_subsample,
+        element_size=groups.granularity_element_size, granular_spectrum_length=groups.granularity_spectrum)
+    return {f"{key}_{channel}": values for key, values in spectrum.items()}  # Granularity_<n>_<channel>
+
+
+def _radial_distribution(labels: np.ndarray, pixels: np.ndarray, channel: str,
+                         groups: CpMeasureGroups) -> dict[str, np.ndarray]:
+    out = {}
+    for key, values in measureobjectintensitydistribution.get_radial_distribution(
+            labels, pixels, scaled=True, bin_count=groups.radial_bins).items():
+        category, feature, bins = key.split("_", 2)  # RadialDistribution_FracAtD_1of4
+        out[f"{category}_{feature}_{channel}_{bins}"] = values
+    return out
+
+
+def _rank_weighted_colocalization(labels: np.ndarray, first: np.ndarray, second: np.ndarray,
+                                  thr: int) -> tuple[np.ndarray, np.ndarray]:
+    """MeasureColocalization's RWC as CellProfiler 4.2 computes it: pixels ranked across all of the image's
+    objects (not per object, as cp-measure does), weights from the rank difference, per-object thresholds."""
+    inside = labels > 0
+    lab, fi, si = labels[inside], first[inside].astype(float), second[inside].astype(float)
+    index = np.arange(1, int(labels.max()) + 1)
+    ranks = []
+    for pixels in (fi, si):
+        order = np.lexsort((lab, pixels))
+        steps = np.cumsum(np.concatenate([[False], pixels[order[:-1]] != pixels[order[1:]]]))
+        rank = np.zeros(pixels.shape, dtype=int)
+        rank[order] = steps
+        ranks.append(rank)
+    top = max(ranks[0].max(), ranks[1].max()) + 1
+    weight = (top - np.abs(ranks[0] - ranks[1])) / top
+    tff = thr / 100 * np.asarray(ndimage.maximum(fi, lab, index))
+    tss = thr / 100 * np.asarray(ndimage.maximum(si, lab, index))
+    above_f, above_s = fi >= tff[lab - 1], si >= tss[lab - 1]
+    both = above_f & above_s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rwc1 = ndimage.sum(fi[both] * weight[both], lab[both], index) / ndimage.sum(fi[above_f], lab[above_f], index)
+        rwc2 = ndimage.sum(si[both] * weight[both], lab[both], index) / ndimage.sum(si[above_s], lab[above_s], index)
+    return np.asarray(rwc1, dtype=float), np.asarray(rwc2, dtype=float)
+
+
+def _correlation(labels: np.ndarray, first: np.ndarray, second: np.ndarray, names: tuple[str, str],
+                 groups: CpMeasureGroups) -> dict[str, np.ndarray]:
+    """MeasureColocalization within objects: Correlation, Overlap, K, Manders and RWC (not Costes; CellProfiler
+    reports Slope for whole images only)."""
+    a, b = names
+    thr = groups.correlation_threshold
+    pearson = measurecolocalization.get_correlation_pearson(first, second, labels)
+    overlap = measurecolocalization.get_correlation_overlap(first, second, labels, thr=thr)
+    manders = measurecolocalization.get_correlation_manders_fold(first, second, labels, thr=thr)
+    rwc1, rwc2 = _rank_weighted_colocalization(labels, first, second, thr)
+    return {
+        f"Correlation_Correlation_{a}_{b}": pearson["Correlation_Pearson"],
+        f"Correlation_Overlap_{a}_{b}": overlap["Correlation_Overlap"],
+        f"Correlation_K_{a}_{b}": overlap["Correlation_K_1"],
+        f"Correlation_K_{b}_{a}": overlap["Correlation_K_2"],
+        f"Correlation_Manders_{a}_{b}": manders["Correlation_Manders_1"],
+        f"Correlation_Manders_{b}_{a}": manders["Correlation_Manders_2"],
+        f"Correlation_RWC_{a}_{b}": rwc1,
+        f"Correlation_RWC_{b}_{a}": rwc2,
+    }
+
+
+def measure_cp_groups(labels: np.ndarray, channels: dict[str, np.ndarray], compartment: str,
+                      groups: CpMeasureGroups = DEFAULT_GROUPS) -> pd.DataFrame:
+    """Texture, Granularity, RadialDistribution and Correlation of one compartment with cp-measure, one row per
+    object present in `labels` (indexed by its label), columns named `<Compartment>_<Group>_...` as CellProfiler
+    names them. Pixels are taken in CellProfiler's [0, 1] scale (integer images divided by their dtype's range)."""
+    present = np.unique(labels[labels > 0])
+    if present.size == 0:
+        return pd.DataFrame(index=pd.Index(present, name="label"))
+    # cp-measure wants labels 1..N; relabel_sequential keeps the order, so row i is object present[i].
+    sequential = segmentation.relabel_sequential(labels)[0]
+    pixels = {name: np.clip(to_unit_range(image), 0.0, 1.0) for name, image in channels.items()}
+    features: dict[str, np.ndarray] = {}
+    with warnings.catch_warnings():  # empty bins, one-level objects: cp-measure warns and reports NaN, as CellProfiler
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for channel, image in pixels.items():
+            if groups.texture:
+                features |= _texture(sequential, image, channel, groups)
+            if groups.granularity:
+                features |= _granularity(sequential, image, channel, groups)
+            if groups.radial_distribution:
+                features |= _radial_distribution(sequential, image, channel, groups)
+        if groups.correlation:
+            for a, b in combinations(pixels, 2):
+                features |= _correlation(sequential, pixels[a], pixels[b], (a, b), groups)
+    table = pd.DataFrame({f"{compartment}_{key}": np.asarray(values, dtype=float) for key, values in features.items()},
+                         index=pd.Index(present, name="label"))
+    return table
+
+
 def measure_compartment(
-    labels: np.ndarray, channels: dict[str, np.ndarray], compartment: str, object_numbers: np.ndarray
+    labels: np.ndarray, channels: dict[str, np.ndarray], compartment: str, object_numbers: np.ndarray,
+    groups: CpMeasureGroups = DEFAULT_GROUPS,
 ) -> pd.DataFrame:
-    """AreaShape, Location and Intensity features of one compartment, one row per object number.
+    """AreaShape, Location and Intensity features of one compartment (and the cp-measure `groups`), one row per
+    object number.
 
     Objects absent from `labels` (for example a cytoplasm swallowed by its nucleus) get NaN features.
     """
@@ -99,39 +246,44 @@ def measure_compartment(
         out[f"{prefix}_MedianIntensity_{channel}"] = frame[f"_median_intensity-{index}"]
         out[f"{prefix}_LowerQuartileIntensity_{channel}"] = frame[f"_lower_quartile-{index}"]
         out[f"{prefix}_UpperQuartileIntensity_{channel}"] = frame[f"_upper_quartile-{index}"]
+    if groups != CpMeasureGroups.none():
+        out = out.join(measure_cp_groups(labels, channels, compartment, groups))
     return out.reindex(object_numbers)
 
 
-def measure_site(nuclei: np.ndarray, cells: np.ndarray, channels: dict[str, np.ndarray]) -> pd.DataFrame:
+def measure_site(nuclei: np.ndarray, cells: np.ndarray, channels: dict[str, np.ndarray],
+                 groups: CpMeasureGroups = DEFAULT_GROUPS) -> pd.DataFrame:
     """All compartments of one site; one row per cell, `Metadata_ObjectNumber` first."""
     object_numbers = np.unique(cells[cells > 0])
     if object_numbers.size == 0:
         return pd.DataFrame({"Metadata_ObjectNumber": pd.Series(dtype="int64")})
     compartments = {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": cytoplasm_labels(nuclei, cells)}
-    parts = [measure_compartment(labels, channels, name, object_numbers) for name, labels in compartments.items()]
+    parts = [measure_compartment(labels, channels, name, object_numbers, groups)
+             for name, labels in compartments.items()]
     table = pd.concat(parts, axis=1)
     table.index.name = "Metadata_ObjectNumber"
     return table.reset_index()
 
 
-def _measure_stored_site(job: tuple[Path, Path, str, int]) -> pd.DataFrame:
+def _measure_stored_site(job: tuple[Path, Path, str, int, CpMeasureGroups]) -> pd.DataFrame:
     """One site measured from its stored masks and corrected stack (what a worker process runs)."""
-    masks_path, corrected_path, well, site = job
+    masks_path, corrected_path, well, site, groups = job
     labels, _ = read_stack(masks_path)
     stack, names = read_stack(corrected_path)
-    measured = measure_site(labels[0], labels[1], {name: stack[i] for i, name in enumerate(names)})
+    measured = measure_site(labels[0], labels[1], {name: stack[i] for i, name in enumerate(names)}, groups)
     measured.insert(0, "Metadata_Site", site)
     measured.insert(0, "Metadata_Well", well)
     return measured
 
 
 def site_features(masks: pd.DataFrame, masks_dir: Path, corrected_dir: Path, workers: int = 0,
-                  progress: Callable[[int], None] | None = None) -> Iterator[pd.DataFrame]:
-    """Measure every segmented site, `workers` processes at once (0: one per core): one table per site, in the order of `masks`,
-    its rows carrying Metadata_Well, Metadata_Site and Metadata_ObjectNumber. `progress` is told how many sites
-    are done after each one."""
+                  progress: Callable[[int], None] | None = None,
+                  groups: CpMeasureGroups = DEFAULT_GROUPS) -> Iterator[pd.DataFrame]:
+    """Measure every segmented site (the cp-measure `groups` as configured), `workers` processes at once (0: one
+    per core): one table per site, in the order of `masks`, its rows carrying Metadata_Well, Metadata_Site and
+    Metadata_ObjectNumber. `progress` is told how many sites are done after each one."""
     jobs = [(masks_dir / site.file_name, corrected_dir / site.corrected_file_name, site.Metadata_Well,
-             int(site.Metadata_Site)) for site in masks.itertuples(index=False)]
+             int(site.Metadata_Site), groups) for site in masks.itertuples(index=False)]
     for done, measured in enumerate(imap_sites(_measure_stored_site, jobs, workers), start=1):
         if progress:
             progress(done)

@@ -23,8 +23,8 @@ GROUP = "single_cell"
     partitions_def=plates_partitions,
     group_name=GROUP,
     kinds={"parquet", "scikit-image"},
-    description="One row per cell: Nuclei_, Cells_ and Cytoplasm_ AreaShape/Location/Intensity features with "
-    "CellProfiler's names, and Metadata_ columns for plate, well, site, object, platemap and acquisition.",
+    description="One row per cell: Nuclei_, Cells_ and Cytoplasm_ AreaShape/Location/Intensity (and, built-in, "
+    "cp-measure's Texture/Granularity/RadialDistribution/Correlation) features with CellProfiler's names, and Metadata_ columns for plate, well, site, object, platemap and acquisition.",
 )
 @names_plate_and_level
 def single_cell_features(
@@ -46,8 +46,9 @@ def single_cell_features(
     else:
         engine = "builtin (scikit-image)"
         masks = pd.read_parquet(segmentation_masks.path("sites.parquet"))
+        groups = settings.for_plate(plate.manifest.settings, plate.barcode).features.parameters()
         batches = site_features(masks, segmentation_masks.root, corrected_images.root, settings.compute.workers,
-                                site_progress(context.log.info, "single_cell_features", len(masks)))
+                                site_progress(context.log.info, "single_cell_features", len(masks)), groups)
     wells = plate.well_metadata(list(raw_images["Metadata_Well"].unique()))
     sites = site_acquisition_metadata(raw_images)
     with storage.staging_dir("single_cell_features") as staged:
