@@ -45,6 +45,25 @@ def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
+def s3_policy_storage(tmp_path: Path, s3_endpoint: str):
+    """Storage on the shipped S3 policy, its cloud tier a fresh bucket of the test's S3 server: (storage, an S3
+    client of that server, the bucket)."""
+    import uuid
+
+    import boto3
+
+    from mdp_assets.storage.policy import shipped_policy
+
+    bucket = f"mdp-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    policy = yaml.safe_load(shipped_policy("s3").read_text())
+    policy["tiers"]["cloud"].update(bucket=bucket, endpoint_url=s3_endpoint, region="us-east-1")
+    path = tmp_path / "s3.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    return MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(path)), client, bucket
+
+
 def make_deployment(folder: Path, **sections) -> Deployment:
     """A deployment whose mdp.yaml is in `folder` (data in folder/data, the instance in folder/dagster_home),
     the built-in engine, and the sections given (merged over those)."""

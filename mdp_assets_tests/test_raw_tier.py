@@ -17,7 +17,6 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import boto3
 import dagster as dg
 import pandas as pd
 import pytest
@@ -37,7 +36,7 @@ from mdp_assets.storage.costs import current_costs, projection
 from mdp_assets.storage.partitions import partition_key
 from mdp_assets.storage.policy import load_policy, shipped_policy
 from mdp_assets.storage.resource import MdpStorage
-from mdp_assets_tests.conftest import REPOSITORY, defs_for, make_deployment, stored
+from mdp_assets_tests.conftest import s3_policy_storage, REPOSITORY, defs_for, make_deployment, stored
 
 pytestmark = pytest.mark.slow
 
@@ -222,14 +221,7 @@ def test_a_lifecycle_killed_between_copy_and_delete_of_raw_images_loses_nothing(
 
 def test_an_s3_tier_holds_the_raw_images_and_a_level_reads_them_through_the_cache(tmp_path, instance, s3_endpoint,
                                                                                   s3_credentials):
-    bucket = f"mdp-{uuid.uuid4().hex[:8]}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=bucket)
-    policy = yaml.safe_load(shipped_policy("s3").read_text())
-    policy["tiers"]["cloud"].update(bucket=bucket, endpoint_url=s3_endpoint, region="us-east-1")
-    path = tmp_path / "s3.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    storage = MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(path))
+    storage, client, bucket = s3_policy_storage(tmp_path, s3_endpoint)
     write_demo_plate(storage.landing_path, DemoPlateSpec(barcode="S3RAW", **SMALL))
     register_plate(storage, "S3RAW")
     instance.add_dynamic_partitions("plates", ["S3RAW"])

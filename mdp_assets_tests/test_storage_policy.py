@@ -3,11 +3,9 @@
 import json
 import stat
 import subprocess
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import boto3
 import dagster as dg
 import duckdb
 import pandas as pd
@@ -27,7 +25,7 @@ from mdp_assets.storage.io_manager import PlateLevelIOManager
 from mdp_assets.storage.partitions import staged_output
 from mdp_assets.storage.policy import load_policy, shipped_policy
 from mdp_assets.storage.resource import MdpStorage
-from mdp_assets_tests.conftest import defs_for, make_deployment, register_toy_plate, stored
+from mdp_assets_tests.conftest import s3_policy_storage, defs_for, make_deployment, register_toy_plate, stored
 
 plates = dg.DynamicPartitionsDefinition(name="plates")
 ORIGINS = {"internal": ["private", "public"], "collaborator-academic": ["private"],
@@ -218,14 +216,7 @@ def test_active_and_pinned_plates_stay_in_the_fast_tier(tmp_path, instance):
 
 @pytest.mark.slow
 def test_s3_tier_written_read_back_and_moved_to_a_drive(tmp_path, instance, s3_endpoint, s3_credentials):
-    bucket = f"mdp-{uuid.uuid4().hex[:8]}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=bucket)
-    policy = yaml.safe_load(shipped_policy("s3").read_text())
-    policy["tiers"]["cloud"].update(bucket=bucket, endpoint_url=s3_endpoint, region="us-east-1")
-    path = tmp_path / "s3.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    storage = MdpStorage(data_root=str(tmp_path / "data"), policy_file=str(path))
+    storage, client, bucket = s3_policy_storage(tmp_path, s3_endpoint)
     write_demo_plate(storage.landing_path, DemoPlateSpec(barcode="S3P", rows="B", columns=(2, 3, 4, 5),
                                                          sites_per_well=1, image_size=128, cells_per_site=9))
     register_plate(storage, "S3P")

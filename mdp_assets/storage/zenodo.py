@@ -13,18 +13,17 @@ documentation says; never against zenodo.org or sandbox.zenodo.org.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from mdp_assets.checksums import file_digest
 from mdp_assets.errors import MdpError, bounded
 
 ZENODO = "https://zenodo.org"
 SANDBOX = "https://sandbox.zenodo.org"
-CHUNK = 1 << 20
 
 
 class ZenodoUploader:
@@ -79,9 +78,5 @@ class ZenodoUploader:
 
 
 def _md5(path: Path) -> str:
-    """The md5 Zenodo reports for an uploaded file, of the local file (read in chunks)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The md5 Zenodo reports for an uploaded file, of the local file."""
+    return file_digest(path, "md5")
