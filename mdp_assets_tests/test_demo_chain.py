@@ -8,8 +8,7 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Plate, Reader
 
-from mdp_assets_tests.conftest import defs_for, make_deployment, stored
-from mdp_assets.storage.resource import MdpStorage
+from mdp_assets_tests.conftest import defs_for, stored
 from mdp_assets.services.instance_status import stale_assets
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
 from mdp_assets.plates.inventory import plate_fingerprint
@@ -133,17 +132,7 @@ def test_every_level_of_a_demo_plate(storage, instance):
     assert np.allclose(controls[features].mean(), 0, atol=1e-9), "well profiles are normalized to DMSO wells"
 
 
-@pytest.fixture
-def storage_without_cp_measure_groups(tmp_path):
-    """The demo's synthetic cells have designed intensity and shape phenotypes but no designed texture,
-    granularity, radial or colocalization ones: with those ~1,500 noise features added, the two-plate replicate
-    retrieval below (2 wells per treatment per plate) finds no treatment. test_cp_measure_features.py covers them."""
-    off = {"texture": False, "granularity": False, "radial_distribution": False, "correlation": False}
-    return MdpStorage.from_deployment(make_deployment(tmp_path, features=off))
-
-
-def test_rerun_detection_and_consensus(storage_without_cp_measure_groups, instance):
-    storage = storage_without_cp_measure_groups
+def test_rerun_detection_and_consensus(storage, instance):
     defs = defs_for(storage)
     _run_plate(defs, instance, storage, "DEMO-T1", 1)
     graph = defs.resolve_asset_graph()
