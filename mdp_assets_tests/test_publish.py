@@ -25,6 +25,7 @@ from mdp_assets.checksums import sha256_file
 from mdp_assets.cli import main
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.demo import DemoPlateSpec, write_demo_plate
+from mdp_assets.science.ome_zarr import PLATE_STORE
 from mdp_assets.services.publish import publish, upload_deposit, verify_deposits
 from mdp_assets.storage.policy import load_policy
 from mdp_assets.storage.publication import TARGETS, DepositFile, check_limits
@@ -117,18 +118,19 @@ def test_an_idr_deposit_takes_the_images_and_the_submission_files(made):
     storage, _, _ = made
     published = publish(storage, [PUBLIC], "idr", levels=["well_profiles", "well_embeddings"], creators=["Doe, Jane"])
     folder = published.folder
-    inventory = pd.read_parquet(stored(storage, "raw_images", PUBLIC) / "table.parquet")
-    images = sorted((folder / "images" / PUBLIC).iterdir())
-    assert len(images) == len(inventory) == 40
-    expected = dict(zip(inventory["file_name"], inventory["sha256"]))
-    assert {p.name: sha256_file(p) for p in images} == expected  # the raw images, byte for byte
+    # The plate's OME-Zarr store stands for its 40 TIFFs (IDR takes Zarr), byte for byte as stored.
+    plate_store = stored(storage, "ome_zarr_plate", PUBLIC) / PLATE_STORE
+    deposited = folder / "images" / f"{PUBLIC}.ome.zarr"
+    expected = {p.relative_to(plate_store).as_posix(): sha256_file(p) for p in plate_store.rglob("*") if p.is_file()}
+    assert {p.relative_to(deposited).as_posix(): sha256_file(p) for p in deposited.rglob("*") if p.is_file()} == expected
+    assert not (folder / "images" / PUBLIC).exists()
     study = {line.split("\t")[0]: line.rstrip("\n").split("\t")[1:]
              for line in (folder / "idr0000-study.txt").read_text().splitlines() if "\t" in line}
     assert study["Study Type"] == ["high content screen"] and study["Study License"] == ["CC BY 4.0"]
     assert study["Library File Name"] == ["idr0000-screenA-library.txt"]
     assert study["Processed Data File Name"] == ["idr0000-screenA-processed-well_embeddings.txt",
                                                  "idr0000-screenA-processed-well_profiles.txt"]
-    assert study["Screen Size"][:2] == ["Plates: 1", "5D Images: 40"]
+    assert study["Screen Size"][:3] == ["Plates: 1", "5D Images: 8", "Planes: 40"]  # 8 sites, 5 channels each
     library = pd.read_csv(folder / "screenA" / "idr0000-screenA-library.txt", sep="\t")
     assert list(library.columns[:2]) == ["Plate", "Well"] and len(library) == 8
     assert set(library.loc[library["Reagent Identifier"] == "DMSO", "Control Type"]) == {"negative control"}
@@ -138,7 +140,8 @@ def test_an_idr_deposit_takes_the_images_and_the_submission_files(made):
     assert processed.shape == profiles.shape and list(processed["Metadata_Well"]) == list(profiles["Metadata_Well"])
     crate = json.loads((folder / "ro-crate-metadata.json").read_text())
     files = {e["@id"]: e for e in crate["@graph"] if e.get("@type") == "File"}
-    assert files[f"images/{PUBLIC}/{images[0].name}"]["sha256"] == sha256_file(images[0])
+    first = next(iter(sorted(expected)))
+    assert files[f"images/{PUBLIC}.ome.zarr/{first}"]["sha256"] == expected[first]
     assert all(sha256_file(folder / relpath) == digest for relpath, digest in _sha256sums(folder).items())
 
 

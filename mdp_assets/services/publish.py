@@ -88,8 +88,11 @@ def publish(storage: MdpStorage, plates: list[str], to: str, levels: list[str] |
     image_sources: list[Source] = []  # what the images come from: the plate's OME-Zarr level, or its inventory
     if service.takes_images if include_images is None else include_images:
         for plate in plates:
-            ome_zarr = next((lvl for lvl in OME_ZARR_LEVELS if lvl in policy.levels and store.locate(lvl, plate)), None)
-            level = ome_zarr or RAW_IMAGES  # an OME-Zarr plate, when one is stored, stands for the TIFFs
+            # An OME-Zarr plate, when one is stored, stands for the TIFFs where the target takes folders (IDR);
+            # Zenodo and Figshare list files flat and count each, and a store is hundreds of chunk files.
+            ome_zarr = None if service.flat else next(
+                (lvl for lvl in OME_ZARR_LEVELS if lvl in policy.levels and store.locate(lvl, plate)), None)
+            level = ome_zarr or RAW_IMAGES
             stored = store.read(level, plate)
             image_sources.append(Source(stored, store.locate(level, plate).tier, plates_of(stored, registry)))
             if ome_zarr is None:

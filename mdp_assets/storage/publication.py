@@ -32,7 +32,7 @@ import pandas as pd
 from mdp_assets.checksums import FileRecord, atomic_path, sha256_file, tree_digest
 from mdp_assets.errors import MdpError
 from mdp_assets.plates.inventory import uri_to_path
-from mdp_assets.plates.registry import PERTURBATION, PlateAccess, PlateRegistry
+from mdp_assets.plates.registry import PERTURBATION, Plate, PlateAccess, PlateRegistry
 from mdp_assets.science.ome_zarr import PLATE_STORE
 from mdp_assets.storage.partitions import TABLE_FILE, StoredPartition
 from mdp_assets.storage.policy import StoragePolicy
@@ -232,11 +232,17 @@ def plan_files(request: DepositRequest, sources: list[Source],
     return planned
 
 
+def deposit_item(relpath: str) -> str:
+    """What a target counts as one file: an OME-Zarr store (`images/P.ome.zarr`) is one image, whatever it holds."""
+    store, separator, _ = relpath.partition(".ome.zarr/")
+    return f"{store}.ome.zarr" if separator else relpath
+
+
 def check_limits(target_: Target, files: list[DepositFile], extra_files: int = 0, extra_bytes: int = 0) -> None:
     """The target's documented limits: files per record, bytes per file and per record. `extra_*` count what the
     deposit adds (README, licence, metadata). Refused naming the limit, where it is documented, and the file."""
     where = f"(documented at {target_.documented_at})"
-    count = len({f.relpath.split(".ome.zarr/")[0] for f in files}) + extra_files
+    count = len({deposit_item(f.relpath) for f in files}) + extra_files
     if target_.max_files is not None and count > target_.max_files:
         largest = sorted(files, key=lambda f: -f.bytes)[:3]
         raise MdpError(f"{target_.title} takes at most {target_.max_files} files per record {where}; this deposit "
@@ -244,7 +250,7 @@ def check_limits(target_: Target, files: list[DepositFile], extra_files: int = 0
                        "deposit, or leave the images out")
     if target_.name == "idr":
         for item in files:
-            if item.kind == "image" and not item.relpath.split(".ome.zarr/")[0].lower().endswith(IDR_IMAGE_SUFFIXES):
+            if item.kind == "image" and not deposit_item(item.relpath).lower().endswith(IDR_IMAGE_SUFFIXES):
                 raise MdpError(f"the Image Data Resource takes images Bio-Formats reads {where}; {item.relpath} "
                                f"(from {item.made_from}) is not one of {list(IDR_IMAGE_SUFFIXES)}")
     if target_.per_file_bytes is not None:
@@ -288,6 +294,11 @@ def _tables_to_text(folder: Path, tables: list[DepositFile]) -> None:
         table = pd.concat(frames, ignore_index=True)
         (folder / relpath).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(folder / relpath, sep="\t", index=False, lineterminator="\n")
+
+
+def _field_count(plate: Plate) -> int:
+    """A registered plate's fields: its single-plane images over its channels."""
+    return len(plate.image_fingerprints) // max(len(plate.channels), 1)
 
 
 def build_deposit(folder: Path, request: DepositRequest, sources: list[Source], files: list[DepositFile],
@@ -434,7 +445,9 @@ def write_idr_files(folder: Path, request: DepositRequest, sources: list[Source]
          "http://www.ebi.ac.uk/cmpo/", "http://purl.obolibrary.org/obo/"],
         ["Screen Number", "1"],
         ["Screen Description", f"Cell Painting plates {', '.join(p.barcode for p in plates)}"],
-        ["Screen Size", f"Plates: {len(plates)}", f"5D Images: {len(images)}", "Planes: ", "",
+        # IDR counts fields (one 5D image: every channel of a site) and planes (one single-plane TIFF each).
+        ["Screen Size", f"Plates: {len(plates)}", f"5D Images: {sum(_field_count(p) for p in plates)}",
+         f"Planes: {sum(len(p.image_fingerprints) for p in plates)}", "",
          f"Total Tb: {sum(f.bytes for f in images) / TB:.6f}"],
         ["Screen Imaging Method", "fluorescence microscopy"], ["Screen Imaging Method Term Source REF", "Fbbi"],
         ["Screen Technology Type", "compound screen"], ["Screen Type", "primary screen"],
