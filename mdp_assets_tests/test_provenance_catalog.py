@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 PLATES = ["PROV-1", "PROV-2"]
 SEGMENTATION_AND_BELOW = {"segmentation_masks", "single_cell_features", "single_cell_crops", "single_cell_qc",
                           "single_cell_profiles", "well_profiles", "profile_quality", "single_cell_embeddings",
-                          "well_embeddings"}
+                          "well_embeddings", "ome_zarr_plate"}  # its labels are the masks
 
 
 @pytest.fixture
