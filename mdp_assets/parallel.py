@@ -7,8 +7,9 @@ yields them in that order as they come, at most two per worker waiting (bounded 
 core this process may use; 1, or a single item, runs in this process with no pool. `fn` and the items must be
 picklable (module-level functions, `functools.partial` of them).
 
-Processes start from a fork server (never by forking the caller, whose Dagster threads may hold locks); it
-imports `fn`'s module once and forks the workers from there. An exception in a worker is raised here as it
+Processes start from a fork server (never by forking the caller, whose Dagster threads may hold locks). The
+server is started once per process and imports every module in SITE_MODULES first, so each level's workers are
+forked with their code loaded: importing it in every worker of every level cost about 4 s a level. An exception in a worker is raised here as it
 was raised there; a worker that died (killed, out of memory) is an MdpError.
 """
 
@@ -23,6 +24,17 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from mdp_assets.errors import MdpError
+
+# The modules whose functions run in site workers (checked by test_parallel_sites). Imported by the fork server
+# when it starts: it starts once per process, so the first level's module alone would be loaded otherwise.
+SITE_MODULES = (
+    "mdp_assets.plates.inventory",
+    "mdp_assets.plates.pixels",
+    "mdp_assets.science.image_qc",
+    "mdp_assets.science.illumination",
+    "mdp_assets.science.segmentation",
+    "mdp_assets.science.features",
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -53,7 +65,8 @@ def imap_sites(fn: Callable[[T], R], items: Iterable[T], workers: int = 0) -> It
         return
     context = multiprocessing.get_context("forkserver")
     module = getattr(getattr(fn, "func", fn), "__module__", None)
-    context.set_forkserver_preload([m for m in (__name__, module) if m and m != "__main__"])
+    context.set_forkserver_preload(list(dict.fromkeys(m for m in (__name__, *SITE_MODULES, module)
+                                                      if m and m != "__main__")))
     pool = ProcessPoolExecutor(max_workers=count, mp_context=context)
     waiting: deque = deque()
     try:

@@ -13,7 +13,7 @@ import pytest
 
 from mdp_assets.config import StepSettings
 from mdp_assets.errors import MdpError
-from mdp_assets.parallel import available_cores, map_sites, resolve_workers
+from mdp_assets.parallel import SITE_MODULES, available_cores, map_sites, resolve_workers
 from mdp_assets.plates.inventory import PlateFolder, inventory_plate
 from mdp_assets.plates.tiff_metadata import read_plane
 from mdp_assets.science.illumination import (IlluminationParameters, apply_illumination, write_corrected_images,
@@ -46,6 +46,14 @@ def test_map_sites_returns_results_in_input_order_from_other_processes():
 def test_a_worker_error_is_raised_in_the_caller_with_its_message():
     with pytest.raises(MdpError, match="site 3 is damaged"):
         map_sites(_fails_on_three, range(8), workers=2)
+
+
+def test_the_fork_server_preloads_every_module_that_runs_sites():
+    """Each module that hands sites to the workers is imported once by the fork server, not by every worker."""
+    package = Path(__file__).resolve().parents[1] / "mdp_assets"
+    users = {".".join(path.relative_to(package.parent).with_suffix("").parts) for path in package.rglob("*.py")
+             if "from mdp_assets.parallel import" in path.read_text()}
+    assert users == set(SITE_MODULES)
 
 
 def test_zero_workers_means_one_per_available_core():
