@@ -8,7 +8,8 @@ Lengths are in pixels and intensities in CellProfiler's [0, 1] scale, as CellPro
 AreaShape, Location and Intensity are computed here with scikit-image. Texture, Granularity,
 RadialDistribution and Correlation come from cp-measure (CellProfiler's measurement code as a library),
 renamed as CellProfiler's MeasureTexture, MeasureGranularity, MeasureObjectIntensityDistribution and
-MeasureColocalization name them; `CpMeasureGroups` says which of them run and with which settings.
+MeasureColocalization name them; `CpMeasureGroups` says which of them run and with which settings. They are
+opt-in, and cp-measure (with scipy.stats and numba, ~150 MB and ~1 s per process) is imported only when one runs.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from cp_measure.core import measurecolocalization, measuregranularity, measureobjectintensitydistribution
-from cp_measure.core.numba import measuretexture  # numba's Haralick kernel: mahotas' GLCM counts, ~100x faster
 from scipy import ndimage
 from skimage import measure, segmentation
 
@@ -95,6 +94,8 @@ DEFAULT_GROUPS = CpMeasureGroups()
 
 
 def _texture(labels: np.ndarray, pixels: np.ndarray, channel: str, groups: CpMeasureGroups) -> dict[str, np.ndarray]:
+    from cp_measure.core.numba import measuretexture  # numba's Haralick kernel: mahotas' GLCM counts, ~100x faster
+
     out = {}
     for scale in groups.texture_scales:
         # cp-measure names a feature <Feature>_<scale>_<angle>_<levels>; CellProfiler puts the image after the feature.
@@ -106,6 +107,8 @@ def _texture(labels: np.ndarray, pixels: np.ndarray, channel: str, groups: CpMea
 
 
 def _granularity(labels: np.ndarray, pixels: np.ndarray, channel: str, groups: CpMeasureGroups) -> dict[str, np.ndarray]:
+    from cp_measure.core import measuregranularity
+
     spectrum = measuregranularity.get_granularity(
         labels, pixels, subsample_size=groups.granularity_subsample,
         image_sample_size=groups.granularity_background_subsample,
@@ -115,6 +118,8 @@ def _granularity(labels: np.ndarray, pixels: np.ndarray, channel: str, groups: C
 
 def _radial_distribution(labels: np.ndarray, pixels: np.ndarray, channel: str,
                          groups: CpMeasureGroups) -> dict[str, np.ndarray]:
+    from cp_measure.core import measureobjectintensitydistribution
+
     out = {}
     for key, values in measureobjectintensitydistribution.get_radial_distribution(
             labels, pixels, scaled=True, bin_count=groups.radial_bins).items():
@@ -153,6 +158,8 @@ def _correlation(labels: np.ndarray, first: np.ndarray, second: np.ndarray, name
                  groups: CpMeasureGroups) -> dict[str, np.ndarray]:
     """MeasureColocalization within objects: Correlation, Overlap, K, Manders and RWC (not Costes; CellProfiler
     reports Slope for whole images only)."""
+    from cp_measure.core import measurecolocalization
+
     a, b = names
     thr = groups.correlation_threshold
     pearson = measurecolocalization.get_correlation_pearson(first, second, labels)

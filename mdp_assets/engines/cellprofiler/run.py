@@ -471,7 +471,7 @@ class _SortedTable:
 
     def __init__(self, path: Path, batch_rows: int) -> None:
         self.path = path
-        self.batches = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(batch_size=batch_rows)
+        self.batches = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 16).iter_batches(batch_size=batch_rows)
         self.schema = pq.read_schema(path)
         self.held: pa.Table | None = None
         self.last = -1
