@@ -16,6 +16,8 @@ LOCAL_IMPORTS_ALLOWED = {
     ("engines/cellprofiler/runner.py", "dagster_pipes"),
     # runs in CellProfiler's environment; cellprofiler-core is imported once it is told to be headless
     ("engines/cellprofiler/inspect_pipeline.py", "cellprofiler_core"),
+    # opt-in feature groups: cp-measure brings scipy.stats and numba (~150 MB, ~1 s) into every features process
+    ("science/features.py", "cp_measure"),
 }
 
 

@@ -97,12 +97,18 @@ def _run_plate(deployment):
 
 def _tables(storage: MdpStorage) -> dict[str, pd.DataFrame]:
     """The partition's CellProfiler tables and single cells, but CellProfiler's timings, with the deployment's
-    own data root (in the paths of the groups' output folders) written as <data_root>."""
+    own data root (in the paths of the images and the groups' output folders) written as <data_root>."""
     folder = stored(storage, "segmentation_masks", PLATE) / "cellprofiler"
     tables = {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
-    image = tables["Image"].drop(columns=[c for c in tables["Image"].columns if "ExecutionTime" in c])
+    # ImageSet_ImageSet is CellProfiler's compressed serialization of each image set, the images' locations
+    # inside it: each deployment's copies of the images are under its own data root. The locations themselves
+    # are compared below, in the PathName_/URL_ columns.
+    image = tables["Image"].drop(columns=[c for c in tables["Image"].columns
+                                          if "ExecutionTime" in c or c == "Image_ImageSet_ImageSet"])
     text = [c for c in image.columns if image[c].dtype == object]
     image[text] = image[text].apply(lambda column: column.str.replace(str(storage.data_root), "<data_root>"))
+    # A group's work folder is named by its pipeline and its images' locations, which are the deployment's own.
+    image[text] = image[text].apply(lambda column: column.str.replace(r"/[0-9a-f]{20}/", "/<group>/", regex=True))
     tables["Image"] = image
     tables["single_cell_features"] = pd.read_parquet(stored(storage, "single_cell_features", PLATE) / "table.parquet")
     return tables
