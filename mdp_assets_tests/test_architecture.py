@@ -18,6 +18,8 @@ LOCAL_IMPORTS_ALLOWED = {
     ("engines/cellprofiler/inspect_pipeline.py", "cellprofiler_core"),
     # opt-in feature groups: cp-measure brings scipy.stats and numba (~150 MB, ~1 s) into every features process
     ("science/features.py", "cp_measure"),
+    # copairs brings statsmodels and scipy.stats (0.7 s) into every process that loads the definitions
+    ("science/profile_quality.py", "copairs"),
 }
 
 

@@ -1,7 +1,7 @@
 """Single-cell QC by coSMicQC's method (WayScience/coSMicQC, `label_outliers`): outlier cells flagged per plate.
 
 A *condition* names CellProfiler features and a threshold for each, in standard deviations from the plate's
-mean (z-scores, scipy's `zscore`, population spread): a positive threshold flags cells above it, a negative one
+mean (z-scores as scipy's `zscore` computes them, population spread): a positive threshold flags cells above it, a negative one
 cells below it, and a cell is an outlier of the condition when it is beyond every threshold the condition names.
 coSMicQC's default conditions (its `qc_nuclei_thresholds_default.yml`) find small, misshapen nuclei
 (debris, fragments), very elongated nuclei and large misshapen ones (merged nuclei).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.stats import zscore
 
 from mdp_assets.errors import MdpError
 from mdp_assets.science.parquet_profiles import ROW_GROUP_ROWS
@@ -92,8 +92,10 @@ def _zscores(values: pd.Series) -> np.ndarray:
     array = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
     if len(array) == 0:
         return array
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(zscore(array, nan_policy="omit"), dtype=np.float64)
+    # scipy.stats.zscore(array, nan_policy="omit"), without importing scipy.stats (0.7 s in every process).
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # every value missing: NaN, as scipy gives
+        return (array - np.nanmean(array)) / np.nanstd(array)
 
 
 def write_cell_qc(features: Path, conditions: dict[str, dict[str, float]], target: Path) -> dict[str, object]:
