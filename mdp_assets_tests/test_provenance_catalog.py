@@ -28,9 +28,8 @@ SEGMENTATION_AND_BELOW = {"segmentation_masks", "single_cell_features", "single_
                           "well_embeddings", "ome_zarr_plate"}  # its labels are the masks
 
 
-@pytest.fixture
-def two_plates(tmp_path):
-    deployment = make_deployment(tmp_path)
+def _make_two_plates(folder: Path):
+    deployment = make_deployment(folder)
     storage = MdpStorage.from_deployment(deployment)
     for seed, plate in enumerate(PLATES):
         write_demo_plate(storage.landing_path, DemoPlateSpec(barcode=plate, seed=seed, rows="BC", columns=(2, 3, 4, 5),
@@ -41,6 +40,25 @@ def two_plates(tmp_path):
         defs = build_definitions(deployment)
         assert all(o.success for o in materialize_in_process(instance, defs, storage, PLATES, report=lambda _: None))
         yield storage, instance, defs
+
+
+@pytest.fixture
+def two_plates(tmp_path):
+    """Two plates made for this test alone (it changes what is stored)."""
+    yield from _make_two_plates(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def _plates_made_once(tmp_path_factory):
+    yield from _make_two_plates(tmp_path_factory.mktemp("made-once"))
+
+
+@pytest.fixture
+def made_once(_plates_made_once):
+    """Two plates shared by the tests that read what is stored and change no stored level; each starts from the
+    default mdp.yaml (a test may write a changed one)."""
+    make_deployment(Path(_plates_made_once[0].data_root).parent)
+    return _plates_made_once
 
 
 def _changed(storage: MdpStorage, **kwargs) -> dg.Definitions:
@@ -81,8 +99,8 @@ def test_parameter_change_marks_levels_below_stale_and_reprocessing_touches_only
         assert sorted(p.name for p in transient.iterdir()) == ["_partition.json", "ro-crate-metadata.json"]
 
 
-def test_opt_in_automation_requests_exactly_the_stale_partitions(two_plates):
-    storage, instance, _ = two_plates
+def test_opt_in_automation_requests_exactly_the_stale_partitions(made_once):
+    storage, instance, _ = made_once
     before = dg.evaluate_automation_conditions(
         defs=build_definitions(make_deployment(Path(storage.data_root).parent), reprocess_automatically=True),
         instance=instance)
@@ -95,8 +113,8 @@ def test_opt_in_automation_requests_exactly_the_stale_partitions(two_plates):
     assert requested == {level: set(PLATES) for level in SEGMENTATION_AND_BELOW}
 
 
-def test_provenance_names_inputs_with_checksums_and_is_ro_crate_json_ld(two_plates):
-    storage, instance, _ = two_plates
+def test_provenance_names_inputs_with_checksums_and_is_ro_crate_json_ld(made_once):
+    storage, instance, _ = made_once
     folder = stored(storage, "well_profiles", "PROV-1")
     record = json.loads((folder / "_partition.json").read_text())["provenance"]
     features = json.loads((stored(storage, "single_cell_features", "PROV-1") / "_partition.json").read_text())
@@ -140,8 +158,8 @@ def _catalog_rows(storage):
         return con.execute("SELECT * EXCLUDE (status, checked_at) FROM stored_files ORDER BY asset_key, partition, relpath").fetchall()
 
 
-def test_catalog_totals_match_disk_and_rebuild_gives_the_same_rows(two_plates):
-    storage, instance, defs = two_plates
+def test_catalog_totals_match_disk_and_rebuild_gives_the_same_rows(made_once):
+    storage, instance, defs = made_once
     rows = _catalog_rows(storage)
     policy = storage.policy()
     folders = [storage.tier(name, policy).root for name in policy.tiers]
@@ -188,8 +206,8 @@ def test_verify_names_a_corrupt_file_and_flags_it(two_plates, monkeypatch, capsy
     assert evaluations[0].metadata["files_checked"].value == count
 
 
-def test_a_qc_threshold_changed_in_mdp_yaml_makes_image_qc_and_the_levels_below_stale(two_plates):
-    storage, instance, defs = two_plates
+def test_a_qc_threshold_changed_in_mdp_yaml_makes_image_qc_and_the_levels_below_stale(made_once):
+    storage, instance, defs = made_once
     changed = build_definitions(make_deployment(Path(storage.data_root).parent, qc={"min_power_log_log_slope": -3.0}))
     levels = {k.path[-1] for k in plate_levels(changed)}
     for plate in PLATES:
@@ -199,10 +217,10 @@ def test_a_qc_threshold_changed_in_mdp_yaml_makes_image_qc_and_the_levels_below_
         assert reasons["well_profiles"].startswith("a level it reads is stale")
 
 
-def test_provenance_names_the_materializations_the_step_loaded(two_plates):
+def test_provenance_names_the_materializations_the_step_loaded(made_once):
     """Each input in a level's provenance is the exact upstream materialization the step read: the same event
     Dagster itself recorded as the step's input (its input event pointer), with that run and data version."""
-    storage, instance, _ = two_plates
+    storage, instance, _ = made_once
     checked = 0
     for level in ("image_qc", "segmentation_masks", "well_profiles", "single_cell_embeddings"):
         record = instance.fetch_materializations(dg.AssetRecordsFilter(
