@@ -9,8 +9,8 @@ picklable (module-level functions, `functools.partial` of them).
 
 Processes start from a fork server (never by forking the caller, whose Dagster threads may hold locks). The
 server is started once per process and imports every module in SITE_MODULES first, so each level's workers are
-forked with their code loaded: importing it in every worker of every level cost about 4 s a level. An exception in a worker is raised here as it
-was raised there; a worker that died (killed, out of memory) is an MdpError.
+forked with their code loaded (importing it in every worker cost about 2 s a level). An exception in a worker
+is raised here as it was raised there; a worker that died (killed, out of memory) is an MdpError.
 """
 
 from __future__ import annotations

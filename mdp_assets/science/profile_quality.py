@@ -127,6 +127,8 @@ def replicate_retrieval(
 ) -> ProfileQuality:
     """copairs' mAP of every treatment's replicate wells against the negative-control wells (`negative_controls`
     is a pandas query selecting them). Features missing in any well are left out of the similarities."""
+    from copairs import map as copairs_map  # with statsmodels and scipy.stats: 0.7 s in every process
+
     if treatment_column not in profiles.columns:
         return _not_computable(treatment_column, params, f"not computable: the platemap names no treatment "
                                f"column ({treatment_column} missing)")
@@ -151,7 +153,6 @@ def replicate_retrieval(
     meta[REFERENCE_INDEX] = np.where(control_rows, np.arange(len(table)), -1)
     feats = table[features].to_numpy(dtype=np.float64)
     sameby = [treatment_column, REFERENCE_INDEX]
-    from copairs import map as copairs_map  # with statsmodels and scipy.stats: 0.7 s per process
     ap = copairs_map.average_precision(meta, feats, pos_sameby=sameby, pos_diffby=[], neg_sameby=[],
                                        neg_diffby=sameby, distance=params.distance, progress_bar=False)
     ap = ap[ap[REFERENCE_INDEX] == -1]
@@ -173,13 +174,14 @@ def control_null(controls: pd.DataFrame, features: list[str], params: QualityPar
                  ) -> tuple[float | None, float | None, float | None]:
     """(mAP, chance, p-value) of the control wells split in two halves retrieving their own half: the null check.
     None when there are fewer than four control wells (two per half)."""
+    from copairs import map as copairs_map  # with statsmodels and scipy.stats: 0.7 s in every process
+
     if len(controls) < 4:
         return None, None, None
     order = controls.sort_values([c for c in ("Metadata_Plate", "Metadata_Well") if c in controls.columns]
                                  or list(controls.columns[:1])).index
     half = pd.Series(np.arange(len(order)) % 2, index=order).reindex(controls.index).map({0: "a", 1: "b"})
     meta = pd.DataFrame({CONTROL_HALF: half.to_numpy()})
-    from copairs import map as copairs_map  # with statsmodels and scipy.stats: 0.7 s per process
     ap = copairs_map.average_precision(meta, controls[features].to_numpy(dtype=np.float64), pos_sameby=[CONTROL_HALF],
                                        pos_diffby=[], neg_sameby=[], neg_diffby=[CONTROL_HALF],
                                        distance=params.distance, progress_bar=False)
